@@ -1,0 +1,11 @@
+# sipledger runtime image (b2bua and pipeline services of docker-compose.yml).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY sipledger ./sipledger
+COPY b2bua ./b2bua
+COPY pipeline ./pipeline
+COPY schemas ./schemas
+RUN pip install --no-cache-dir .
+COPY deploy/docker/sipledger.toml /etc/sipledger/sipledger.toml
+ENTRYPOINT ["sipledger"]

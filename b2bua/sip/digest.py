@@ -1,0 +1,269 @@
+"""HTTP Digest (RFC 2617 / RFC 7616, as used by SIP per RFC 3261 22 and RFC 8760).
+
+Server side issues stateless nonces: timestamp + salt + HMAC, so any worker can verify a nonce
+without shared state and tell "forged" (reject) from "merely old" (re-challenge with stale=true).
+Stateless nonces cannot detect nonce-count replays; that needs a per-nonce store, which is the
+adapter's job if it wants it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import random
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+from b2bua.sip.message import parse_auth_params, quote
+
+SUPPORTED_ALGORITHMS = ("MD5", "MD5-SESS", "SHA-256", "SHA-256-SESS")
+
+
+def _hash_for(algorithm: str) -> str:
+    base = algorithm.upper().removesuffix("-SESS")
+    if base == "MD5":
+        return "md5"
+    if base == "SHA-256":
+        return "sha256"
+    raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+
+
+def _h(algorithm: str, data: str | bytes) -> str:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return hashlib.new(_hash_for(algorithm), raw).hexdigest()
+
+
+def compute_ha1(
+    username: str, realm: str, password: str, algorithm: str = "MD5", *, nonce: str = "", cnonce: str = ""
+) -> str:
+    ha1 = _h(algorithm, f"{username}:{realm}:{password}")
+    if algorithm.upper().endswith("-SESS"):
+        ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce}")
+    return ha1
+
+
+def compute_response(
+    *,
+    ha1: str,
+    nonce: str,
+    method: str,
+    uri: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+    algorithm: str = "MD5",
+    body: bytes = b"",
+) -> str:
+    """The ``response`` value (RFC 2617 3.2.2.1; RFC 2069 form when qop is absent)."""
+    if qop == "auth-int":
+        ha2 = _h(algorithm, f"{method}:{uri}:{_h(algorithm, body)}")
+    else:
+        ha2 = _h(algorithm, f"{method}:{uri}")
+    if qop:
+        return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side
+# ---------------------------------------------------------------------------------------------
+
+
+def build_authorization(
+    challenge: str,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str | None = None,
+    nc: int = 1,
+    body: bytes = b"",
+    rng: random.Random | None = None,
+) -> str:
+    """Answer a WWW-Authenticate / Proxy-Authenticate value with an Authorization value."""
+    scheme, params = parse_auth_params(challenge)
+    if scheme.lower() != "digest":
+        raise ValueError(f"unsupported auth scheme {scheme!r}")
+    realm = params.get("realm", "")
+    nonce = params.get("nonce", "")
+    algorithm = params.get("algorithm", "MD5")
+    offered = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
+    qop = "auth" if "auth" in offered else ("auth-int" if "auth-int" in offered else None)
+    nc_text = f"{nc:08x}"
+    if qop and cnonce is None:
+        cnonce = f"{(rng or random.SystemRandom()).getrandbits(64):016x}"
+    ha1 = compute_ha1(username, realm, password, algorithm, nonce=nonce, cnonce=cnonce or "")
+    response = compute_response(
+        ha1=ha1,
+        nonce=nonce,
+        method=method,
+        uri=uri,
+        qop=qop,
+        nc=nc_text,
+        cnonce=cnonce,
+        algorithm=algorithm,
+        body=body,
+    )
+    parts = [
+        f"username={quote(username)}",
+        f"realm={quote(realm)}",
+        f"nonce={quote(nonce)}",
+        f"uri={quote(uri)}",
+        f"response={quote(response)}",
+        f"algorithm={algorithm}",
+    ]
+    if qop:
+        parts += [f"cnonce={quote(cnonce or '')}", f"qop={qop}", f"nc={nc_text}"]
+    if "opaque" in params:
+        parts.append(f"opaque={quote(params['opaque'])}")
+    return "Digest " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server side
+# ---------------------------------------------------------------------------------------------
+
+NonceStatus = Literal["valid", "stale", "invalid"]
+_NONCE_RAW_LEN = 8 + 8 + 16
+_MAX_CLOCK_SKEW = 60.0
+
+
+@dataclass(frozen=True)
+class DigestResult:
+    ok: bool
+    stale: bool = False
+    username: str | None = None
+    reason: str = ""
+
+
+class DigestServer:
+    def __init__(
+        self,
+        secret: bytes,
+        realm: str,
+        *,
+        nonce_ttl: float = 300.0,
+        algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+        qop: str | None = "auth",
+        rng: random.Random | None = None,
+    ) -> None:
+        if not secret:
+            raise ValueError("a non-empty secret is required for stateless nonces")
+        for algorithm in algorithms:
+            _hash_for(algorithm)
+        self.secret = secret
+        self.realm = realm
+        self.nonce_ttl = nonce_ttl
+        self.algorithms = algorithms
+        self.qop = qop
+        self.rng = rng if rng is not None else random.SystemRandom()
+
+    def _mac(self, stamp_and_salt: bytes) -> bytes:
+        return hmac.new(self.secret, stamp_and_salt + self.realm.encode(), hashlib.sha256).digest()[:16]
+
+    def make_nonce(self, now: float) -> str:
+        head = struct.pack(">QQ", int(now), self.rng.getrandbits(64))
+        return base64.urlsafe_b64encode(head + self._mac(head)).decode().rstrip("=")
+
+    def nonce_status(self, nonce: str, now: float) -> NonceStatus:
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        except (ValueError, TypeError):
+            return "invalid"
+        if len(raw) != _NONCE_RAW_LEN:
+            return "invalid"
+        head, mac = raw[:16], raw[16:]
+        if not hmac.compare_digest(mac, self._mac(head)):
+            return "invalid"
+        (stamp, _salt) = struct.unpack(">QQ", head)
+        if stamp > now + _MAX_CLOCK_SKEW:
+            return "invalid"
+        if now - stamp > self.nonce_ttl:
+            return "stale"
+        return "valid"
+
+    def challenge(
+        self, now: float, *, algorithm: str = "MD5", stale: bool = False, opaque: str | None = None
+    ) -> str:
+        """One WWW-Authenticate / Proxy-Authenticate value."""
+        parts = [
+            f"realm={quote(self.realm)}",
+            f"nonce={quote(self.make_nonce(now))}",
+            f"algorithm={algorithm}",
+        ]
+        if self.qop:
+            parts.append(f'qop="{self.qop}"')
+        if opaque is not None:
+            parts.append(f"opaque={quote(opaque)}")
+        if stale:
+            parts.append("stale=true")
+        return "Digest " + ", ".join(parts)
+
+    def challenges(self, now: float, *, stale: bool = False) -> list[str]:
+        """One challenge per configured algorithm, preferred first (RFC 8760 3)."""
+        return [self.challenge(now, algorithm=a, stale=stale) for a in self.algorithms]
+
+    def verify(
+        self,
+        authorization: str,
+        *,
+        method: str,
+        password: str,
+        now: float,
+        body: bytes = b"",
+        expected_username: str | None = None,
+    ) -> DigestResult:
+        try:
+            scheme, p = parse_auth_params(authorization)
+        except ValueError:
+            return DigestResult(False, reason="unparsable credentials")
+        if scheme.lower() != "digest":
+            return DigestResult(False, reason="not Digest")
+        username = p.get("username")
+        for needed in ("username", "realm", "nonce", "uri", "response"):
+            if not p.get(needed):
+                return DigestResult(False, username=username, reason=f"missing {needed}")
+        if expected_username is not None and username != expected_username:
+            return DigestResult(False, username=username, reason="wrong username")
+        if p["realm"] != self.realm:
+            return DigestResult(False, username=username, reason="wrong realm")
+        algorithm = p.get("algorithm", "MD5")
+        if algorithm.upper() not in SUPPORTED_ALGORITHMS or algorithm.upper().removesuffix("-SESS") not in {
+            a.upper().removesuffix("-SESS") for a in self.algorithms
+        }:
+            return DigestResult(False, username=username, reason=f"algorithm {algorithm} not offered")
+        qop = p.get("qop")
+        if qop is not None:
+            if qop not in ("auth", "auth-int"):
+                return DigestResult(False, username=username, reason=f"qop {qop} not supported")
+            nc = p.get("nc", "")
+            if not p.get("cnonce") or len(nc) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc):
+                return DigestResult(False, username=username, reason="qop requires cnonce and nc")
+        status = self.nonce_status(p["nonce"], now)
+        if status == "invalid":
+            return DigestResult(False, username=username, reason="invalid nonce")
+        ha1 = compute_ha1(
+            username or "", self.realm, password, algorithm, nonce=p["nonce"], cnonce=p.get("cnonce", "")
+        )
+        expected = compute_response(
+            ha1=ha1,
+            nonce=p["nonce"],
+            method=method,
+            uri=p["uri"],
+            qop=qop,
+            nc=p.get("nc"),
+            cnonce=p.get("cnonce"),
+            algorithm=algorithm,
+            body=body,
+        )
+        given = p["response"].lower().encode("utf-8", errors="surrogateescape")
+        if not hmac.compare_digest(expected.encode(), given):
+            return DigestResult(False, username=username, reason="wrong response")
+        if status == "stale":
+            # Right password, old nonce: RFC 2617 3.2.1 says re-challenge with stale=true so the
+            # client retries silently instead of prompting for credentials.
+            return DigestResult(False, stale=True, username=username, reason="stale nonce")
+        return DigestResult(True, username=username)

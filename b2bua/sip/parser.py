@@ -1,0 +1,330 @@
+"""Bytes -> Request/Response, for datagrams and for byte streams.
+
+Every failure is a ParseError carrying whatever Via/From/To/Call-ID/CSeq could be read, because
+RFC 3261 8.2 wants a 400 to echo them; the adapter decides between answering 400 (request) and
+silently dropping (response).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from b2bua.sip.message import (
+    Headers,
+    Request,
+    Response,
+    SipSyntaxError,
+    canonical_name,
+    parse_cseq,
+    parse_name_addr,
+    parse_uri,
+    split_commas,
+)
+
+# RFC 3261 7.3.1: these are defined as comma-separated lists, so one line may carry several values.
+# Anything else (notably WWW-Authenticate, Date, User-Agent) may contain commas that are not
+# separators and must be left alone.
+MULTI_VALUE_HEADERS = frozenset(
+    {
+        "Via",
+        "Contact",
+        "Route",
+        "Record-Route",
+        "Supported",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Allow",
+        "Allow-Events",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Content-Encoding",
+        "In-Reply-To",
+    }
+)
+
+PARTIAL_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+MANDATORY_REQUEST_HEADERS = ("To", "From", "CSeq", "Call-ID", "Via")
+MANDATORY_RESPONSE_HEADERS = ("To", "From", "CSeq", "Call-ID", "Via")
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")
+_HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
+_STATUS_RE = re.compile(r"^SIP/2\.0 +(\d{3})(?: (.*))?$", re.I)
+
+_Fail = Callable[["ParseError"], "ParseError"]
+
+
+@dataclass(frozen=True)
+class ParserLimits:
+    max_message_size: int = 65535
+    max_headers: int = 128
+    max_line_length: int = 8192
+
+
+DEFAULT_LIMITS = ParserLimits()
+
+
+class ParseError(Exception):
+    """Malformed message.
+
+    ``is_request`` is None when not even the start line could be classified. ``partial`` maps the
+    canonical names in PARTIAL_HEADERS to the raw values read (Via keeps every value, in order).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        is_request: bool | None = None,
+        partial: dict[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.is_request = is_request
+        self.partial: dict[str, list[str]] = partial if partial is not None else {}
+
+
+def _decode(data: bytes) -> str:
+    # surrogateescape keeps non-UTF-8 bytes (latin-1 display names from old phones) intact so the
+    # message still serialises back to the same bytes instead of failing the whole request.
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def is_keepalive(data: bytes) -> bool:
+    """RFC 5626 CRLF keep-alives (and stray whitespace datagrams) carry no message."""
+    return data.strip(b" \t\r\n") == b""
+
+
+def _split_lines(head: str) -> list[str]:
+    return re.split(r"\r?\n", head)
+
+
+def _unfold(lines: list[str], limits: ParserLimits, partial_err: list[ParseError]) -> list[str]:
+    """Join continuation lines (RFC 3261 7.3.1 folding) onto the previous header line."""
+    out: list[str] = []
+    for line in lines:
+        if len(line) > limits.max_line_length:
+            partial_err.append(ParseError("header line too long"))
+            continue
+        if line[:1] in (" ", "\t") and out:
+            out[-1] = out[-1].rstrip() + " " + line.strip()
+        elif line[:1] in (" ", "\t"):
+            partial_err.append(ParseError("continuation line without a header"))
+        else:
+            out.append(line)
+    return out
+
+
+def _parse_start_line(line: str) -> tuple[bool, str, str, int, str]:
+    """Return (is_request, method, uri, status, reason)."""
+    if line[:4].upper() == "SIP/":
+        m = _STATUS_RE.match(line)
+        if not m:
+            raise ParseError("bad status line", is_request=False)
+        status = int(m.group(1))
+        if not 100 <= status <= 699:
+            raise ParseError("status code out of range", is_request=False)
+        return False, "", "", status, (m.group(2) or "").strip()
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise ParseError("bad request line", is_request=True)
+    method, uri, version = parts
+    if not _TOKEN_RE.match(method):
+        raise ParseError("bad method", is_request=True)
+    if version.upper() != "SIP/2.0":
+        raise ParseError("unsupported SIP version", is_request=True)
+    try:
+        parse_uri(uri)
+    except SipSyntaxError as exc:
+        raise ParseError(f"bad Request-URI: {exc}", is_request=True) from None
+    return True, method, uri, 0, ""
+
+
+def parse_message(
+    data: bytes,
+    *,
+    stream: bool = False,
+    limits: ParserLimits = DEFAULT_LIMITS,
+) -> Request | Response | None:
+    """Parse one complete message.
+
+    Returns None for keep-alives. On a datagram (``stream=False``) the body is the rest of the
+    datagram, truncated to Content-Length when present (RFC 3261 18.3); on a stream the framer has
+    already cut exactly Content-Length bytes, and Content-Length is mandatory.
+    """
+    if is_keepalive(data):
+        return None
+    if len(data) > limits.max_message_size:
+        raise ParseError("message too large")
+    # RFC 3261 7.5: implementations should ignore CRLFs before the start line.
+    data = data.lstrip(b"\r\n")
+    m = _HEADER_END_RE.search(data)
+    if m is None:
+        head_bytes, rest, has_end = data, b"", False
+    else:
+        head_bytes, rest, has_end = data[: m.start()], data[m.end() :], True
+    lines = _split_lines(_decode(head_bytes))
+
+    errors: list[ParseError] = []
+    start_line = lines[0]
+    is_request: bool | None = None
+    method = uri = reason = ""
+    status = 0
+    try:
+        if len(start_line) > limits.max_line_length:
+            raise ParseError("start line too long")
+        is_request, method, uri, status, reason = _parse_start_line(start_line)
+    except ParseError as exc:
+        errors.append(exc)
+        is_request = exc.is_request
+
+    headers = Headers()
+    partial: dict[str, list[str]] = {}
+    header_lines = _unfold(lines[1:], limits, errors)
+    for line in header_lines[: limits.max_headers * 2]:
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not _TOKEN_RE.match(name):
+            errors.append(ParseError(f"bad header line {line[:40]!r}"))
+            continue
+        cname = canonical_name(name)
+        value = value.strip(" \t")
+        values = split_commas(value) if cname in MULTI_VALUE_HEADERS else [value]
+        for v in values:
+            headers.add(cname, v)
+            if cname in PARTIAL_HEADERS:
+                partial.setdefault(cname, []).append(v)
+    if len(headers) > limits.max_headers:
+        errors.append(ParseError("too many headers"))
+    if not has_end:
+        errors.append(ParseError("missing empty line after headers"))
+
+    def fail(exc: ParseError) -> ParseError:
+        return ParseError(exc.reason, is_request, partial)
+
+    if errors:
+        raise fail(errors[0])
+
+    body = _frame_body(headers, rest, stream, fail)
+    if is_request:
+        msg: Request | Response = Request(method, uri, headers, body)
+    else:
+        msg = Response(status, reason, headers, body)
+    _validate(msg, fail)
+    return msg
+
+
+def _frame_body(headers: Headers, rest: bytes, stream: bool, fail: _Fail) -> bytes:
+    cl_values = headers.get_all("Content-Length")
+    if not cl_values:
+        if stream:
+            raise fail(ParseError("missing Content-Length on stream transport"))
+        return rest
+    if len({v.strip() for v in cl_values}) != 1 or not cl_values[0].strip().isdigit():
+        raise fail(ParseError("bad Content-Length"))
+    length = int(cl_values[0].strip())
+    if length > len(rest):
+        raise fail(ParseError("body shorter than Content-Length"))
+    return rest[:length]
+
+
+def _validate(msg: Request | Response, fail: _Fail) -> None:
+    mandatory = MANDATORY_REQUEST_HEADERS if isinstance(msg, Request) else MANDATORY_RESPONSE_HEADERS
+    for name in mandatory:
+        if name not in msg.headers:
+            raise fail(ParseError(f"missing {name}"))
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        if len(msg.headers.get_all(name)) != 1:
+            raise fail(ParseError(f"duplicate {name}"))
+    try:
+        cseq = parse_cseq(msg.headers.get("CSeq") or "")
+    except SipSyntaxError:
+        raise fail(ParseError("bad CSeq")) from None
+    if isinstance(msg, Request) and cseq.method != msg.method:
+        raise fail(ParseError("CSeq method does not match request method"))
+    if not (msg.headers.get("Call-ID") or "").strip():
+        raise fail(ParseError("empty Call-ID"))
+    try:
+        msg.top_via  # noqa: B018 -- evaluated for validation only
+        parse_name_addr(msg.headers.get("From") or "")
+        parse_name_addr(msg.headers.get("To") or "")
+    except SipSyntaxError as exc:
+        raise fail(ParseError(str(exc))) from None
+    if isinstance(msg, Request):
+        mf = msg.headers.get("Max-Forwards")
+        if mf is not None and not mf.strip().isdigit():
+            raise fail(ParseError("bad Max-Forwards"))
+
+
+_CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.I | re.M)
+
+
+@dataclass
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into messages (RFC 3261 18.3).
+
+    ``feed`` only buffers; ``next_message`` returns one message, None when more bytes are needed, or
+    raises ParseError. When ``framing_lost`` is set after an error the stream position is unknown
+    and the adapter must close the connection; otherwise the bad message was skipped and parsing
+    can continue (e.g. after answering 400).
+    """
+
+    limits: ParserLimits = DEFAULT_LIMITS
+    keepalives_seen: int = 0
+    framing_lost: bool = False
+    _buf: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> None:
+        if self.framing_lost:
+            raise ParseError("stream framing lost; close the connection")
+        self._buf.extend(data)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def _lose(self, reason: str) -> ParseError:
+        self.framing_lost = True
+        self._buf.clear()
+        return ParseError(reason)
+
+    def next_message(self) -> Request | Response | None:
+        if self.framing_lost:
+            raise ParseError("stream framing lost; close the connection")
+        # RFC 5626 keep-alives are CRLFCRLF pings between messages.
+        stripped = 0
+        while stripped < len(self._buf) and self._buf[stripped] in (0x0D, 0x0A):
+            stripped += 1
+        if stripped:
+            self.keepalives_seen += self._buf[:stripped].count(b"\r\n\r\n")
+            del self._buf[:stripped]
+        if not self._buf:
+            return None
+        m = _HEADER_END_RE.search(self._buf)
+        if m is None:
+            if len(self._buf) > self.limits.max_message_size:
+                raise self._lose("headers exceed maximum message size")
+            return None
+        head = bytes(self._buf[: m.start()])
+        cl = _CL_RE.findall(head)
+        if not cl:
+            raise self._lose("missing Content-Length on stream transport")
+        length = int(cl[0])
+        total = m.end() + length
+        if total > self.limits.max_message_size:
+            raise self._lose("message too large")
+        if len(self._buf) < total:
+            return None
+        data = bytes(self._buf[:total])
+        del self._buf[:total]
+        return parse_message(data, stream=True, limits=self.limits)
+
+    def messages(self) -> Iterator[Request | Response]:
+        """Yield every complete buffered message; a ParseError propagates to the caller."""
+        while True:
+            msg = self.next_message()
+            if msg is None:
+                return
+            yield msg

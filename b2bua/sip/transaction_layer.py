@@ -1,0 +1,190 @@
+"""Routes messages to transactions (RFC 3261 17.1.3 / 17.2.3) and owns the transaction table.
+
+The layer never reads a clock: it returns ``StartTimer`` actions with absolute deadlines tagged
+with the transaction key, and the adapter calls ``timer_fired(key, name, now)`` when one is due.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from b2bua.sip.message import MAGIC_COOKIE, Request, Response, SipSyntaxError
+from b2bua.sip.transaction import (
+    DEFAULT_TIMERS,
+    Action,
+    DeliverRequest,
+    DeliverResponse,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    Terminated,
+    TimerConfig,
+    Transaction,
+    Transmit,
+)
+
+
+@dataclass(frozen=True)
+class TransactionKey:
+    """Matching key. Client keys leave host/port empty: 17.1.3 matches on branch + CSeq method."""
+
+    kind: str  # "client" | "server"
+    branch: str
+    host: str
+    port: int
+    method: str
+
+
+@dataclass(frozen=True)
+class LayerAction:
+    """An action plus the transaction it came from (None for stateless pass-through)."""
+
+    key: TransactionKey | None
+    action: Action
+
+
+def client_key(message: Request | Response) -> TransactionKey:
+    """Key of the client transaction a response (or our own request) belongs to."""
+    branch = message.top_via.branch or ""
+    method = message.cseq.method
+    return TransactionKey("client", branch, "", 0, method)
+
+
+def server_key(request: Request) -> TransactionKey:
+    """17.2.3 key. ACK maps to the INVITE transaction; CANCEL keeps its own method, so it gets its
+    own transaction while sharing the INVITE's branch."""
+    via = request.top_via
+    method = "INVITE" if request.method == "ACK" else request.method
+    host, port = via.sent_by
+    if via.is_rfc3261_branch:
+        return TransactionKey("server", via.branch or "", host, port, method)
+    # RFC 2543 peers: no usable branch, so fall back to the fields 17.2.3 lists. The To tag is left
+    # out on purpose: the ACK carries the tag we added while the INVITE did not.
+    from_tag = request.from_.tag or ""
+    legacy = f"2543|{request.call_id}|{from_tag}|{request.cseq.num}|{request.uri}|{via.branch or ''}"
+    return TransactionKey("server", legacy, host, port, method)
+
+
+class TransactionLayer:
+    def __init__(
+        self,
+        *,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        rng: random.Random | None = None,
+        rfc6026: bool = True,
+        auto_trying: bool = True,
+    ) -> None:
+        self.timers = timers
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.rfc6026 = rfc6026
+        self.auto_trying = auto_trying
+        self.transactions: dict[TransactionKey, Transaction] = {}
+
+    # -- identifiers --------------------------------------------------------------------------
+
+    def new_branch(self) -> str:
+        return f"{MAGIC_COOKIE}{self.rng.getrandbits(80):020x}"
+
+    def new_tag(self) -> str:
+        return f"{self.rng.getrandbits(64):016x}"
+
+    # -- table --------------------------------------------------------------------------------
+
+    def get(self, key: TransactionKey) -> Transaction | None:
+        return self.transactions.get(key)
+
+    def __len__(self) -> int:
+        return len(self.transactions)
+
+    def _wrap(self, key: TransactionKey | None, actions: list[Action]) -> list[LayerAction]:
+        if key is not None and any(isinstance(a, Terminated) for a in actions):
+            self.transactions.pop(key, None)
+        return [LayerAction(key, a) for a in actions]
+
+    # -- client side --------------------------------------------------------------------------
+
+    def send_request(
+        self, request: Request, now: float, *, reliable: bool = False
+    ) -> tuple[TransactionKey | None, list[LayerAction]]:
+        """Start a client transaction. ACK is not a transaction (2xx ACKs are end-to-end) and is
+        simply transmitted."""
+        if request.method == "ACK":
+            return None, [LayerAction(None, Transmit(request))]
+        via = request.top_via
+        if not via.is_rfc3261_branch:
+            raise ValueError("outgoing requests need a z9hG4bK branch; use new_branch()")
+        key = client_key(request)
+        if key in self.transactions:
+            raise ValueError(f"duplicate client transaction {key}")
+        tx: InviteClientTransaction | NonInviteClientTransaction
+        if request.method == "INVITE":
+            tx = InviteClientTransaction(request, reliable=reliable, timers=self.timers, rfc6026=self.rfc6026)
+        else:
+            tx = NonInviteClientTransaction(request, reliable=reliable, timers=self.timers)
+        self.transactions[key] = tx
+        return key, self._wrap(key, tx.send_request(now))
+
+    def receive_response(self, response: Response, now: float) -> list[LayerAction]:
+        try:
+            key = client_key(response)
+        except SipSyntaxError:
+            return []
+        tx = self.transactions.get(key)
+        if isinstance(tx, InviteClientTransaction | NonInviteClientTransaction):
+            return self._wrap(key, tx.receive_response(response, now))
+        # 18.1.2: unmatched responses go to the core (e.g. 2xx retransmissions that need re-ACKing).
+        return [LayerAction(None, DeliverResponse(response))]
+
+    # -- server side --------------------------------------------------------------------------
+
+    def receive_request(self, request: Request, now: float, *, reliable: bool = False) -> list[LayerAction]:
+        key = server_key(request)
+        tx = self.transactions.get(key)
+        if isinstance(tx, InviteServerTransaction | NonInviteServerTransaction):
+            return self._wrap(key, tx.receive_request(request, now))
+        if request.method == "ACK":
+            # No INVITE transaction: this is the ACK for a 2xx, which belongs to the dialog.
+            return [LayerAction(None, DeliverRequest(request))]
+        new_tx: InviteServerTransaction | NonInviteServerTransaction
+        if request.method == "INVITE":
+            new_tx = InviteServerTransaction(
+                request,
+                reliable=reliable,
+                timers=self.timers,
+                rfc6026=self.rfc6026,
+                auto_trying=self.auto_trying,
+            )
+        else:
+            new_tx = NonInviteServerTransaction(request, reliable=reliable, timers=self.timers)
+        self.transactions[key] = new_tx
+        return self._wrap(key, new_tx.receive_request(request, now))
+
+    def cancel_target(self, cancel: Request) -> TransactionKey | None:
+        """9.2: the INVITE server transaction a CANCEL refers to (same key, method INVITE)."""
+        key = server_key(cancel)
+        invite_key = TransactionKey(key.kind, key.branch, key.host, key.port, "INVITE")
+        return invite_key if isinstance(self.transactions.get(invite_key), InviteServerTransaction) else None
+
+    def send_response(self, key: TransactionKey, response: Response, now: float) -> list[LayerAction]:
+        tx = self.transactions.get(key)
+        if not isinstance(tx, InviteServerTransaction | NonInviteServerTransaction):
+            raise KeyError(f"no server transaction {key}")
+        return self._wrap(key, tx.send_response(response, now))
+
+    # -- timers and transport -----------------------------------------------------------------
+
+    def timer_fired(self, key: TransactionKey, name: str, now: float) -> list[LayerAction]:
+        tx = self.transactions.get(key)
+        if tx is None:
+            return []  # the transaction ended after the timer was scheduled
+        return self._wrap(key, tx.timer_fired(name, now))
+
+    def transport_error(
+        self, key: TransactionKey, now: float, reason: str = "transport error"
+    ) -> list[LayerAction]:
+        tx = self.transactions.get(key)
+        if tx is None:
+            return []
+        return self._wrap(key, tx.transport_error(now, reason))

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything sipledger and its test suite need on a fresh Debian machine:
+# system packages (apt), the Python package with its test extra (pip), and Kafka's jars (Maven).
+# Safe to run again: each step skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v clickhouse-server >/dev/null || need_apt+=(clickhouse-server clickhouse-client)
+command -v sipp >/dev/null || need_apt+=(sip-tester)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+echo "install: pip install -e .[test]"
+"$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "install: Kafka jars (Maven)"
+"$PY" -m sipledger.cli stack fetch-kafka

@@ -1,0 +1,265 @@
+"""Per-call state and the event fold ``apply``.
+
+Ordering and duplicates. ``seq`` is per call, from 1, without gaps, so the state only needs
+``next_seq`` (all seqs below it are applied) and ``held`` (events that arrived early, keyed by seq):
+
+* an event with ``seq < next_seq`` or already held is a duplicate (redelivery): nothing changes and no
+  effects are returned - so re-applying any event is idempotent even though ``apply`` mutates in place;
+* an event with ``seq == next_seq`` is applied, then any held successors are drained in seq order;
+* an event with ``seq > next_seq`` is held.
+
+Hence every arrival order applies the same events in the same (seq) order, and the final state and CDR
+are the same once all events arrived. Until seq 1 (call.setup) is applied the call is PENDING and
+``pending_since_ms`` is the earliest ts among the held events (earliest, not first-arrived, so it does
+not depend on arrival order); ``rules`` reports it as ``unknown_call`` after ``unknown_call_timeout_s``.
+A gap after setup simply holds later events; the driver can force them in with :func:`drain_held`.
+
+``apply`` MUTATES ``state`` and returns the same object (``None`` -> a new one). No I/O, no clock: every
+time comes from the events. node.heartbeat is not a call event; route it to ``NodeLiveness``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+from . import phase
+from .alerts import raise_once
+from .closing import close_call
+from .effects import Effect
+from .end_reasons import PARTY_BYE_REASONS
+from .policy import Policy
+from .rules import effective_limit, sync_deadline
+from .timeutil import parse_ts
+
+
+@dataclass(slots=True)
+class CallState:
+    call_id: str
+    phase: str = phase.PENDING
+    # Owning node (the node of call.setup; of the first event while pending).
+    node: str = ""
+    account: str = ""
+    caller: str = ""
+    callee: str = ""
+    source_ip: str = ""
+    vendor: str = ""  # latest call.routed
+    gateway: str = ""
+    route_attempt: int = 0
+    setup_ms: int | None = None
+    ring_ms: int | None = None  # first call.progress
+    answer_ms: int | None = None
+    end_ms: int | None = None
+    last_event_ms: int | None = None  # latest ts applied; end time of an orphaned unanswered call
+    timer_mode: str | None = None  # session_timer | no_timer (set on answer)
+    session_expires: int | None = None
+    refresher_caller: str | None = None
+    refresher_carrier: str | None = None
+    effective_limit_s: int | None = None
+    limit_source: str = "none"
+    refresh_count: int = 0
+    last_proof_ms: int | None = None
+    session_expiry_ms: int | None = None
+    end_reason: str | None = None
+    ended_by: str | None = None
+    sip_status: int | None = None
+    terminate_issued: bool = False
+    alerts_raised: set[str] = field(default_factory=set)
+    next_seq: int = 1
+    held: dict[int, dict[str, Any]] = field(default_factory=dict)
+    pending_since_ms: int | None = None
+    # Due time of the last ScheduleDeadline handed out (None: no timer armed); avoids redundant effects.
+    scheduled_at_ms: int | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.phase == phase.ENDED
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot (held events as a seq-sorted list, alert kinds sorted)."""
+        d = {f: getattr(self, f) for f in _FIELD_NAMES}
+        d["alerts_raised"] = sorted(self.alerts_raised)
+        d["held"] = [self.held[s] for s in sorted(self.held)]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CallState:
+        kw = {f: d[f] for f in _FIELD_NAMES if f in d}
+        kw["alerts_raised"] = set(d.get("alerts_raised", ()))
+        kw["held"] = {e["seq"]: e for e in d.get("held", ())}
+        return cls(**kw)
+
+
+_FIELD_NAMES: Final = tuple(f.name for f in fields(CallState))
+
+Handler = Callable[[CallState, dict[str, Any], int, Policy, list[Effect]], None]
+
+
+def _on_setup(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    st.account = ev["account"]
+    st.caller = ev["caller"]
+    st.callee = ev["callee"]
+    st.source_ip = ev["source_ip"]
+
+
+def _on_routed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    # Re-routing (attempt 2, 3, ...) replaces the vendor: the last one is who carried the call.
+    st.vendor = ev["vendor"]
+    st.gateway = ev["gateway"]
+    st.route_attempt = ev["attempt"]
+
+
+def _on_progress(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    if st.ring_ms is None:
+        st.ring_ms = ts
+
+
+def _on_answered(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    if st.phase != phase.ACTIVE:
+        return
+    st.phase = phase.ANSWERED
+    st.answer_ms = ts
+    st.last_proof_ms = ts  # the 200 OK itself proves both legs were alive
+    mode = ev["timer_mode"]
+    st.timer_mode = mode
+    se = ev["session_expires"]
+    st.session_expires = se
+    refresher = ev["refresher"]
+    st.refresher_caller = refresher["caller"]
+    st.refresher_carrier = refresher["carrier"]
+    st.effective_limit_s, st.limit_source = effective_limit(
+        ev["effective_limit_s"], ev["limit_source"], mode, policy)
+    if mode == "session_timer" and se:
+        st.session_expiry_ms = ts + se * 1000
+    sync_deadline(st, policy, fx)
+
+
+def _on_refreshed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    if st.phase != phase.ANSWERED:
+        return
+    st.refresh_count += 1
+    if st.last_proof_ms is None or ts > st.last_proof_ms:
+        st.last_proof_ms = ts
+    expiry = parse_ts(ev["expires_at"])
+    if st.session_expiry_ms is None or expiry > st.session_expiry_ms:
+        st.session_expiry_ms = expiry
+    sync_deadline(st, policy, fx)
+
+
+def _on_refresh_failed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    if st.phase == phase.ANSWERED:
+        msg = f"session refresh failed on the {ev['leg']} leg ({ev['cause']}, status {ev['status']})"
+        raise_once(st, "refresh_failed", ts, msg, fx)
+
+
+def _on_probe_ok(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    if st.phase == phase.ANSWERED and (st.last_proof_ms is None or ts > st.last_proof_ms):
+        st.last_proof_ms = ts
+
+
+def _on_probe_failed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    if st.phase == phase.ANSWERED:
+        raise_once(st, "probe_failed", ts,
+                   f"liveness probe failed on the {ev['leg']} leg ({ev['cause']}, status {ev['status']})", fx)
+
+
+def _on_terminated(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
+    reason = ev["reason"]
+    initiator = ev["initiator"]
+    if st.phase == phase.ANSWERED and reason in PARTY_BYE_REASONS and initiator != "system":
+        # A party's BYE proves the call was alive until the end: verified == duration.
+        st.last_proof_ms = ts
+    close_call(st, ts, reason, initiator, ev["sip_status"], fx)
+
+
+_HANDLERS: Final[dict[str, Handler]] = {
+    "call.setup": _on_setup,
+    "call.routed": _on_routed,
+    "call.progress": _on_progress,
+    "call.answered": _on_answered,
+    "session.refreshed": _on_refreshed,
+    "session.refresh_failed": _on_refresh_failed,
+    "liveness.probe_succeeded": _on_probe_ok,
+    "liveness.probe_failed": _on_probe_failed,
+    "call.terminated": _on_terminated,
+}
+EVENT_TYPES: Final = frozenset(_HANDLERS)
+
+
+def _step(st: CallState, ev: dict[str, Any], policy: Policy, fx: list[Effect]) -> None:
+    """Apply one in-order event."""
+    if st.phase == phase.ENDED:
+        return  # first close wins: nothing after the close changes the (already emitted) CDR
+    ts = parse_ts(ev["ts"])
+    if st.last_event_ms is None or ts > st.last_event_ms:
+        st.last_event_ms = ts
+    if st.phase == phase.PENDING:
+        # seq 1 (call.setup by contract; whatever it is, it starts the call).
+        st.phase = phase.ACTIVE
+        st.node = ev["node"]
+        st.setup_ms = ts
+        st.pending_since_ms = None
+    _HANDLERS[ev["type"]](st, ev, ts, policy, fx)
+
+
+def apply(state: CallState | None, event: dict[str, Any], policy: Policy) -> tuple[CallState, list[Effect]]:
+    """Fold one (schema-valid) call event into the call's state. See the module docstring.
+
+    Returns ``(state, effects)``; ``state`` is the argument itself, mutated (or a new one for ``None``).
+    Raises ValueError for event types that are not call events (node.heartbeat) before touching state.
+    """
+    etype = event["type"]
+    if etype not in _HANDLERS:
+        raise ValueError(f"not a call event type: {etype!r}")
+    if state is None:
+        state = CallState(event["call_id"])
+    seq = event["seq"]
+    nxt = state.next_seq
+    fx: list[Effect] = []
+    if seq < nxt:
+        return state, fx  # duplicate of an applied event
+    held = state.held
+    if seq != nxt:
+        if seq not in held:  # else: duplicate of a held event
+            held[seq] = event
+            if nxt == 1:
+                _hold_pending(state, event, policy, fx)
+        return state, fx
+    was_pending = nxt == 1
+    _step(state, event, policy, fx)
+    nxt += 1
+    if held:
+        while nxt in held:
+            _step(state, held.pop(nxt), policy, fx)
+            nxt += 1
+    state.next_seq = nxt
+    if was_pending and state.scheduled_at_ms is not None and state.phase != phase.ENDED:
+        sync_deadline(state, policy, fx)  # the pending (unknown_call) timer is no longer needed
+    return state, fx
+
+
+def _hold_pending(state: CallState, event: dict[str, Any], policy: Policy, fx: list[Effect]) -> None:
+    ts = parse_ts(event["ts"])
+    if state.pending_since_ms is None or ts < state.pending_since_ms:
+        state.pending_since_ms = ts
+    if not state.node:
+        state.node = event["node"]
+    sync_deadline(state, policy, fx)
+
+
+def drain_held(state: CallState, policy: Policy) -> tuple[CallState, list[Effect]]:
+    """Force held events in, skipping missing seqs (for a driver that gave up waiting for a gap).
+
+    Only for calls past seq 1: a PENDING call has no call.setup, so it cannot be folded meaningfully.
+    Mutates and returns ``state``.
+    """
+    fx: list[Effect] = []
+    if state.phase == phase.PENDING:
+        return state, fx
+    held = state.held
+    while held:
+        seq = min(held)
+        _step(state, held.pop(seq), policy, fx)
+        state.next_seq = seq + 1
+    return state, fx

@@ -1,0 +1,72 @@
+"""Effects: what the pure core asks its driver to do. Plain data, no behaviour.
+
+The core never performs I/O; ``apply``/``on_deadline``/``on_node_lost`` return a list of these and the
+driver (faust agent, embedded runner, replay) carries them out: publish a CDR, send a command, raise an
+alert, (re)arm a timer. All fields are JSON-friendly scalars or dicts so effects can be logged as-is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class EmitCdr:
+    """Publish the CDR of a closed call.
+
+    ``cdr_fields`` is a complete, schema-valid but *unrated* CDR (money fields zero, rates null,
+    currency ``XXX``): the core has no rate decks. The driver rates it with ``cdr.rerate``.
+    """
+
+    cdr_fields: dict[str, Any]
+
+
+@dataclass(slots=True)
+class IssueTerminate:
+    """Tell the owning node to hang up both legs (see ``commands.build_command``)."""
+
+    call_id: str
+    node: str
+    reason: str  # an end_reason: no_timer_limit / max_duration_limit / session_expired
+    deadline_ms: int  # the deadline the command enforces
+    ts_ms: int  # the driver-supplied "now" at which the command was decided
+
+
+@dataclass(slots=True)
+class RaiseAlert:
+    """Raise one alert (at most one per call and kind); ``alerts.build_alert`` makes the dict.
+
+    Carries everything the alert needs except the money, which needs the sell rate deck.
+    """
+
+    kind: str
+    call_id: str
+    node: str
+    account: str
+    vendor: str
+    callee: str
+    answer_ms: int | None
+    ran_ms: int
+    unverified_ms: int
+    message: str
+    ts_ms: int
+
+
+@dataclass(slots=True)
+class ScheduleDeadline:
+    """(Re)arm the call's single timer: call ``rules.on_deadline`` at ``at_ms`` (replaces any earlier one)."""
+
+    call_id: str
+    at_ms: int
+    why: str
+
+
+@dataclass(slots=True)
+class CancelDeadline:
+    """The call needs no timer any more."""
+
+    call_id: str
+
+
+Effect = EmitCdr | IssueTerminate | RaiseAlert | ScheduleDeadline | CancelDeadline

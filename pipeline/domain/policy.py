@@ -1,0 +1,33 @@
+"""Rule parameters for zombie-call enforcement, all in seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Frozen so a policy can be shared between calls and workers without defensive copies.
+
+    ``0`` disables a limit (``max_call_duration``, ``no_timer_max_duration``); the B2BUA has the same
+    knobs, this copy is what the pipeline uses to *check* that the B2BUA enforced them.
+    """
+
+    # Hard cap on any answered call (0 = off).
+    max_call_duration: int = 0
+    # Cap on calls without RFC 4028 session timers: nothing else proves they are alive (0 = off).
+    no_timer_max_duration: int = 7200
+    # Hang up this many seconds before the session expiry (0 = at expiry).
+    session_timeout_early_hangup: int = 0
+    # How late the B2BUA may be in enforcing a deadline before the pipeline steps in.
+    grace_period_s: int = 5
+    # A node silent (no heartbeat) this long is considered lost and its calls orphaned.
+    node_timeout_s: int = 30
+    # Events of a call whose call.setup has not arrived are reported after this long.
+    unknown_call_timeout_s: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("max_call_duration", "no_timer_max_duration", "session_timeout_early_hangup",
+                     "grace_period_s", "node_timeout_s", "unknown_call_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")

@@ -1,0 +1,148 @@
+"""Enforcement rules: deadlines of answered calls, what to do when one is missed, orphaning.
+
+An answered call has up to two deadlines:
+
+* the duration limit: ``answer + effective_limit_s``, where the effective limit is the smallest of
+  ``max_call_duration``, (for no_timer calls) ``no_timer_max_duration`` and the ``effective_limit_s``
+  the B2BUA announced in call.answered (what it actually enforced). 0 / null mean "no such limit".
+* for session_timer calls, the session expiry less ``session_timeout_early_hangup``: the session must be
+  proven alive by a session.refreshed before it. The expiry is the latest ``expires_at`` of any
+  session.refreshed (max over legs: conservative - the pipeline must never kill a live call because of
+  one leg's bookkeeping), initially ``answer + session_expires``.
+
+The B2BUA itself should hang up at the deadline. The pipeline is the watchdog: if no call.terminated has
+arrived ``grace_period_s`` after the deadline, it issues a call.terminate to the owning node and raises
+an ``enforcement_missed`` alert - once per call (the command id is deterministic, so the node dedups
+re-deliveries; the pipeline does not re-issue).
+
+A call still PENDING (events without their call.setup) has one deadline too: ``pending_since +
+unknown_call_timeout_s``, when an ``unknown_call`` alert is raised (no grace: nothing was missed).
+
+"Due" time = deadline + grace (or the pending deadline): that is what ScheduleDeadline carries and what
+the DeadlineQueue orders by.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from . import phase
+from .alerts import raise_once
+from .closing import close_call
+from .effects import CancelDeadline, Effect, IssueTerminate, ScheduleDeadline
+from .policy import Policy
+from .timeutil import format_ts
+
+if TYPE_CHECKING:
+    from .call_state import CallState
+
+UNKNOWN_CALL: Final = "unknown_call"
+SESSION_EXPIRED: Final = "session_expired"
+# limit_source -> the end_reason a terminate for that limit carries.
+_LIMIT_REASON: Final = {"no_timer_max_duration": "no_timer_limit", "max_call_duration": "max_duration_limit"}
+
+
+def effective_limit(announced_s: int | None, announced_source: str, timer_mode: str,
+                    policy: Policy) -> tuple[int | None, str]:
+    """(limit seconds or None, limit_source): the smallest of the announced and the policy limits.
+
+    On a tie the B2BUA's announced source is kept, since it is what was actually enforced.
+    """
+    best: int | None = None
+    source = "none"
+    if announced_s:
+        best, source = announced_s, (announced_source if announced_source != "none" else "max_call_duration")
+    if policy.max_call_duration and (best is None or policy.max_call_duration < best):
+        best, source = policy.max_call_duration, "max_call_duration"
+    if timer_mode == "no_timer" and policy.no_timer_max_duration and (
+            best is None or policy.no_timer_max_duration < best):
+        best, source = policy.no_timer_max_duration, "no_timer_max_duration"
+    return best, source
+
+
+def next_deadline(state: CallState, policy: Policy) -> tuple[int, str] | None:
+    """The call's next rule deadline as (epoch ms, why); why is the end_reason to enforce it with
+    (no_timer_limit / max_duration_limit / session_expired) or ``unknown_call``. None: nothing to watch.
+    """
+    ph = state.phase
+    if ph == phase.ANSWERED:
+        if state.terminate_issued:
+            return None
+        best: tuple[int, str] | None = None
+        if state.effective_limit_s and state.answer_ms is not None:
+            best = (state.answer_ms + state.effective_limit_s * 1000,
+                    _LIMIT_REASON.get(state.limit_source, "max_duration_limit"))
+        if state.timer_mode == "session_timer" and state.session_expiry_ms is not None:
+            at = state.session_expiry_ms - policy.session_timeout_early_hangup * 1000
+            if best is None or at < best[0]:
+                best = (at, SESSION_EXPIRED)
+        return best
+    if ph == phase.PENDING and state.pending_since_ms is not None and UNKNOWN_CALL not in state.alerts_raised:
+        return state.pending_since_ms + policy.unknown_call_timeout_s * 1000, UNKNOWN_CALL
+    return None
+
+
+def due_at(state: CallState, policy: Policy) -> int | None:
+    """When the driver should call :func:`on_deadline` for this call (deadline + grace), or None."""
+    nd = next_deadline(state, policy)
+    if nd is None:
+        return None
+    at, why = nd
+    return at if why == UNKNOWN_CALL else at + policy.grace_period_s * 1000
+
+
+def sync_deadline(state: CallState, policy: Policy, effects: list[Effect]) -> None:
+    """Append Schedule/CancelDeadline if the call's due time changed since it was last scheduled."""
+    due = due_at(state, policy)
+    if due == state.scheduled_at_ms:
+        return
+    state.scheduled_at_ms = due
+    if due is None:
+        effects.append(CancelDeadline(state.call_id))
+    else:
+        nd = next_deadline(state, policy)
+        effects.append(ScheduleDeadline(state.call_id, due, nd[1] if nd else ""))
+
+
+def on_deadline(state: CallState, now_ms: int, policy: Policy) -> tuple[CallState, list[Effect]]:
+    """Timer callback. Enforces what is overdue at ``now_ms`` and re-arms the timer.
+
+    Safe to call at any time (a stale or early timer just re-arms). Mutates and returns ``state``.
+    """
+    effects: list[Effect] = []
+    nd = next_deadline(state, policy)
+    if nd is not None:
+        at, why = nd
+        if why == UNKNOWN_CALL:
+            if now_ms >= at:
+                raise_once(state, UNKNOWN_CALL, now_ms,
+                           f"events without call.setup since {format_ts(state.pending_since_ms or at)}",
+                           effects)
+        elif now_ms >= at + policy.grace_period_s * 1000:
+            state.terminate_issued = True
+            effects.append(IssueTerminate(state.call_id, state.node, why, at, now_ms))
+            raise_once(state, "enforcement_missed", now_ms,
+                       f"{why} deadline {format_ts(at)} passed without call.terminated from {state.node}",
+                       effects)
+    sync_deadline(state, policy, effects)
+    return state, effects
+
+
+def on_node_lost(state: CallState, now_ms: int) -> tuple[CallState, list[Effect]]:
+    """The call's node stopped heart-beating: close the call as ``orphaned`` (ended_by system).
+
+    End time = last proof of life (for an unanswered call: the last event seen), so nothing after the
+    last proof is billed. Raises an ``orphaned`` alert (ts = ``now_ms``) and emits the CDR. No-op for
+    calls that are already closed or still pending. Mutates and returns ``state``.
+    """
+    effects: list[Effect] = []
+    if state.phase not in phase.OPEN_PHASES:
+        return state, effects
+    if state.answer_ms is not None:
+        end = state.last_proof_ms if state.last_proof_ms is not None else state.answer_ms
+    else:
+        end = state.last_event_ms if state.last_event_ms is not None else now_ms
+    raise_once(state, "orphaned", now_ms, f"node {state.node} lost; call closed at last proof of life",
+               effects)
+    close_call(state, end, "orphaned", "system", None, effects)
+    return state, effects

@@ -1,0 +1,201 @@
+"""The ``sipledger`` command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import config as config_mod
+from .config import Config, ConfigError
+
+DEFAULT_CONFIG = "sipledger.toml"
+
+
+def _load_config(path: str | None, overrides: tuple[str, ...]) -> Config:
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    try:
+        return config_mod.load(path, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command ``--config PATH`` and repeatable ``--set section.key=value``; pass ``cfg``."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help=f"TOML configuration (default: ./{DEFAULT_CONFIG} when present)")
+    @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                  help="Override one configuration key (repeatable)")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_path: str | None, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+        return fn(*args, cfg=_load_config(config_path, overrides), **kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sipledger")
+def main() -> None:
+    """sipledger: SIP B2BUA + event-sourced CDR pipeline that stops zombie calls."""
+
+
+# --- stack -----------------------------------------------------------------------------------
+
+@main.group()
+def stack() -> None:
+    """Local Kafka (KRaft) and ClickHouse 18.16 as plain processes on 127.0.0.1."""
+
+
+def _stack_dir(cfg: Config) -> Path:
+    return cfg.path(cfg.stack.dir).resolve()
+
+
+def _topics(cfg: Config) -> dict[str, int]:
+    k = cfg.kafka
+    return {k.topic_events: k.partitions, k.topic_commands: k.partitions, k.topic_alerts: k.partitions,
+            k.topic_cdrs: k.partitions, k.topic_dead_letter: 1}
+
+
+@stack.command("up")
+@click.option("--only", type=click.Choice(["kafka", "clickhouse"]), default=None,
+              help="Start one service only")
+@with_config
+def stack_up(cfg: Config, only: str | None) -> None:
+    """Start the services (or report the ones already running), create topics, apply the DDL."""
+    from .stack import services
+
+    try:
+        for line in services.up(_stack_dir(cfg), cfg, _topics(cfg), only=only):
+            click.echo(line)
+    except services.StackError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@stack.command("down")
+@with_config
+def stack_down(cfg: Config) -> None:
+    """Stop every service the stack started; nothing is left running."""
+    from .stack import services
+
+    for line in services.down(_stack_dir(cfg)):
+        click.echo(line)
+
+
+@stack.command("status")
+@with_config
+def stack_status(cfg: Config) -> None:
+    """Show what runs, its pid, port and URL. Exit 1 when a service is down."""
+    from .stack import services
+
+    lines, all_up = services.status(_stack_dir(cfg))
+    for line in lines:
+        click.echo(line)
+    sys.exit(0 if all_up else 1)
+
+
+@stack.command("migrate")
+@click.option("--store", "store_url", default=None, help="Store URL (default: store.url)")
+@with_config
+def stack_migrate(cfg: Config, store_url: str | None) -> None:
+    """Apply the ClickHouse DDL in schemas/clickhouse/ (idempotent)."""
+    from .store import StoreError, migrate, open_store
+
+    try:
+        with open_store(store_url or cfg.store.url, str(cfg.base_dir)) as store:
+            applied = migrate(store)
+            click.echo(f"{store.url} (ClickHouse {store.dialect.version}): applied {', '.join(applied)}")
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@stack.command("init")
+@with_config
+def stack_init(cfg: Config) -> None:
+    """Create the topics on kafka.bootstrap and apply the DDL to store.url (existing services)."""
+    from .stack import kafka_broker
+    from .stack.process import StackError
+    from .store import StoreError, migrate, open_store
+
+    try:
+        created = kafka_broker.create_topics(cfg.kafka.bootstrap, _topics(cfg), timeout=120)
+        click.echo(f"kafka {cfg.kafka.bootstrap}: created {', '.join(created) or 'nothing (all exist)'}")
+        with open_store(cfg.store.url, str(cfg.base_dir)) as store:
+            migrate(store)
+            click.echo(f"store {store.url}: schema applied (ClickHouse {store.dialect.version})")
+    except (StackError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@stack.command("fetch-kafka")
+@with_config
+def stack_fetch_kafka(cfg: Config) -> None:
+    """Download Kafka's jars from Maven Central into the stack folder (cached)."""
+    from .stack import kafka_broker
+    from .stack.process import StackError
+
+    try:
+        libs = kafka_broker.fetch(_stack_dir(cfg))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"kafka jars: {libs} ({len(list(libs.glob('*.jar')))} jars)")
+
+
+# --- config ----------------------------------------------------------------------------------
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@with_config
+def config_check(cfg: Config) -> None:
+    """Load and validate the configuration; print the effective timer settings."""
+    t = cfg.timers
+    click.echo(f"ok: node {cfg.node.id}, {len(cfg.accounts)} accounts, {len(cfg.gateways)} gateways, "
+               f"{len(cfg.routes)} routes")
+    click.echo(f"timers: session_ttl={t.session_ttl}s segment={t.session_update_segment} "
+               f"no_timer_max_duration={t.no_timer_max_duration}s max_call_duration={t.max_call_duration}s")
+
+
+@config_group.command("keys")
+def config_keys() -> None:
+    """List every configuration key with its default and VOS3000 equivalent."""
+    for key, doc, default, vos in config_mod.describe():
+        vos_txt = f"  [VOS3000 {vos}]" if vos else ""
+        click.echo(f"{key} = {json.dumps(default)}{vos_txt}\n    {doc}")
+
+
+# --- cdrs ------------------------------------------------------------------------------------
+
+@main.command("cdrs")
+@click.option("--store", "store_url", default=None, help="Store URL (default: store.url)")
+@click.option("--since", default=None, help="Only calls that ended at or after this UTC time (ISO 8601)")
+@click.option("--until", default=None, help="Only calls that ended before this UTC time (ISO 8601)")
+@click.option("--account", default=None, help="Only this account")
+@click.option("--call-id", default=None, help="Only this call")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@with_config
+def cdrs(cfg: Config, store_url: str | None, since: str | None, until: str | None, account: str | None,
+         call_id: str | None, fmt: str) -> None:
+    """Export CDRs (one per call, duplicates folded) as JSON lines or CSV."""
+    from .store import StoreError, open_store
+    from .store.cdr_export import export_cdrs
+
+    try:
+        with open_store(store_url or cfg.store.url, str(cfg.base_dir)) as store:
+            export_cdrs(store, sys.stdout, fmt=fmt, since=since, until=until, account=account,
+                        call_id=call_id)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""sipledger configuration: one TOML file, ``--set section.key=value`` overrides, VOS3000 names.
+
+Every key is declared once, on a frozen dataclass field, with its documentation and,
+where one exists, the VOS3000 parameter it corresponds to. The loader refuses unknown
+keys and bad values at start-up and names the key, so a typo never silently falls back
+to a default in production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``key`` is the dotted name of the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key {key!r}: {message}")
+        self.key = key
+
+
+def opt(default: Any, doc: str, *, vos3000: str | None = None, lo: float | None = None,
+        hi: float | None = None, choices: Iterable[Any] | None = None, factory: bool = False) -> Any:
+    meta = {"doc": doc, "vos3000": vos3000, "lo": lo, "hi": hi,
+            "choices": tuple(choices) if choices is not None else None}
+    if factory:
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    id: str = opt("node-1", "Identity of this B2BUA instance; events carry it and commands address it")
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    listen_host: str = opt("127.0.0.1", "Address the B2BUA binds (UDP and TCP)")
+    listen_port: int = opt(5060, "SIP port; 0 picks a free one (tests)", lo=0, hi=65535)
+    transports: list[str] = opt(["udp", "tcp"], "Transports to listen on", factory=True,
+                                choices=("udp", "tcp"))
+    resend_interval_ms: int = opt(500, "RFC 3261 T1: first retransmission interval, ms",
+                                  vos3000="SS_SIP_RESEND_INTERVAL", lo=10, hi=10_000)
+    invite_timeout: float = opt(32.0, "Seconds a carrier has to answer an INVITE at all before failover",
+                                vos3000="SS_SIP_TIMEOUT", lo=0.1)
+    call_progress_timeout: float = opt(120.0, "Seconds a ringing carrier has to answer before CANCEL",
+                                       lo=0.1)
+    max_message_bytes: int = opt(65_535, "Largest SIP message accepted; larger ones are refused",
+                                 lo=1024, hi=1_048_576)
+    max_headers: int = opt(128, "Most header fields accepted in one message", lo=16, hi=4096)
+    refresh_method: str = opt("update", "How the B2BUA refreshes sessions it is refresher for "
+                              "(UPDATE falls back to re-INVITE when the peer does not allow it)",
+                              choices=("update", "invite"))
+
+
+@dataclass(frozen=True, slots=True)
+class TimersConfig:
+    session_ttl: int = opt(600, "Session-Expires offered and accepted on timer calls, s",
+                           vos3000="SS_SIP_SESSION_TTL", lo=1)
+    session_update_segment: int = opt(2, "The refresher refreshes every session_expires / this",
+                                      vos3000="SS_SIP_SESSION_UPDATE_SEGMENT", lo=1, hi=10)
+    min_se: int = opt(90, "Smallest Session-Expires accepted (RFC 4028 floor 90; lower only in labs), s",
+                      lo=1)
+    session_timeout_early_hangup: int = opt(0, "Seconds before session expiry at which timer calls "
+                                            "are hung up", vos3000="SS_SIP_SESSION_TIMEOUT_EARLY_HANGUP",
+                                            lo=0)
+    no_timer_max_duration: int = opt(7200, "Hard cap for callers without RFC 4028 timers, s (0 = off)",
+                                     vos3000="SS_SIP_NO_TIMER_REINVITE_INTERVAL", lo=0)
+    max_call_duration: int = opt(0, "Hard cap for every call, s (0 = off)",
+                                 vos3000="SS_MAX_CALL_DURATION", lo=0)
+    liveness_probe_interval: int = opt(0, "In-dialog OPTIONS to legs without timers every N s (0 = off)",
+                                       lo=0)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    realm: str = opt("sipledger", "Digest realm of 401/407 challenges")
+    auth_retry_limit: int = opt(3, "Failed digest answers per call before 403", lo=1)
+    auth_lock_failures: int = opt(5, "Failed digest answers in a row that lock an account", lo=1)
+    auth_lock_seconds: int = opt(300, "How long a locked account is refused, s", lo=0)
+    max_concurrent_calls: int = opt(0, "System-wide concurrent call limit (0 = off)",
+                                    vos3000="SS_MAX_CONCURRENT_CALLS", lo=0)
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    log: str = opt("file://.sipledger/events.jsonl",
+                   "Where events go: file:///path (embedded JSON-lines journal) or kafka://host:port")
+    spool_dir: str = opt(".sipledger/spool", "Local spool for events while Kafka is unreachable")
+    heartbeat_interval: float = opt(5.0, "Seconds between node.heartbeat events", lo=0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    bootstrap: str = opt("127.0.0.1:9092", "Kafka bootstrap servers (host:port[,host:port])")
+    partitions: int = opt(4, "Partitions of the project's topics (calls are keyed by call id)", lo=1)
+    topic_events: str = opt("call-events", "Topic of call events")
+    topic_commands: str = opt("call-commands", "Topic of commands to B2BUA nodes")
+    topic_alerts: str = opt("zombie-alerts", "Topic of zombie alerts")
+    topic_cdrs: str = opt("cdrs", "Topic of CDRs")
+    topic_dead_letter: str = opt("dead-letter", "Topic of refused messages, with the reason")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = opt("chdb://.sipledger/store",
+                   "CDR store: chdb:///path (embedded) or clickhouse://user:pass@host:9000/db")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    grace_period: float = opt(5.0, "Seconds past a deadline before the pipeline enforces it itself", lo=0)
+    node_timeout: float = opt(30.0, "Seconds without node.heartbeat before a node's calls are orphaned",
+                              lo=1)
+    unknown_call_timeout: float = opt(60.0, "Seconds an event may wait for its call.setup", lo=1)
+    sell_rates: str = opt("", "Rate deck CSV of the sell side (accounts); empty = unrated")
+    buy_rates: str = opt("", "Rate deck CSV of the buy side (vendors); empty = unrated")
+    webhook_url: str = opt("", "HTTP endpoint that receives each zombie alert as JSON (empty = off)")
+    batch_size: int = opt(5000, "Rows per ClickHouse insert", lo=1)
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    dir: str = opt(".stack", "Folder (ignored by git) for the local services' data, logs and jars")
+    kafka_port: int = opt(0, "Kafka broker port on 127.0.0.1 (0 = pick a free one)", lo=0, hi=65535)
+    clickhouse_port: int = opt(0, "ClickHouse native port on 127.0.0.1 (0 = pick a free one)",
+                               lo=0, hi=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str = opt("", "Account (customer) name; appears in CDRs")
+    ips: list[str] = opt([], "Source IPs admitted for this account without a password", factory=True)
+    username: str = opt("", "Digest user name (empty: IP admission only)")
+    password: str = opt("", "Digest password")
+    max_concurrent_calls: int = opt(0, "Concurrent calls allowed (0 = no limit)", lo=0)
+    bill_mode: str = opt("full", "Bill the full duration or only the verified part",
+                         choices=("full", "verified"))
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    name: str = opt("", "Gateway name")
+    vendor: str = opt("", "Vendor billed for calls through it (defaults to the name)")
+    host: str = opt("127.0.0.1", "Gateway address")
+    port: int = opt(5060, "Gateway SIP port", lo=1, hi=65535)
+    transport: str = opt("udp", "Transport to the gateway", choices=("udp", "tcp"))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    prefix: str = opt("", "Callee prefix (longest match wins; empty matches all)")
+    gateways: list[str] = opt([], "Gateway names, tried in order on 5xx/408/timeout", factory=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    accounts: list[Account] = field(default_factory=list)
+    gateways: list[Gateway] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    base_dir: Path = field(default=Path("."), compare=False)
+
+    def path(self, value: str) -> Path:
+        """Resolve a path-valued key relative to the config file's folder."""
+        p = Path(value)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def gateway(self, name: str) -> Gateway:
+        for gw in self.gateways:
+            if gw.name == name:
+                return gw
+        raise KeyError(name)
+
+    def account(self, name: str) -> Account:
+        for acc in self.accounts:
+            if acc.name == name:
+                return acc
+        raise KeyError(name)
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeConfig, "sip": SipConfig, "timers": TimersConfig, "admission": AdmissionConfig,
+    "events": EventsConfig, "kafka": KafkaConfig, "store": StoreConfig, "pipeline": PipelineConfig,
+    "stack": StackConfig,
+}
+TABLE_ARRAYS: dict[str, type] = {"accounts": Account, "gateways": Gateway, "routes": Route}
+
+
+def vos3000_names() -> dict[str, str]:
+    """VOS3000 parameter name -> sipledger dotted key."""
+    out = {}
+    for sname, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("vos3000"):
+                out[f.metadata["vos3000"]] = f"{sname}.{f.name}"
+    return out
+
+
+def _coerce(key: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    meta = f.metadata
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+    elif hint == list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+        value = list(value)
+    choices = meta.get("choices")
+    if choices:
+        items = value if isinstance(value, list) else [value]
+        bad = [v for v in items if v not in choices]
+        if bad:
+            raise ConfigError(key, f"{bad[0]!r} is not one of {', '.join(map(str, choices))}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise ConfigError(key, f"{value!r} is below the minimum {meta['lo']}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise ConfigError(key, f"{value!r} is above the maximum {meta['hi']}")
+    return value
+
+
+def _build(cls: type, prefix: str, table: Any) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(prefix, f"expected a table, got {table!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in table.items():
+        key = f"{prefix}.{k}"
+        if k not in fields:
+            raise ConfigError(key, f"unknown key (known in [{prefix.split('[')[0]}]: {', '.join(fields)})")
+        kwargs[k] = _coerce(key, fields[k], hints[k], v)
+    return cls(**kwargs)
+
+
+def _merge_vos3000(raw: dict[str, Any]) -> None:
+    table = raw.pop("vos3000", None)
+    if table is None:
+        return
+    if not isinstance(table, Mapping):
+        raise ConfigError("vos3000", "expected a table of VOS3000 parameter names")
+    names = vos3000_names()
+    for vname, value in table.items():
+        if vname not in names:
+            raise ConfigError(f"vos3000.{vname}", f"unknown VOS3000 parameter (known: {', '.join(names)})")
+        section, key = names[vname].split(".")
+        # VOS3000 exports write numbers as text; accept "600" as 600.
+        if isinstance(value, str):
+            try:
+                value = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+            except ValueError:
+                raise ConfigError(f"vos3000.{vname}", f"expected a number, got {value!r}") from None
+        sect = raw.setdefault(section, {})
+        if key in sect and sect[key] != value:
+            raise ConfigError(f"vos3000.{vname}",
+                              f"conflicts with {section}.{key} = {sect[key]!r}; set only one of them")
+        sect[key] = value
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (path, value); the value is read as TOML, else as a plain string."""
+    if "=" not in item:
+        raise ConfigError(item, "an override must look like section.key=value")
+    key, _, text = item.partition("=")
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ConfigError(key, "an override names section.key")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return path, value
+
+
+def from_dict(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
+    raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    _merge_vos3000(raw)
+    kwargs: dict[str, Any] = {"base_dir": base_dir}
+    for name, value in raw.items():
+        if name in SECTIONS:
+            kwargs[name] = _build(SECTIONS[name], name, value)
+        elif name in TABLE_ARRAYS:
+            if not isinstance(value, list):
+                raise ConfigError(name, "expected an array of tables ([[" + name + "]])")
+            kwargs[name] = [_build(TABLE_ARRAYS[name], f"{name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            known = [*SECTIONS, *TABLE_ARRAYS, "vos3000"]
+            raise ConfigError(name, f"unknown section (known: {', '.join(known)})")
+    cfg = Config(**kwargs)
+    _check_references(cfg)
+    return cfg
+
+
+def _check_references(cfg: Config) -> None:
+    names = [g.name for g in cfg.gateways]
+    for i, gw in enumerate(cfg.gateways):
+        if not gw.name:
+            raise ConfigError(f"gateways[{i}].name", "every gateway needs a name")
+    if len(set(names)) != len(names):
+        raise ConfigError("gateways", "gateway names must be unique")
+    for i, route in enumerate(cfg.routes):
+        for gname in route.gateways:
+            if gname not in names:
+                raise ConfigError(f"routes[{i}].gateways", f"no gateway named {gname!r}")
+    accounts = [a.name for a in cfg.accounts]
+    for i, acc in enumerate(cfg.accounts):
+        if not acc.name:
+            raise ConfigError(f"accounts[{i}].name", "every account needs a name")
+        if acc.username and not acc.password:
+            raise ConfigError(f"accounts[{i}].password", "a digest user needs a password")
+    if len(set(accounts)) != len(accounts):
+        raise ConfigError("accounts", "account names must be unique")
+
+
+def load(path: str | Path | None = None, overrides: Iterable[str] = (),
+         extra: Callable[[dict[str, Any]], None] | None = None) -> Config:
+    """Read ``path`` (or defaults when None), apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    base = Path(".")
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(str(p), "config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(p), f"not valid TOML: {exc}") from None
+        base = p.resolve().parent
+    for item in overrides:
+        (section, key), value = parse_override(item)
+        if section in TABLE_ARRAYS:
+            raise ConfigError(f"{section}.{key}", "arrays of tables cannot be overridden with --set")
+        tbl = raw.setdefault(section, {})
+        if not isinstance(tbl, dict):
+            raise ConfigError(section, "expected a table")
+        tbl[key] = value
+    if extra is not None:
+        extra(raw)
+    return from_dict(raw, base)
+
+
+def describe() -> list[tuple[str, str, Any, str | None]]:
+    """(dotted key, doc, default, VOS3000 name) of every key, for docs and `sipledger config keys`."""
+    rows = []
+    for sname, cls in {**SECTIONS, **TABLE_ARRAYS}.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{sname}.{f.name}", f.metadata["doc"], default, f.metadata.get("vos3000")))
+    return rows

@@ -1,0 +1,143 @@
+"""Apache Kafka 4.3.1 in KRaft combined mode, assembled from Maven Central, as a user process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .process import ServiceRecord, StackError, free_port, port_open, running_record, start
+
+NAME = "kafka"
+POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
+
+_LOG4J2 = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="out" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d{ISO8601}] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka" level="INFO"/>
+    <Logger name="org.apache.kafka" level="WARN"/>
+    <Root level="WARN"><AppenderRef ref="out"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def libs_dir(stack_dir: Path) -> Path:
+    return stack_dir / "kafka" / "libs"
+
+
+def fetch(stack_dir: Path) -> Path:
+    """Copy the broker's runtime jars from Maven Central (cached: a second call does nothing)."""
+    libs = libs_dir(stack_dir)
+    if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")) and any(libs.glob("kafka-tools-*.jar")):
+        return libs
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is not installed; run deploy/install.sh")
+    libs.mkdir(parents=True, exist_ok=True)
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise StackError(f"Maven could not assemble Kafka:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    return libs
+
+
+def _java(libs: Path, *args: str, log4j: Path) -> list[str]:
+    return ["java", "-Xms256m", "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}",
+            "-cp", f"{libs}/*", *args]
+
+
+def up(stack_dir: Path, port: int = 0, timeout: float = 60.0) -> tuple[ServiceRecord, bool]:
+    """Start the broker unless one of ours runs already. Returns (record, started_now)."""
+    rec = running_record(stack_dir, NAME)
+    if rec is not None:
+        return rec, False
+    libs = fetch(stack_dir)
+    home = stack_dir / "kafka"
+    data = home / "data"
+    port = port or free_port()
+    cport = free_port()
+    log4j = home / "log4j2.xml"
+    log4j.write_text(_LOG4J2)
+    props = home / "server.properties"
+    # A fresh controller port means a fresh quorum: reformat so the stored metadata agrees with it.
+    if data.exists():
+        shutil.rmtree(data)
+    props.write_text("\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{cport}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"log.dirs={data}",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "num.partitions=4",
+        "auto.create.topics.enable=false",
+        "log.retention.hours=168",
+        "",
+    ]))
+    uuid = subprocess.run(_java(libs, "kafka.tools.StorageTool", "random-uuid", log4j=log4j),
+                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    res = subprocess.run(_java(libs, "kafka.tools.StorageTool", "format", "-t", uuid, "-c", str(props),
+                               log4j=log4j), capture_output=True, text=True)
+    if res.returncode != 0:
+        raise StackError(f"kafka storage format failed: {res.stdout}{res.stderr}")
+    log = home / "kafka.log"
+    env = dict(os.environ)
+    rec = start(stack_dir, NAME, _java(libs, "kafka.Kafka", str(props), log4j=log4j), port, log,
+                ready=lambda: port_open(port) and _started(log), timeout=timeout, env=env,
+                extra={"controller_port": cport})
+    return rec, True
+
+
+def _started(log: Path) -> bool:
+    try:
+        return "Kafka Server started" in log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> list[str]:
+    """Create missing topics (name -> partitions). Returns the names it created."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="sipledger-stack",
+                                     request_timeout_ms=10_000)
+            break
+        except Exception as exc:  # the broker may still be electing its controller
+            last = exc
+            time.sleep(0.5)
+    else:
+        raise StackError(f"cannot reach Kafka at {bootstrap}: {last}")
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name=t, num_partitions=n, replication_factor=1)
+                   for t, n in topics.items() if t not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing, timeout_ms=15_000)
+        return [t.name for t in missing]
+    finally:
+        admin.close()

@@ -1,0 +1,54 @@
+"""Session fixtures: the real Kafka broker and ClickHouse 18.16 server, started for the suite.
+
+They run as plain processes on 127.0.0.1 under .stack/test (ignored by git), through the same
+code as `sipledger stack up`, and are stopped at the end, SIGKILL included.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sipledger import config as config_mod
+from sipledger.stack import clickhouse_server, kafka_broker, process
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_STACK = REPO / ".stack" / "test"
+TOPICS = {"call-events": 4, "call-commands": 4, "zombie-alerts": 4, "cdrs": 4, "dead-letter": 1}
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    dir: Path
+    kafka_bootstrap: str
+    clickhouse_port: int
+
+    def clickhouse_url(self, database: str = "sipledger") -> str:
+        return f"clickhouse://default:@127.0.0.1:{self.clickhouse_port}/{database}"
+
+
+@pytest.fixture(scope="session")
+def real_stack() -> Iterator[RunningStack]:
+    TEST_STACK.mkdir(parents=True, exist_ok=True)
+    # Share the jars fetched by deploy/install.sh instead of a second Maven run.
+    shared_libs = REPO / ".stack" / "kafka" / "libs"
+    test_libs = kafka_broker.libs_dir(TEST_STACK)
+    if shared_libs.is_dir() and not test_libs.exists():
+        test_libs.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(shared_libs, test_libs)
+    k, _ = kafka_broker.up(TEST_STACK)
+    c, _ = clickhouse_server.up(TEST_STACK)
+    bootstrap = f"127.0.0.1:{k.port}"
+    kafka_broker.create_topics(bootstrap, TOPICS)
+    yield RunningStack(TEST_STACK, bootstrap, c.port)
+    for name in (kafka_broker.NAME, clickhouse_server.NAME):
+        process.stop(TEST_STACK, name)
+
+
+@pytest.fixture()
+def default_config() -> config_mod.Config:
+    return config_mod.load(None)

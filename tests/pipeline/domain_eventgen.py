@@ -1,0 +1,74 @@
+"""Synthetic call events for the domain tests (schema-valid; checked in test_domain_call_state.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.domain.timeutil import format_ts
+
+T0 = 1_795_600_800_000  # 2026-11-25T10:00:00.000Z
+
+
+class CallBuilder:
+    """Builds one call's events with consecutive seqs; times are ms offsets from ``t0``."""
+
+    def __init__(self, call_id: str = "c1", node: str = "b2b-1", t0: int = T0) -> None:
+        self.call_id, self.node, self.t0 = call_id, node, t0
+        self.events: list[dict[str, Any]] = []
+
+    def _ev(self, etype: str, at: int, **body: Any) -> CallBuilder:
+        seq = len(self.events) + 1
+        self.events.append({
+            "event_id": f"{self.call_id}-{seq}", "call_id": self.call_id, "seq": seq, "type": etype,
+            "ts": format_ts(self.t0 + at), "node": self.node, "schema_version": 1, **body,
+        })
+        return self
+
+    def setup(self, at: int = 0, account: str = "acme", callee: str = "+441234567890") -> CallBuilder:
+        return self._ev("call.setup", at, caller="+15550001", callee=callee, account=account,
+                        source_ip="10.0.0.1", timer_supported=True, requested_session_expires=1800,
+                        requested_min_se=90, requested_refresher="uac")
+
+    def routed(self, at: int = 10, vendor: str = "carrierA", attempt: int = 1) -> CallBuilder:
+        return self._ev("call.routed", at, vendor=vendor, gateway="192.0.2.1:5060", prefix="44",
+                        attempt=attempt)
+
+    def progress(self, at: int = 500, status: int = 180) -> CallBuilder:
+        return self._ev("call.progress", at, status=status)
+
+    def answered(self, at: int = 2000, timer_mode: str = "session_timer", session_expires: int | None = 1800,
+                 effective_limit_s: int | None = None, limit_source: str = "none") -> CallBuilder:
+        refresher = ({"caller": "peer", "carrier": "b2bua"} if timer_mode == "session_timer"
+                     else {"caller": None, "carrier": None})
+        return self._ev("call.answered", at, timer_mode=timer_mode,
+                        session_expires=session_expires if timer_mode == "session_timer" else None,
+                        refresher=refresher, effective_limit_s=effective_limit_s, limit_source=limit_source)
+
+    def refreshed(self, at: int, session_expires: int = 1800, leg: str = "caller") -> CallBuilder:
+        return self._ev("session.refreshed", at, leg=leg, method="UPDATE", session_expires=session_expires,
+                        expires_at=format_ts(self.t0 + at + session_expires * 1000))
+
+    def refresh_failed(self, at: int, leg: str = "caller") -> CallBuilder:
+        return self._ev("session.refresh_failed", at, leg=leg, method="UPDATE", status=None, cause="timeout")
+
+    def probe_ok(self, at: int, leg: str = "carrier") -> CallBuilder:
+        return self._ev("liveness.probe_succeeded", at, leg=leg, status=200)
+
+    def probe_failed(self, at: int, leg: str = "carrier") -> CallBuilder:
+        return self._ev("liveness.probe_failed", at, leg=leg, status=None, cause="timeout")
+
+    def terminated(self, at: int, reason: str = "normal_caller_bye", initiator: str = "caller",
+                   sip_status: int | None = None) -> CallBuilder:
+        return self._ev("call.terminated", at, reason=reason, initiator=initiator, sip_status=sip_status)
+
+
+def normal_call(call_id: str = "c1", talk_ms: int = 65_400, **kw: Any) -> list[dict[str, Any]]:
+    """setup, routed, ringing, answered at +2 s, caller BYE after ``talk_ms``."""
+    b = CallBuilder(call_id, **kw).setup().routed().progress().answered()
+    b.refreshed(2000 + talk_ms // 2)
+    return b.terminated(2000 + talk_ms).events
+
+
+def heartbeat(node: str, at: int, seq: int = 1, t0: int = T0) -> dict[str, Any]:
+    return {"event_id": f"hb-{node}-{seq}", "call_id": f"node:{node}", "seq": seq, "type": "node.heartbeat",
+            "ts": format_ts(t0 + at), "node": node, "schema_version": 1, "active_calls": 1}
