@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -64,14 +65,50 @@ def up(stack_dir: Path, port: int = 0, timeout: float = 60.0) -> tuple[ServiceRe
     libs = fetch(stack_dir)
     home = stack_dir / "kafka"
     data = home / "data"
-    port = port or free_port()
-    cport = free_port()
     log4j = home / "log4j2.xml"
     log4j.write_text(_LOG4J2)
     props = home / "server.properties"
-    # A fresh controller port means a fresh quorum: reformat so the stored metadata agrees with it.
-    if data.exists():
-        shutil.rmtree(data)
+    ports_file = home / "ports.json"
+    # Restart on the same data and ports when we can, so topics and unconsumed events survive a
+    # `stack down`/`up`; otherwise format fresh storage for a new quorum.
+    saved = json.loads(ports_file.read_text()) if ports_file.exists() else None
+    reuse = (saved is not None and (data / "meta.properties").exists() and props.exists()
+             and (port in (0, saved["port"])) and not port_open(saved["port"])
+             and not port_open(saved["controller_port"]))
+    if reuse:
+        port, cport = saved["port"], saved["controller_port"]
+    else:
+        port = port or free_port()
+        cport = free_port()
+        if data.exists():
+            shutil.rmtree(data)
+        _write_props(props, data, port, cport)
+        uuid = subprocess.run(_java(libs, "kafka.tools.StorageTool", "random-uuid", log4j=log4j),
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        res = subprocess.run(_java(libs, "kafka.tools.StorageTool", "format", "-t", uuid, "-c", str(props),
+                                   log4j=log4j), capture_output=True, text=True)
+        if res.returncode != 0:
+            raise StackError(f"kafka storage format failed: {res.stdout}{res.stderr}")
+        ports_file.write_text(json.dumps({"port": port, "controller_port": cport}))
+    log = home / "kafka.log"
+    log_offset = log.stat().st_size if log.exists() else 0
+    env = dict(os.environ)
+    rec = start(stack_dir, NAME, _java(libs, "kafka.Kafka", str(props), log4j=log4j), port, log,
+                ready=lambda: port_open(port) and _started(log, log_offset), timeout=timeout, env=env,
+                extra={"controller_port": cport})
+    return rec, True
+
+
+def _started(log: Path, offset: int) -> bool:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            return b"Kafka Server started" in fh.read()
+    except FileNotFoundError:
+        return False
+
+
+def _write_props(props: Path, data: Path, port: int, cport: int) -> None:
     props.write_text("\n".join([
         "process.roles=broker,controller",
         "node.id=1",
@@ -93,25 +130,6 @@ def up(stack_dir: Path, port: int = 0, timeout: float = 60.0) -> tuple[ServiceRe
         "log.retention.hours=168",
         "",
     ]))
-    uuid = subprocess.run(_java(libs, "kafka.tools.StorageTool", "random-uuid", log4j=log4j),
-                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    res = subprocess.run(_java(libs, "kafka.tools.StorageTool", "format", "-t", uuid, "-c", str(props),
-                               log4j=log4j), capture_output=True, text=True)
-    if res.returncode != 0:
-        raise StackError(f"kafka storage format failed: {res.stdout}{res.stderr}")
-    log = home / "kafka.log"
-    env = dict(os.environ)
-    rec = start(stack_dir, NAME, _java(libs, "kafka.Kafka", str(props), log4j=log4j), port, log,
-                ready=lambda: port_open(port) and _started(log), timeout=timeout, env=env,
-                extra={"controller_port": cport})
-    return rec, True
-
-
-def _started(log: Path) -> bool:
-    try:
-        return "Kafka Server started" in log.read_text(errors="replace")
-    except FileNotFoundError:
-        return False
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> list[str]:

@@ -1,0 +1,56 @@
+"""Lifecycle facts of calls as contract events: envelope, per-call seq, validation, publishing.
+
+Every event is checked against its JSON Schema before it leaves: an invalid event from
+the B2BUA itself is a bug, and it fails loudly in tests instead of reaching billing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.validation import validate_event
+from sipledger.eventlog import Publisher
+
+
+def format_ts(epoch_s: float) -> str:
+    ms = int(epoch_s * 1000)
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class CallEventFactory:
+    def __init__(self, node: str, publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.publisher = publisher
+        self.clock = clock
+        self._seq: dict[str, int] = {}
+        self._hb_seq = 0
+        self.published = 0
+
+    def emit(self, call_id: str, etype: str, **fields: Any) -> dict[str, Any]:
+        seq = self._seq.get(call_id, 0) + 1
+        self._seq[call_id] = seq
+        event = {"event_id": uuid.uuid4().hex, "call_id": call_id, "seq": seq, "type": etype,
+                 "ts": format_ts(self.clock()), "node": self.node, "schema_version": 1, **fields}
+        validate_event(event)
+        self.publisher.publish(event)
+        self.published += 1
+        if etype == "call.terminated":
+            del self._seq[call_id]
+        return event
+
+    def heartbeat(self, active_calls: int) -> dict[str, Any]:
+        self._hb_seq += 1
+        event = {"event_id": uuid.uuid4().hex, "call_id": f"node:{self.node}", "seq": self._hb_seq,
+                 "type": "node.heartbeat", "ts": format_ts(self.clock()), "node": self.node,
+                 "schema_version": 1, "active_calls": active_calls}
+        validate_event(event)
+        # Every pipeline partition must see every node's heartbeat to judge its calls orphaned or not.
+        self.publisher.publish(event, broadcast=True)
+        return event
+
+    def open_calls(self) -> int:
+        return len(self._seq)

@@ -1,0 +1,125 @@
+"""Kafka publisher that never blocks the caller and never loses an event.
+
+``publish`` appends to the disk spool and returns; a delivery thread sends the
+spool to Kafka in order (acks=all, key = call id, one request in flight so order
+within a partition holds) and advances the spool's checkpoint only after the
+broker acknowledged the batch. While the broker is unreachable the spool grows;
+when it returns, delivery resumes where it stopped. A failed batch is re-sent
+from its start, so a consumer may see an event twice (the pipeline drops
+duplicate event_ids) but never out of order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from .spool import DiskSpool
+
+log = logging.getLogger("sipledger.kafka")
+
+
+class SpooledKafkaPublisher:
+    def __init__(self, bootstrap: str, topic: str, spool_dir: str, batch: int = 1000,
+                 client_id: str = "sipledger") -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.spool = DiskSpool(spool_dir)
+        self._batch = batch
+        self._client_id = client_id
+        self._producer: Any = None
+        self._partitions: list[int] | None = None
+        self._stop = threading.Event()
+        self.delivered = 0
+        self.failures = 0
+        self.connected = False
+        self._thread = threading.Thread(target=self._run, name="kafka-delivery", daemon=True)
+        self._thread.start()
+
+    # -- caller side ---------------------------------------------------------------------------
+    def publish(self, event: dict[str, Any], broadcast: bool = False) -> None:
+        """Queue one event durably. ``broadcast`` sends it to every partition (node heartbeats)."""
+        self.spool.append({"k": event["call_id"], "v": event, "b": broadcast} if broadcast
+                          else {"k": event["call_id"], "v": event})
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until the spool is delivered; False if it was not within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.spool.pending() == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout)
+        self._drop_producer()
+        self.spool.close()
+
+    # -- delivery thread -----------------------------------------------------------------------
+    def _ensure_producer(self) -> Any:
+        if self._producer is not None:
+            return self._producer
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap, client_id=self._client_id, acks="all",
+            linger_ms=5, max_in_flight_requests_per_connection=1, retries=3,
+            request_timeout_ms=5000, max_block_ms=5000, api_version=(2, 8),
+            key_serializer=str.encode,
+            value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode(),
+        )
+        self._partitions = None
+        return self._producer
+
+    def _drop_producer(self) -> None:
+        if self._producer is not None:
+            try:
+                # Drop what is buffered: the batch is re-sent from the spool, in order.
+                self._producer.close(timeout=0)
+            except Exception:
+                log.debug("closing producer failed", exc_info=True)
+            self._producer = None
+        self.connected = False
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            records, position = self.spool.peek(self._batch, wait=0.2)
+            if not records:
+                continue
+            try:
+                producer = self._ensure_producer()
+                if self._partitions is None:
+                    parts = producer.partitions_for(self.topic)
+                    self._partitions = sorted(parts) if parts else [0]
+                futures = []
+                for rec in records:
+                    if rec.get("b"):
+                        futures += [producer.send(self.topic, key=rec["k"], value=rec["v"], partition=p)
+                                    for p in self._partitions]
+                    else:
+                        futures.append(producer.send(self.topic, key=rec["k"], value=rec["v"]))
+                producer.flush(timeout=10)
+                for fut in futures:
+                    fut.get(timeout=0)
+            except Exception as exc:
+                self.failures += 1
+                if self.connected or self.failures == 1:
+                    log.warning("Kafka at %s unreachable (%s); events stay spooled on disk",
+                                self.bootstrap, exc)
+                self._drop_producer()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.spool.commit(position)
+            self.delivered += len(records)
+            if not self.connected:
+                log.info("Kafka at %s reachable; delivering spooled events", self.bootstrap)
+            self.connected = True
+            backoff = 0.2
