@@ -34,8 +34,7 @@ class DeadLetterFile:
 
     def put(self, source: str, raw: bytes | str, error: Exception) -> dict[str, Any]:
         rec = dead_letter_record(source, raw, error)
-        # The journal keys records by call id; a dead letter has none of its own.
-        self._journal.publish({"call_id": "dead-letter", **rec})
+        self._journal.publish(rec)
         self._journal.flush()
         self.count += 1
         return rec

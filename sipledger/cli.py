@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -186,15 +187,134 @@ def config_keys() -> None:
 def cdrs(cfg: Config, store_url: str | None, since: str | None, until: str | None, account: str | None,
          call_id: str | None, fmt: str) -> None:
     """Export CDRs (one per call, duplicates folded) as JSON lines or CSV."""
-    from .store import StoreError, open_store
+    from .store import StoreError
     from .store.cdr_export import export_cdrs
+    from .store.remote import open_reader
 
     try:
-        with open_store(store_url or cfg.store.url, str(cfg.base_dir)) as store:
+        with open_reader(store_url or cfg.store.url, str(cfg.base_dir)) as store:
             export_cdrs(store, sys.stdout, fmt=fmt, since=since, until=until, account=account,
                         call_id=call_id)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# --- pipeline ----------------------------------------------------------------------------------
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command("pipeline")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@with_config
+def pipeline_cmd(cfg: Config, log_level: str) -> None:
+    """Run the pipeline: faust workers on Kafka (events.log = kafka://...) or embedded (file:// + chDB)."""
+    _setup_logging(log_level)
+    if cfg.events.log.startswith("kafka:"):
+        from pipeline import faust_app
+
+        faust_app.run(cfg)
+        return
+    import signal
+    import threading
+
+    from pipeline.embedded import EmbeddedPipeline
+
+    from .store import StoreError
+
+    try:
+        pipe = EmbeddedPipeline(cfg)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    endpoint = pipe.serve_queries()
+    click.echo(f"pipeline: following {pipe.paths.events}, store {pipe.store.url}, queries at {endpoint}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        pipe.run(stop)
+    finally:
+        pipe.close()
+        click.echo(f"pipeline: stopped; {pipe.stats}")
+
+
+@main.command("replay")
+@click.option("--from", "source", required=True, help="kafka, kafka://host:port or file:///path/events.jsonl")
+@click.option("--to", "target", required=True, help="Store URL to rebuild the CDRs into")
+@click.option("--rates", default=None, help="Sell-side rate deck CSV (default: pipeline.sell_rates)")
+@click.option("--buy-rates", default=None, help="Buy-side rate deck CSV (default: pipeline.buy_rates)")
+@click.option("--at", "at", default=None, help="Decide open calls as of this UTC time (default: now)")
+@click.option("--replace", is_flag=True, help="Empty the target's cdrs table first")
+@with_config
+def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rates: str | None,
+               at: str | None, replace: bool) -> None:
+    """Rebuild every CDR from the event log into a fresh table (optionally re-rated)."""
+    import time
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from pipeline.processor import Processor, load_decks, policy_from_config
+    from pipeline.replay import deck_from, open_log, replay
+
+    from .store import StoreError, open_store
+    from .store.cdr_export import _ms
+
+    sell, buy = load_decks(cfg)
+    sell = deck_from(rates) or sell
+    buy = deck_from(buy_rates) or buy
+    proc = Processor(policy_from_config(cfg), sell, buy, {a.name: a.bill_mode for a in cfg.accounts})
+    end_ms = _ms(at, "--at") if at else int(time.time() * 1000)
+    try:
+        log_iter = open_log(source, cfg)
+        with open_store(target, str(cfg.base_dir)) as store, Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                transient=True, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("replaying", total=None)
+            res = replay(log_iter, proc, store, end_ms, replace=replace,
+                         progress=lambda n: bar.update(task, description=f"replayed {n:,} events"))
+    except (StoreError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"replayed {res.events} events ({res.invalid} invalid skipped) into {target}: "
+               f"{res.cdrs} CDRs, {res.open_calls} calls still open")
+
+
+@main.command("calls")
+@click.option("--store", "store_url", default=None, help="Store URL of the running embedded pipeline")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@with_config
+def calls_cmd(cfg: Config, store_url: str | None, fmt: str) -> None:
+    """Calls active right now (current-call monitor), from the running pipeline's state."""
+    from .calls_view import active_calls, render_calls
+
+    try:
+        calls = active_calls(cfg, store_url)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "json":
+        click.echo(json.dumps(calls, indent=2))
+    else:
+        render_calls(calls)
+
+
+@main.group("alerts")
+def alerts_group() -> None:
+    """Zombie-call alerts for people."""
+
+
+@alerts_group.command("tail")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing alerts as they arrive")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@with_config
+def alerts_tail(cfg: Config, follow: bool, fmt: str) -> None:
+    """Print zombie alerts (from Kafka or the embedded alerts journal)."""
+    from .alerts_view import tail_alerts
+
+    with contextlib.suppress(KeyboardInterrupt):
+        tail_alerts(cfg, follow, fmt, click.echo)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,11 @@ def split_commas(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts characters like '²' that ``int`` rejects."""
+    return text.isascii() and text.isdigit()
+
+
 def unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
@@ -443,7 +448,7 @@ class Via:
         value = self.params["rport"]
         if value is None or value == "":
             return True
-        return int(value) if value.isdigit() else True
+        return int(value) if is_digits(value) else True
 
     @property
     def sent_by(self) -> tuple[str, int]:
@@ -527,7 +532,7 @@ class SessionExpires:
 def parse_session_expires(value: str) -> SessionExpires:
     delta_text, _, param_text = value.partition(";")
     delta_text = delta_text.strip()
-    if not delta_text.isdigit():
+    if not is_digits(delta_text):
         raise SipSyntaxError(f"bad Session-Expires {value!r}")
     params = parse_params(param_text)
     refresher = params.get("refresher")
@@ -539,7 +544,7 @@ def parse_session_expires(value: str) -> SessionExpires:
 
 def parse_min_se(value: str) -> int:
     delta_text = value.partition(";")[0].strip()
-    if not delta_text.isdigit():
+    if not is_digits(delta_text):
         raise SipSyntaxError(f"bad Min-SE {value!r}")
     return int(delta_text)
 
@@ -641,7 +646,7 @@ class Request(_MessageBase):
         # RFC 3261 8.1.1.6 makes Max-Forwards a SHOULD for UACs; a missing one is treated as the
         # recommended initial value instead of rejecting the request.
         value = self.headers.get("Max-Forwards")
-        if value is None or not value.strip().isdigit():
+        if value is None or not is_digits(value.strip()):
             return DEFAULT_MAX_FORWARDS
         return int(value.strip())
 

@@ -17,6 +17,7 @@ from b2bua.sip.message import (
     Response,
     SipSyntaxError,
     canonical_name,
+    is_digits,
     parse_cseq,
     parse_name_addr,
     parse_uri,
@@ -222,7 +223,7 @@ def _frame_body(headers: Headers, rest: bytes, stream: bool, fail: _Fail) -> byt
         if stream:
             raise fail(ParseError("missing Content-Length on stream transport"))
         return rest
-    if len({v.strip() for v in cl_values}) != 1 or not cl_values[0].strip().isdigit():
+    if len({v.strip() for v in cl_values}) != 1 or not is_digits(cl_values[0].strip()):
         raise fail(ParseError("bad Content-Length"))
     length = int(cl_values[0].strip())
     if length > len(rest):
@@ -254,7 +255,7 @@ def _validate(msg: Request | Response, fail: _Fail) -> None:
         raise fail(ParseError(str(exc))) from None
     if isinstance(msg, Request):
         mf = msg.headers.get("Max-Forwards")
-        if mf is not None and not mf.strip().isdigit():
+        if mf is not None and not is_digits(mf.strip()):
             raise fail(ParseError("bad Max-Forwards"))
 
 
@@ -275,6 +276,7 @@ class StreamFramer:
     keepalives_seen: int = 0
     framing_lost: bool = False
     _buf: bytearray = field(default_factory=bytearray)
+    _lead: bytes = b""
 
     def feed(self, data: bytes) -> None:
         if self.framing_lost:
@@ -298,10 +300,14 @@ class StreamFramer:
         while stripped < len(self._buf) and self._buf[stripped] in (0x0D, 0x0A):
             stripped += 1
         if stripped:
-            self.keepalives_seen += self._buf[:stripped].count(b"\r\n\r\n")
+            # Pings may arrive split across reads, so count over the CR/LF run seen so far.
+            lead = self._lead + bytes(self._buf[:stripped])
+            self.keepalives_seen += lead.count(b"\r\n\r\n")
+            self._lead = lead.rpartition(b"\r\n\r\n")[2][-3:]
             del self._buf[:stripped]
         if not self._buf:
             return None
+        self._lead = b""
         m = _HEADER_END_RE.search(self._buf)
         if m is None:
             if len(self._buf) > self.limits.max_message_size:

@@ -210,9 +210,9 @@ TimerEvent = Literal["refresh", "expire"]
 class SessionTimer:
     """Deadlines for one leg. Pure: the adapter asks ``next_deadline`` and calls ``fire(now)``.
 
-    When we refresh there is both a refresh deadline (SE / update_segment) and an expiry guard in
-    case the refresh never succeeds; when the peer refreshes there is only the expiry guard at
-    SE - min(32, SE/3). ``early_hangup`` moves the expiry earlier.
+    When we refresh there is a refresh deadline (SE / update_segment) and an expiry guard at SE in
+    case no refresh succeeds; when the peer refreshes there is only the expiry check at
+    SE - min(32, SE/3) (§10). ``early_hangup`` moves either expiry earlier.
     """
 
     def __init__(
@@ -247,8 +247,14 @@ class SessionTimer:
 
     def _arm(self, now: float) -> float:
         se = self.interval
-        self.expire_at = max(now, now + se - min(32.0, se / 3.0) - self.early_hangup)
-        self.refresh_at = now + se / self.update_segment if self.we_refresh else None
+        if self.we_refresh:
+            self.refresh_at = now + se / self.update_segment
+            # Our own guard is the session's real end: if no refresh has succeeded by then the peer
+            # has already given up (and our refresh transaction has timed out long before).
+            self.expire_at = max(self.refresh_at, now + se - self.early_hangup)
+        else:
+            self.refresh_at = None
+            self.expire_at = max(now, now + se - min(32.0, se / 3.0) - self.early_hangup)
         deadline = self.next_deadline
         assert deadline is not None
         return deadline

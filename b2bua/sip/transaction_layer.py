@@ -6,6 +6,7 @@ with the transaction key, and the adapter calls ``timer_fired(key, name, now)`` 
 
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import dataclass
 
@@ -13,12 +14,14 @@ from b2bua.sip.message import MAGIC_COOKIE, Request, Response, SipSyntaxError
 from b2bua.sip.transaction import (
     DEFAULT_TIMERS,
     Action,
+    CancelTimer,
     DeliverRequest,
     DeliverResponse,
     InviteClientTransaction,
     InviteServerTransaction,
     NonInviteClientTransaction,
     NonInviteServerTransaction,
+    StartTimer,
     Terminated,
     TimerConfig,
     Transaction,
@@ -188,3 +191,57 @@ class TransactionLayer:
         if tx is None:
             return []
         return self._wrap(key, tx.transport_error(now, reason))
+
+
+class TimerQueue:
+    """A small pure deadline queue an adapter can feed with the layer's timer actions.
+
+    ``apply`` consumes StartTimer/CancelTimer (a restart replaces the old deadline), ``pop_due``
+    returns the (key, name) pairs whose deadline has passed, in deadline order. Cancelled entries
+    are dropped lazily, so cancelling is O(1).
+    """
+
+    def __init__(self) -> None:
+        self._deadlines: dict[tuple[TransactionKey | None, str], float] = {}
+        self._heap: list[tuple[float, int, TransactionKey | None, str]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
+
+    def apply(self, actions: list[LayerAction]) -> None:
+        for item in actions:
+            action = item.action
+            if isinstance(action, StartTimer):
+                self.schedule(item.key, action.name, action.at)
+            elif isinstance(action, CancelTimer):
+                self.cancel(item.key, action.name)
+
+    def schedule(self, key: TransactionKey | None, name: str, at: float) -> None:
+        self._deadlines[(key, name)] = at
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, key, name))
+
+    def cancel(self, key: TransactionKey | None, name: str) -> None:
+        self._deadlines.pop((key, name), None)
+
+    def _discard_stale(self) -> None:
+        while self._heap:
+            at, _, key, name = self._heap[0]
+            if self._deadlines.get((key, name)) == at:
+                return
+            heapq.heappop(self._heap)
+
+    def next_deadline(self) -> float | None:
+        self._discard_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[tuple[TransactionKey | None, str]]:
+        due: list[tuple[TransactionKey | None, str]] = []
+        while True:
+            self._discard_stale()
+            if not self._heap or self._heap[0][0] > now:
+                return due
+            _, _, key, name = heapq.heappop(self._heap)
+            del self._deadlines[(key, name)]
+            due.append((key, name))

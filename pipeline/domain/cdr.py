@@ -54,8 +54,11 @@ MONEY_FIELDS: Final = ("sell_rate", "sell_cost", "buy_rate", "buy_cost", "margin
 _ZERO: Final = "0.000000"
 
 
-def _ts_or_none(ms: int | None) -> str | None:
-    return None if ms is None else format_ts(ms)
+def _ts_or_none(ms: int | None, ts: str | None = None) -> str | None:
+    """The kept event ts string when there is one (it is the same instant), else the formatted ms."""
+    if ms is None:
+        return None
+    return ts if ts is not None else format_ts(ms)
 
 
 def cdr_fields(state: CallState) -> dict[str, Any]:
@@ -69,12 +72,15 @@ def cdr_fields(state: CallState) -> dict[str, Any]:
     pdd = None if first_response is None else max(0, first_response - setup)
     if answer is None:
         duration = verified = 0
-        proof = None
+        proof = proof_ts = None
         timer_mode = "none"
         session_expires = effective_limit = None
     else:
         duration = max(0, end - answer)
-        proof = state.last_proof_ms if state.last_proof_ms is not None else answer
+        if state.last_proof_ms is not None:
+            proof, proof_ts = state.last_proof_ms, state.last_proof_ts
+        else:
+            proof, proof_ts = answer, state.answer_ts
         verified = min(duration, max(0, proof - answer))
         timer_mode = state.timer_mode or "none"
         session_expires = state.session_expires
@@ -88,10 +94,10 @@ def cdr_fields(state: CallState) -> dict[str, Any]:
         "source_ip": state.source_ip,
         "vendor": state.vendor,
         "gateway": state.gateway,
-        "setup_ts": format_ts(setup),
-        "ring_ts": _ts_or_none(state.ring_ms),
-        "answer_ts": _ts_or_none(answer),
-        "end_ts": format_ts(end),
+        "setup_ts": _ts_or_none(setup, state.setup_ts if state.setup_ms is not None else None),
+        "ring_ts": _ts_or_none(state.ring_ms, state.ring_ts),
+        "answer_ts": _ts_or_none(answer, state.answer_ts),
+        "end_ts": _ts_or_none(end, state.end_ts),
         "pdd_ms": pdd,
         "duration_ms": duration,
         "verified_ms": verified,
@@ -101,7 +107,7 @@ def cdr_fields(state: CallState) -> dict[str, Any]:
         "session_expires": session_expires,
         "effective_limit_s": effective_limit,
         "refresh_count": state.refresh_count,
-        "last_proof_of_life": _ts_or_none(proof),
+        "last_proof_of_life": _ts_or_none(proof, proof_ts),
         "end_reason": state.end_reason,
         "ended_by": state.ended_by,
         "sip_status": state.sip_status,

@@ -31,14 +31,18 @@ _ALERT_ON_END: Final = {
 
 
 def close_call(state: CallState, end_ms: int, reason: str, ended_by: str, sip_status: int | None,
-               effects: list[Effect]) -> None:
-    """Mark ``state`` ENDED and append its effects (cancel timer, alert, CDR). No-op if already ENDED."""
+               effects: list[Effect], end_ts: str | None = None) -> None:
+    """Mark ``state`` ENDED and append its effects (cancel timer, alert, CDR). No-op if already ENDED.
+
+    ``end_ts`` is the ts string of ``end_ms`` when the caller has it (saves formatting), else None.
+    """
     if state.phase == phase.ENDED:
         return
     if reason not in END_REASONS:
         raise ValueError(f"unknown end_reason {reason!r}")
     state.phase = phase.ENDED
     state.end_ms = end_ms
+    state.end_ts = end_ts
     state.end_reason = reason
     state.ended_by = ended_by
     state.sip_status = sip_status

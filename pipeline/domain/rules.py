@@ -93,15 +93,17 @@ def due_at(state: CallState, policy: Policy) -> int | None:
 
 def sync_deadline(state: CallState, policy: Policy, effects: list[Effect]) -> None:
     """Append Schedule/CancelDeadline if the call's due time changed since it was last scheduled."""
-    due = due_at(state, policy)
-    if due == state.scheduled_at_ms:
+    nd = next_deadline(state, policy)  # inlined due_at(): this runs on every refresh, keep it to one pass
+    if nd is None:
+        if state.scheduled_at_ms is not None:
+            state.scheduled_at_ms = None
+            effects.append(CancelDeadline(state.call_id))
         return
-    state.scheduled_at_ms = due
-    if due is None:
-        effects.append(CancelDeadline(state.call_id))
-    else:
-        nd = next_deadline(state, policy)
-        effects.append(ScheduleDeadline(state.call_id, due, nd[1] if nd else ""))
+    at, why = nd
+    due = at if why == UNKNOWN_CALL else at + policy.grace_period_s * 1000
+    if due != state.scheduled_at_ms:
+        state.scheduled_at_ms = due
+        effects.append(ScheduleDeadline(state.call_id, due, why))
 
 
 def on_deadline(state: CallState, now_ms: int, policy: Policy) -> tuple[CallState, list[Effect]]:
@@ -138,11 +140,14 @@ def on_node_lost(state: CallState, now_ms: int) -> tuple[CallState, list[Effect]
     effects: list[Effect] = []
     if state.phase not in phase.OPEN_PHASES:
         return state, effects
-    if state.answer_ms is not None:
-        end = state.last_proof_ms if state.last_proof_ms is not None else state.answer_ms
-    else:
+    end_ts: str | None = None
+    if state.answer_ms is None:
         end = state.last_event_ms if state.last_event_ms is not None else now_ms
+    elif state.last_proof_ms is not None:
+        end, end_ts = state.last_proof_ms, state.last_proof_ts
+    else:
+        end, end_ts = state.answer_ms, state.answer_ts
     raise_once(state, "orphaned", now_ms, f"node {state.node} lost; call closed at last proof of life",
                effects)
-    close_call(state, end, "orphaned", "system", None, effects)
+    close_call(state, end, "orphaned", "system", None, effects, end_ts)
     return state, effects

@@ -50,7 +50,8 @@ def test_normal_call_tracks_everything_and_emits_one_valid_cdr() -> None:
     assert not cdrs[0]["zombie"]
     # the session timer was armed on answer and disarmed at the end
     assert any(isinstance(e, ScheduleDeadline) for e in fx)
-    assert isinstance([e for e in fx if isinstance(e, (ScheduleDeadline, CancelDeadline))][-1], CancelDeadline)
+    timers = [e for e in fx if isinstance(e, (ScheduleDeadline, CancelDeadline))]
+    assert isinstance(timers[-1], CancelDeadline)
 
 
 def test_duplicate_event_ids_change_nothing() -> None:
@@ -97,7 +98,7 @@ def test_gap_after_setup_holds_later_events_until_drained() -> None:
 
 def test_unanswered_call_cdr() -> None:
     b = CallBuilder().setup().routed().progress().terminated(8000, "busy", "callee", 486)
-    st, fx = fold(b.events)
+    _, fx = fold(b.events)
     (cdr,) = [e.cdr_fields for e in fx if isinstance(e, EmitCdr)]
     validate_cdr(cdr)
     assert cdr["duration_ms"] == 0 and cdr["timer_mode"] == "none" and cdr["pdd_ms"] == 500
@@ -106,7 +107,7 @@ def test_unanswered_call_cdr() -> None:
 
 
 def test_no_route_call_has_empty_vendor_and_null_pdd() -> None:
-    st, fx = fold(CallBuilder().setup().terminated(5, "no_route", "system", 404).events)
+    _, fx = fold(CallBuilder().setup().terminated(5, "no_route", "system", 404).events)
     (cdr,) = [e.cdr_fields for e in fx if isinstance(e, EmitCdr)]
     validate_cdr(cdr)
     assert cdr["vendor"] == "" and cdr["pdd_ms"] is None
@@ -121,7 +122,7 @@ def test_latest_route_wins() -> None:
 def test_proof_of_life_from_refresh_and_probe() -> None:
     b = CallBuilder().setup().answered(2000, "no_timer").probe_ok(30_000).probe_ok(60_000)
     b.terminated(100_000, "session_expired", "system")
-    st, fx = fold(b.events)
+    _, fx = fold(b.events)
     (cdr,) = [e.cdr_fields for e in fx if isinstance(e, EmitCdr)]
     assert cdr["verified_ms"] == 58_000 and cdr["unverified_ms"] == 40_000 and cdr["zombie"]
     assert [e.kind for e in fx if isinstance(e, RaiseAlert)] == ["refresh_failed"]
@@ -130,7 +131,7 @@ def test_proof_of_life_from_refresh_and_probe() -> None:
 def test_failures_raise_one_alert_per_kind() -> None:
     b = CallBuilder().setup().answered().refresh_failed(10_000).refresh_failed(11_000)
     b.probe_failed(12_000).probe_failed(13_000).terminated(14_000, "session_refresh_failed", "system")
-    st, fx = fold(b.events)
+    _, fx = fold(b.events)
     alerts = [e for e in fx if isinstance(e, RaiseAlert)]
     assert sorted(a.kind for a in alerts) == ["probe_failed", "refresh_failed"]
     assert alerts[0].ran_ms == 8_000 and alerts[0].unverified_ms == 8_000
@@ -140,7 +141,7 @@ def test_limit_reached_alert_when_b2bua_enforced_the_cap() -> None:
     b = CallBuilder().setup().answered(2000, "no_timer", effective_limit_s=7200,
                                        limit_source="no_timer_max_duration")
     b.terminated(2000 + 7_200_000, "no_timer_limit", "system")
-    st, fx = fold(b.events)
+    _, fx = fold(b.events)
     assert [e.kind for e in fx if isinstance(e, RaiseAlert)] == ["limit_reached"]
     (cdr,) = [e.cdr_fields for e in fx if isinstance(e, EmitCdr)]
     assert cdr["zombie"] and cdr["effective_limit_s"] == 7200

@@ -8,8 +8,8 @@ from domain_eventgen import CallBuilder, normal_call
 
 from pipeline.domain.call_state import CallState, apply
 from pipeline.domain.cdr import MONEY_FIELDS, build_cdr, cdr_fields, rerate
-from pipeline.domain.rating import RateDeck
 from pipeline.domain.policy import Policy
+from pipeline.domain.rating import RateDeck
 from schemas.validation import validate_cdr
 
 HEADER = ("party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,"
@@ -112,9 +112,9 @@ def test_open_call_has_no_cdr() -> None:
 
 def test_verified_clamped_to_duration() -> None:
     st = closed(normal_call())
-    st.last_proof_ms = st.end_ms + 10_000  # e.g. a skewed probe timestamp
+    st.last_proof_ms, st.last_proof_ts = st.end_ms + 10_000, None  # e.g. a skewed probe timestamp
     c = cdr_fields(st)
     assert c["verified_ms"] == c["duration_ms"] and c["unverified_ms"] == 0
-    st.last_proof_ms = st.answer_ms - 10_000
+    st.last_proof_ms, st.last_proof_ts = st.answer_ms - 10_000, None
     c = cdr_fields(st)
     assert c["verified_ms"] == 0 and c["unverified_ms"] == c["duration_ms"]

@@ -74,7 +74,7 @@ def test_node_liveness_orphans_calls_of_a_silent_node() -> None:
     lost = nl.lost_nodes(T0 + 30_001, 30_000)
     assert lost == ["b2b-2"] and nl.calls_of("b2b-2") == ["y", "z"]
     for cid in nl.calls_of("b2b-2"):
-        st, fx = on_node_lost(states[cid], T0 + 30_001)
+        st, _ = on_node_lost(states[cid], T0 + 30_001)
         assert st.end_reason == "orphaned"
         nl.track(st)
     assert nl.calls_of("b2b-2") == [] and nl.calls_of("b2b-1") == ["x"]

@@ -27,8 +27,9 @@ def test_vos3000_counterparts_billing_staff_look_for() -> None:
 
 
 def test_zombie_reasons() -> None:
-    assert ZOMBIE_REASONS == {"session_expired", "session_refresh_failed", "liveness_probe_failed",
-                              "no_timer_limit", "max_duration_limit", "pipeline_terminate", "orphaned"}
+    expected = {"session_expired", "session_refresh_failed", "liveness_probe_failed",
+                "no_timer_limit", "max_duration_limit", "pipeline_terminate", "orphaned"}
+    assert expected == ZOMBIE_REASONS
     assert is_zombie("orphaned") and not is_zombie("normal_caller_bye") and not is_zombie("busy")
     with pytest.raises(ValueError):
         is_zombie("hung_up")

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from pipeline.domain.rating import RateDeck, billed_seconds, charge
 from pipeline.domain.timeutil import parse_ts
 
-DECK = """party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,minimum_duration,currency,effective_from
+DECK = """\
+party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,\
+minimum_duration,currency,effective_from
 acme,44,0.0100,6,6,0,0,USD,2026-01-01
 acme,4412,0.0200,30,6,0.05,0,USD,2026-01-01
 acme,4412,0.0300,30,6,0.05,0,USD,2026-12-01

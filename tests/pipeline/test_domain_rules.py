@@ -135,7 +135,7 @@ def test_first_close_wins_late_terminated_emits_no_second_cdr() -> None:
     b = CallBuilder().setup().answered(2000)
     st, _ = fold(b.events)
     st, out = on_node_lost(st, T0 + 100_000)
-    cdr_before = [e.cdr_fields for e in out if isinstance(e, EmitCdr)][0]
+    cdr_before = next(e.cdr_fields for e in out if isinstance(e, EmitCdr))
     st, fx = apply(st, b.terminated(99_000).events[-1], P)
     assert fx == [] and st.end_reason == "orphaned"
     assert on_node_lost(st, T0 + 200_000)[1] == []

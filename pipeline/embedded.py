@@ -1,0 +1,179 @@
+"""Embedded mode: the pipeline in one process over the file journal, writing to chDB.
+
+The same ``Processor`` as the faust worker. It follows the events journal from a
+checkpointed byte offset, writes CDRs/alerts/events to the store, terminate commands
+to the commands journal (the B2BUA follows it), alerts to the alerts journal and
+webhook, and refused input to the dead-letter file. The checkpoint (offset + call
+state snapshot) is saved only after the store acknowledged the rows, so a crash
+re-reads at most the last unacknowledged stretch and the store's FINAL folds repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.dead_letter import DeadLetterFile
+from pipeline.processor import Outputs, Processor, save_json_atomic
+from pipeline.query_server import QueryServer
+from pipeline.store_sink import StoreSink
+from pipeline.webhook import WebhookNotifier
+from sipledger.config import Config
+from sipledger.eventlog.journal import FileJournal, read_journal
+from sipledger.eventlog.publisher import file_url_path
+from sipledger.store import Store, migrate, open_store
+
+log = logging.getLogger("sipledger.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedPaths:
+    events: Path
+    commands: Path
+    alerts: Path
+    dead_letter: Path
+    webhook_dead_letter: Path
+    checkpoint: Path
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> EmbeddedPaths:
+        if not cfg.events.log.startswith("file:"):
+            raise ValueError(f"embedded mode needs events.log = file:///..., not {cfg.events.log!r}")
+        events = file_url_path(cfg.events.log, cfg.base_dir).resolve()
+        d = events.parent
+        return cls(events, d / "commands.jsonl", d / "alerts.jsonl", d / "dead-letter.jsonl",
+                   d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json")
+
+
+def call_view(state: Any, now_ms: int, next_due: int | None) -> dict[str, Any]:
+    """One active call as the current-call monitor shows it."""
+    answer = state.answer_ms
+    return {"call_id": state.call_id, "node": state.node, "account": state.account, "caller": state.caller,
+            "callee": state.callee, "vendor": state.vendor, "gateway": state.gateway,
+            "setup_ms": state.setup_ms, "answer_ms": answer,
+            "duration_ms": (now_ms - answer) if answer else 0, "timer_mode": state.timer_mode,
+            "next_deadline_ms": next_due}
+
+
+class EmbeddedPipeline:
+    def __init__(self, cfg: Config, store: Store | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.paths = EmbeddedPaths.from_config(cfg)
+        self.clock = clock
+        self.processor = Processor.from_config(cfg)
+        self.store = store or open_store(cfg.store.url, str(cfg.base_dir))
+        migrate(self.store)
+        self.lock = threading.Lock()
+        self.sink = StoreSink(self.store, batch_size=cfg.pipeline.batch_size)
+        self.commands = FileJournal(self.paths.commands)
+        self.alerts = FileJournal(self.paths.alerts)
+        self.dead = DeadLetterFile(self.paths.dead_letter)
+        self.webhook = (WebhookNotifier(cfg.pipeline.webhook_url, self.paths.webhook_dead_letter)
+                        if cfg.pipeline.webhook_url else None)
+        self.offset = 0
+        self._load_checkpoint()
+        self.server: QueryServer | None = None
+        self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0}
+        self._last_checkpoint = 0.0
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def _load_checkpoint(self) -> None:
+        try:
+            cp = json.loads(self.paths.checkpoint.read_text())
+        except FileNotFoundError:
+            return
+        self.offset = int(cp["offset"])
+        self.processor.restore(cp["snapshot"])
+        log.info("resuming at byte %d of %s with %d open calls", self.offset, self.paths.events,
+                 len(self.processor.states))
+
+    def _save_checkpoint(self) -> None:
+        snap = {"offset": self.offset, "snapshot": self.processor.snapshot()}
+        save_json_atomic(self.paths.checkpoint, snap)
+        self._last_checkpoint = self.clock()
+
+    # -- serving ------------------------------------------------------------------------------------
+    def serve_queries(self) -> str:
+        """Serve read queries and the active-call list on loopback; advertise it beside the store."""
+        self.server = QueryServer(self.store, self.lock, self.active_calls)
+        endpoint = self.server.start()
+        advertise = getattr(self.store, "advertise", None)
+        if advertise is not None:
+            advertise(endpoint)
+        return endpoint
+
+    def active_calls(self) -> list[dict[str, Any]]:
+        now_ms = int(self.clock() * 1000)
+        with self.lock:
+            return [call_view(s, now_ms, self.processor.deadlines.at(s.call_id))
+                    for s in self.processor.active_calls()]
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def step(self, max_events: int = 20_000) -> int:
+        """Read what is new, process it, enforce what is due, store, checkpoint. Returns events read."""
+        n = 0
+        new_offset = self.offset
+        with self.lock:
+            for pos, raw in read_journal(self.paths.events, self.offset):
+                event = self.processor.feed_raw(raw, source=str(self.paths.events))
+                if event is not None:
+                    self.sink.add_event(event)
+                new_offset = pos
+                n += 1
+                if n >= max_events:
+                    break
+            self.processor.tick(int(self.clock() * 1000))
+            self._publish(self.processor.take())
+            stored = self.sink.flush()
+        if stored:
+            self.offset = new_offset
+            self.stats["events"] += n
+            if n or self.clock() - self._last_checkpoint >= 1.0:
+                self._save_checkpoint()
+                with self.lock:
+                    self.processor.evict_closed()
+        return n
+
+    def _publish(self, out: Outputs) -> None:
+        for cdr in out.cdrs:
+            self.sink.add_cdr(cdr)
+        for alert in out.alerts:
+            self.sink.add_alert(alert)
+            self.alerts.publish(alert)
+            log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
+                        alert["account"], alert["vendor"], alert["message"])
+            if self.webhook is not None:
+                self.webhook.send(alert)
+        for cmd in out.commands:
+            self.commands.publish(cmd)
+        for source, raw, err in out.dead_letters:
+            self.dead.put(source, raw, err)
+            log.warning("dead letter from %s: %s", source, err)
+        self.commands.flush()
+        self.alerts.flush()
+        self.stats["cdrs"] += len(out.cdrs)
+        self.stats["alerts"] += len(out.alerts)
+        self.stats["commands"] += len(out.commands)
+        self.stats["dead_letters"] += len(out.dead_letters)
+
+    def run(self, stop: threading.Event, interval: float = 0.1) -> None:
+        while not stop.is_set():
+            if self.step() == 0:
+                stop.wait(interval)
+        self.step()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.webhook is not None:
+            self.webhook.close()
+        for j in (self.commands, self.alerts, self.dead):
+            j.close()
+        self.store.close()

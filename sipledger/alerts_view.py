@@ -1,0 +1,62 @@
+"""`sipledger alerts tail`: zombie alerts as a person reads them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from .config import Config
+
+
+def describe(alert: dict[str, Any]) -> str:
+    ran = alert["ran_ms"] / 1000
+    unverified = alert["unverified_ms"] / 1000
+    cost = Decimal(alert["estimated_cost"]).quantize(Decimal("0.0001"))
+    return (f"{alert['ts']} {alert['kind']:<19} call {alert['call_id']} account {alert['account'] or '-'} "
+            f"vendor {alert['vendor'] or '-'} ran {ran:,.0f}s unverified {unverified:,.0f}s "
+            f"cost {cost} {alert['currency']}: {alert['message']}")
+
+
+def tail_alerts(cfg: Config, follow: bool, fmt: str, echo: Callable[[str], None]) -> None:
+    def show(alert: dict[str, Any]) -> None:
+        echo(json.dumps(alert) if fmt == "json" else describe(alert))
+
+    if cfg.events.log.startswith("kafka:"):
+        _tail_kafka(cfg, follow, show)
+        return
+    from pipeline.embedded import EmbeddedPaths
+    from sipledger.eventlog.journal import read_journal
+
+    path = EmbeddedPaths.from_config(cfg).alerts
+    offset = 0
+    seen: set[str] = set()
+    while True:
+        for pos, raw in read_journal(path, offset):
+            offset = pos
+            alert = json.loads(raw)
+            if alert["alert_id"] not in seen:  # a restarted pipeline may repeat one
+                seen.add(alert["alert_id"])
+                show(alert)
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+def _tail_kafka(cfg: Config, follow: bool, show: Callable[[dict[str, Any]], None]) -> None:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(cfg.kafka.topic_alerts, bootstrap_servers=cfg.kafka.bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=None if follow else 3000)
+    seen: set[str] = set()
+    try:
+        for msg in consumer:
+            alert = json.loads(msg.value)
+            if alert.get("alert_id") not in seen:
+                seen.add(alert.get("alert_id"))
+                show(alert)
+    finally:
+        consumer.close()
