@@ -199,6 +199,144 @@ def cdrs(cfg: Config, store_url: str | None, since: str | None, until: str | Non
         raise click.ClickException(str(exc)) from None
 
 
+# --- report ------------------------------------------------------------------------------------
+
+def report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--store", "store_url", default=None, help="Store URL (default: store.url)"),
+        click.option("--since", default=None, help="Calls that ended at or after (UTC, ISO 8601)"),
+        click.option("--until", default=None, help="Calls that ended before (UTC, ISO 8601)"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _period(since: str | None, until: str | None) -> Any:
+    from .report.runaway import Period
+    from .store.cdr_export import _ms
+
+    return Period(_ms(since, "--since") if since else None, _ms(until, "--until") if until else None)
+
+
+def _reader(cfg: Config, store_url: str | None) -> Any:
+    from .store import StoreError
+    from .store.remote import open_reader
+
+    try:
+        return open_reader(store_url or cfg.store.url, str(cfg.base_dir))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group("report")
+def report_group() -> None:
+    """Runaway-cost, cost-impact, what-if and quality reports from the CDRs."""
+
+
+@report_group.command("runaway-cost")
+@report_options
+@click.option("--by", type=click.Choice(["account", "vendor", "prefix", "day"]), default="account")
+@click.option("--prefix-len", default=2, show_default=True, help="Digits of the callee that make a prefix")
+@click.option("--top", default=10, show_default=True, help="Top offenders to list")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write here instead of standard output (html default: runaway-report.html)")
+@with_config
+def report_runaway(cfg: Config, store_url: str | None, since: str | None, until: str | None, by: str,
+                   prefix_len: int, top: int, fmt: str, output: str | None) -> None:
+    """Calls, zombies, unverified minutes and their cost, calls ended at a limit, top offenders."""
+    from .report import render
+    from .report.runaway import runaway_cost
+    from .store import StoreError
+
+    period = _period(since, until)
+    try:
+        with _reader(cfg, store_url) as store:
+            rep = runaway_cost(store, by, period, prefix_len, top)
+            if fmt == "html":
+                path = Path(output or "runaway-report.html")
+                path.write_text(render.html_report(store, rep, period))
+                click.echo(f"wrote {path}")
+                return
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    out = open(output, "w") if output else sys.stdout  # noqa: SIM115 - closed below when ours
+    try:
+        if fmt == "table":
+            render.runaway_table(rep, out)
+        elif fmt == "json":
+            out.write(json.dumps({"by": by, "rows": rep.rows, "totals": rep.totals,
+                                  "top_offenders": rep.top_offenders}, default=str, indent=2) + "\n")
+        else:
+            render.write_rows([*rep.rows, rep.totals], "csv", out)
+    finally:
+        if output:
+            out.close()
+
+
+@report_group.command("cost-impact")
+@report_options
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@with_config
+def report_cost_impact(cfg: Config, store_url: str | None, since: str | None, until: str | None,
+                       fmt: str) -> None:
+    """Zombie duration x rate -> cost per incident and per month, from your own CDRs."""
+    from .report import render
+    from .report.runaway import cost_impact
+
+    with _reader(cfg, store_url) as store:
+        rows = cost_impact(store, _period(since, until))
+    render.write_rows(rows, fmt, sys.stdout, "Cost impact of zombie calls")
+
+
+@report_group.command("what-if")
+@report_options
+@click.option("--caps", default="900,1800,3600,5400,7200,14400", show_default=True,
+              help="Candidate no-timer caps, seconds")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@with_config
+def report_what_if(cfg: Config, store_url: str | None, since: str | None, until: str | None, caps: str,
+                   fmt: str) -> None:
+    """For candidate no-timer caps: calls that would be cut vs exposure saved; a cap per account."""
+    from .report import render
+    from .report.what_if import what_if
+
+    try:
+        cap_list = tuple(int(c) for c in caps.split(","))
+    except ValueError:
+        raise click.ClickException("--caps takes whole seconds separated by commas") from None
+    with _reader(cfg, store_url) as store:
+        rows, best = what_if(store, _period(since, until), cap_list)
+    render.write_rows([r.as_dict() for r in rows], fmt, sys.stdout, "No-timer cap what-if")
+    if fmt == "table":
+        for account, cap in sorted(best.items()):
+            click.echo(f"recommended no-timer cap for {account}: {cap} s")
+
+
+@report_group.command("quality")
+@report_options
+@click.option("--min-asr", default="0.30", show_default=True, help="ASR alarm threshold")
+@click.option("--max-zombie-minutes", default="60", show_default=True, help="Zombie-minute alarm per hour")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@with_config
+def report_quality(cfg: Config, store_url: str | None, since: str | None, until: str | None, min_asr: str,
+                   max_zombie_minutes: str, fmt: str) -> None:
+    """ASR, ACD, PDD and minutes per vendor and hour, with alarms (exit 3 when any fires)."""
+    from decimal import Decimal
+
+    from .report import render
+    from .report.quality import Thresholds, alarms, quality
+
+    with _reader(cfg, store_url) as store:
+        rows = quality(store, _period(since, until))
+    render.write_rows(rows, fmt, sys.stdout, "Vendor quality per hour")
+    found = alarms(rows, Thresholds(min_asr=Decimal(min_asr), max_zombie_minutes=Decimal(max_zombie_minutes)))
+    for a in found:
+        click.echo(a, err=True)
+    if found:
+        sys.exit(3)
+
+
 # --- pipeline ----------------------------------------------------------------------------------
 
 def _setup_logging(level: str) -> None:

@@ -53,4 +53,4 @@ class Dialect:
                 raise KeyError(f"unknown SQL placeholder {{{name}}}")
             return subs[name].format(arg) if arg is not None else subs[name]
 
-        return re.sub(r"\{([A-Z_0-9]+)(?:\(([^{}()]*)\))?\}", repl, sql)
+        return re.sub(r"\{([A-Z_0-9]+)(?:\(([^{}]*)\))?\}", repl, sql)

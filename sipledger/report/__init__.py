@@ -1,0 +1,1 @@
+"""Reports operators read every morning: runaway cost, cap what-ifs, vendor quality."""

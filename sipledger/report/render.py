@@ -1,0 +1,207 @@
+"""Output formats of the reports: terminal table (rich), CSV, JSON, and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from sipledger.store import Store
+
+from .quality import alarms, quality
+from .runaway import Period, RunawayReport, cost_impact
+from .what_if import CANDIDATE_CAPS, what_if
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return str(v)
+    raise TypeError(type(v).__name__)
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, Decimal):
+        return f"{v:,}"
+    return str(v)
+
+
+def rich_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Table:
+    cols = list(columns or (rows[0].keys() if rows else []))
+    table = Table(title=title, title_justify="left")
+    for c in cols:
+        numeric = bool(rows) and isinstance(rows[0].get(c), int | Decimal)
+        table.add_column(c.replace("_", " "), justify="right" if numeric else "left")
+    for r in rows:
+        table.add_row(*(_text(r.get(c)) for c in cols))
+    return table
+
+
+def write_rows(rows: Sequence[dict[str, Any]], fmt: str, out: TextIO, title: str = "") -> None:
+    if fmt == "json":
+        out.write(json.dumps(list(rows), default=_json_default, indent=2) + "\n")
+    elif fmt == "csv":
+        if rows:
+            w = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        Console(file=out, width=200).print(rich_table(title, rows))
+
+
+def runaway_table(report: RunawayReport, out: TextIO) -> None:
+    console = Console(file=out, width=200)
+    title = f"Runaway cost by {report.by}, {report.period.describe()}"
+    console.print(rich_table(title, [*report.rows, report.totals]))
+    if report.top_offenders:
+        console.print(
+            rich_table("Top offenders (zombie calls by unverified sell cost)", report.top_offenders)
+        )
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p class='empty'>No rows.</p>"
+    cols = list(rows[0].keys())
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
+
+    def cell(v: Any) -> str:
+        cls = "num" if isinstance(v, int | Decimal) else ""
+        return f"<td class='{cls}'>{html.escape(_text(v))}</td>"
+
+    body = "".join("<tr>" + "".join(cell(r.get(c)) for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _plots(
+    store: Store, report: RunawayReport, whatif_rows: list[Any], period: Period
+) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [str(r[report.by]) for r in report.rows]
+    ax.bar(labels, [float(r["unverified_sell_cost"]) for r in report.rows], color="#c0392b", label="sell")
+    ax.bar(
+        labels,
+        [float(r["unverified_buy_cost"]) for r in report.rows],
+        color="#2c3e50",
+        alpha=0.6,
+        label="buy",
+    )
+    ax.set_ylabel("cost of unverified time")
+    ax.set_title(f"Runaway exposure by {report.by}")
+    ax.legend()
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    plots.append(("Exposure", _png(fig)))
+
+    where, params = period.where()
+    durations = [
+        int(r["duration_ms"]) / 1000
+        for r in store.query(
+            f"SELECT duration_ms FROM cdrs FINAL WHERE {where} AND answer_ms IS NOT NULL", params
+        )
+    ]
+    if durations:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.hist(durations, bins=40, color="#34495e")
+        limits = sorted(
+            {
+                int(r["effective_limit_s"])
+                for r in store.query(
+                    "SELECT DISTINCT effective_limit_s FROM cdrs FINAL "
+                    f"WHERE {where} AND effective_limit_s IS NOT NULL",
+                    params,
+                )
+            }
+        )
+        for lim in limits:
+            ax.axvline(lim, color="#c0392b", linestyle="--")
+            ax.text(lim, ax.get_ylim()[1] * 0.9, f" cap {lim}s", color="#c0392b", fontsize=8)
+        ax.set_xlabel("call duration, s")
+        ax.set_ylabel("calls")
+        ax.set_title("Call durations with the caps in force")
+        plots.append(("Durations", _png(fig)))
+
+    if whatif_rows:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for account in sorted({r.account for r in whatif_rows}):
+            pts = [r for r in whatif_rows if r.account == account]
+            ax.plot([r.cap_s for r in pts], [float(r.net_benefit) for r in pts], marker="o", label=account)
+        ax.set_xscale("log")
+        ax.set_xticks(list(CANDIDATE_CAPS), [str(c) for c in CANDIDATE_CAPS])
+        ax.set_xlabel("no-timer cap, s")
+        ax.set_ylabel("exposure saved − revenue at risk")
+        ax.set_title("What-if: no-timer cap")
+        ax.axhline(0, color="#999", linewidth=0.8)
+        ax.legend()
+        plots.append(("What-if", _png(fig)))
+    return plots
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1200px}
+h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}h2{border-bottom:2px solid #c0392b;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{padding:4px 8px;border:1px solid #ddd}
+th{background:#f4f4f4;text-transform:capitalize}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr:last-child td{font-weight:600}.alarm{color:#c0392b;font-weight:600}img{max-width:100%}
+.plots{display:flex;flex-wrap:wrap;gap:1em}.kpi{display:inline-block;margin-right:2em;font-size:1.1em}
+.kpi b{display:block;font-size:1.6em;color:#c0392b}
+"""
+
+
+def html_report(store: Store, report: RunawayReport, period: Period) -> str:
+    whatif_rows, best = what_if(store, period)
+    impact = cost_impact(store, period)
+    q = quality(store, period)
+    found = alarms(q)
+    t = report.totals
+    kpis = (
+        f"<div class='kpi'><b>{t.get('calls', 0):,}</b>calls</div>"
+        f"<div class='kpi'><b>{t.get('zombie_calls', 0):,}</b>zombie calls</div>"
+        f"<div class='kpi'><b>{_text(t.get('unverified_minutes', 0))}</b>unverified minutes</div>"
+        f"<div class='kpi'><b>{_text(t.get('unverified_sell_cost', 0))}</b>runaway cost (sell)</div>"
+    )
+    recs = [{"account": a, "recommended_no_timer_cap_s": c} for a, c in sorted(best.items())]
+    plots = "".join(
+        f"<figure><img alt='{html.escape(n)}' src='{src}'><figcaption>{html.escape(n)}</figcaption></figure>"
+        for n, src in _plots(store, report, whatif_rows, period)
+    )
+    alarm_html = "".join(f"<p class='alarm'>{html.escape(a)}</p>" for a in found) or "<p>No alarms.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sipledger runaway-cost report</title>
+<style>{_CSS}</style></head><body>
+<h1>Runaway-cost report</h1><p class="sub">{html.escape(period.describe())} · grouped by {report.by}</p>
+<section>{kpis}</section>
+<div class="plots">{plots}</div>
+<h2>Runaway cost by {html.escape(report.by)}</h2>{_html_table([*report.rows, report.totals])}
+<h2>Top offenders</h2>{_html_table(report.top_offenders)}
+<h2>Cost impact per zombie incident</h2>{_html_table(impact)}
+<h2>No-timer cap what-if</h2>{_html_table(recs)}{_html_table([r.as_dict() for r in whatif_rows])}
+<h2>Vendor quality</h2>{alarm_html}{_html_table(q)}
+</body></html>
+"""
