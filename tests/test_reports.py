@@ -23,26 +23,66 @@ from sipledger.store.tables import CDR_COLUMNS, cdr_to_row, ms_to_ts
 DAY = 1_795_564_800_000  # 2026-11-25T00:00:00Z
 
 
-def cdr(call_id: str, account: str, vendor: str, reason: str, duration_ms: int, verified_ms: int,
-        sell_rate: str, buy_rate: str, timer: str = "no_timer", limit: int | None = 7200,
-        start_ms: int = DAY + 3_600_000, answered: bool = True, pdd: int = 2_000) -> dict:
+def cdr(
+    call_id: str,
+    account: str,
+    vendor: str,
+    reason: str,
+    duration_ms: int,
+    verified_ms: int,
+    sell_rate: str,
+    buy_rate: str,
+    timer: str = "no_timer",
+    limit: int | None = 7200,
+    start_ms: int = DAY + 3_600_000,
+    answered: bool = True,
+    pdd: int = 2_000,
+) -> dict:
     answer = start_ms + pdd if answered else None
     end = (answer or start_ms + pdd) + duration_ms
-    zombie = reason in ("no_timer_limit", "max_duration_limit", "orphaned", "session_expired",
-                        "session_refresh_failed", "liveness_probe_failed", "pipeline_terminate")
+    zombie = reason in (
+        "no_timer_limit",
+        "max_duration_limit",
+        "orphaned",
+        "session_expired",
+        "session_refresh_failed",
+        "liveness_probe_failed",
+        "pipeline_terminate",
+    )
     row = {
-        "call_id": call_id, "node": "n1", "account": account, "caller": "100", "callee": "4420123456",
-        "source_ip": "127.0.0.1", "vendor": vendor, "gateway": "127.0.0.1:5070",
-        "setup_ts": ms_to_ts(start_ms), "ring_ts": ms_to_ts(start_ms + pdd // 2),
-        "answer_ts": ms_to_ts(answer), "end_ts": ms_to_ts(end), "pdd_ms": pdd, "duration_ms": duration_ms,
-        "verified_ms": verified_ms, "unverified_ms": duration_ms - verified_ms,
-        "billed_seconds": -(-duration_ms // 1000), "timer_mode": timer if answered else "none",
+        "call_id": call_id,
+        "node": "n1",
+        "account": account,
+        "caller": "100",
+        "callee": "4420123456",
+        "source_ip": "127.0.0.1",
+        "vendor": vendor,
+        "gateway": "127.0.0.1:5070",
+        "setup_ts": ms_to_ts(start_ms),
+        "ring_ts": ms_to_ts(start_ms + pdd // 2),
+        "answer_ts": ms_to_ts(answer),
+        "end_ts": ms_to_ts(end),
+        "pdd_ms": pdd,
+        "duration_ms": duration_ms,
+        "verified_ms": verified_ms,
+        "unverified_ms": duration_ms - verified_ms,
+        "billed_seconds": -(-duration_ms // 1000),
+        "timer_mode": timer if answered else "none",
         "session_expires": 90 if timer == "session_timer" else None,
-        "effective_limit_s": limit if answered else None, "refresh_count": 0,
+        "effective_limit_s": limit if answered else None,
+        "refresh_count": 0,
         "last_proof_of_life": ms_to_ts((answer or start_ms) + verified_ms) if answered else None,
-        "end_reason": reason, "ended_by": "system" if zombie else "caller", "sip_status": None,
-        "zombie": zombie, "sell_rate": sell_rate, "sell_cost": "0.000000", "buy_rate": buy_rate,
-        "buy_cost": "0.000000", "margin": "0.000000", "currency": "USD", "rate_deck_version": "t",
+        "end_reason": reason,
+        "ended_by": "system" if zombie else "caller",
+        "sip_status": None,
+        "zombie": zombie,
+        "sell_rate": sell_rate,
+        "sell_cost": "0.000000",
+        "buy_rate": buy_rate,
+        "buy_cost": "0.000000",
+        "margin": "0.000000",
+        "currency": "USD",
+        "rate_deck_version": "t",
         "schema_version": 1,
     }
     validate_cdr(row)
@@ -54,8 +94,18 @@ DATASET = [
     cdr("a2", "acme", "carrier-a", "no_timer_limit", 7_200_000, 0, "0.020000", "0.012000"),
     cdr("a3", "acme", "carrier-a", "orphaned", 600_000, 300_000, "0.020000", "0.012000"),
     cdr("g1", "globex", "carrier-b", "normal_callee_bye", 4_000_000, 4_000_000, "0.030000", "0.018000"),
-    cdr("g2", "globex", "carrier-b", "session_expired", 900_000, 600_000, "0.030000", "0.018000",
-        timer="session_timer", limit=None),
+    cdr(
+        "g2",
+        "globex",
+        "carrier-b",
+        "session_expired",
+        900_000,
+        600_000,
+        "0.030000",
+        "0.018000",
+        timer="session_timer",
+        limit=None,
+    ),
     cdr("g3", "globex", "carrier-b", "busy", 0, 0, "0.030000", "0.018000", answered=False),
 ]
 
@@ -65,7 +115,9 @@ def store(request, tmp_path: Path) -> Iterator[Store]:
     if request.param == "chdb":
         s = open_store(f"chdb://{tmp_path}/store")
     else:
-        s = open_store(request.getfixturevalue("real_stack").clickhouse_url(f"rep_{abs(hash(tmp_path)) % 10**8}"))
+        s = open_store(
+            request.getfixturevalue("real_stack").clickhouse_url(f"rep_{abs(hash(tmp_path)) % 10**8}")
+        )
     migrate(s)
     s.insert("cdrs", CDR_COLUMNS, [cdr_to_row(c, 1) for c in DATASET])
     s.insert("cdrs", CDR_COLUMNS, [cdr_to_row(DATASET[1], 1)])  # a redelivered zombie must not count twice
@@ -84,7 +136,12 @@ def test_runaway_cost_by_account_matches_hand_computation(store: Store) -> None:
     assert acme["unverified_minutes"] == Decimal("125.00")  # 120 + 5 minutes
     assert acme["unverified_sell_cost"] == Decimal("2.5000")  # 125 min x 0.02
     assert acme["unverified_buy_cost"] == Decimal("1.5000")  # 125 min x 0.012
-    assert (globex["calls"], globex["answered"], globex["zombie_calls"], globex["ended_at_limit"]) == (3, 2, 1, 0)
+    assert (globex["calls"], globex["answered"], globex["zombie_calls"], globex["ended_at_limit"]) == (
+        3,
+        2,
+        1,
+        0,
+    )
     assert globex["unverified_minutes"] == Decimal("5.00")
     assert globex["unverified_sell_cost"] == Decimal("0.1500")
     assert rep.totals["unverified_sell_cost"] == Decimal("2.6500")
@@ -158,8 +215,11 @@ def test_report_cli_formats_and_html_renders_in_chromium(tmp_path: Path) -> None
     csv_out = runner.invoke(main, ["report", "runaway-cost", *base, "--by", "vendor", "--format", "csv"])
     assert csv_out.output.splitlines()[0].startswith("vendor,calls,answered,zombie_calls")
     impact = runner.invoke(main, ["report", "cost-impact", *base, "--format", "json"])
-    assert {r["end_reason"] for r in json.loads(impact.output)} == {"no_timer_limit", "orphaned",
-                                                                     "session_expired"}
+    assert {r["end_reason"] for r in json.loads(impact.output)} == {
+        "no_timer_limit",
+        "orphaned",
+        "session_expired",
+    }
     whatif = runner.invoke(main, ["report", "what-if", *base])
     assert "recommended no-timer cap for acme: 900 s" in whatif.output
     q = runner.invoke(main, ["report", "quality", *base, "--min-asr", "0.99"])
@@ -173,10 +233,25 @@ def test_report_cli_formats_and_html_renders_in_chromium(tmp_path: Path) -> None
     chromium = shutil.which("chromium")
     assert chromium, "chromium is installed by deploy/install.sh"
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1200,1600",
-                    f"--screenshot={shot}", f"file://{page}"], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            f"file://{page}",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 20_000
     from PIL import Image
 
