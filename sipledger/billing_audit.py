@@ -7,32 +7,19 @@ the code it audits could not catch its mistakes.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-END_REASONS = (
-    "normal_caller_bye",
-    "normal_callee_bye",
-    "caller_cancel",
-    "busy",
-    "no_route",
-    "response_timeout",
-    "call_progress_timeout",
-    "session_expired",
-    "session_refresh_failed",
-    "liveness_probe_failed",
-    "no_timer_limit",
-    "max_duration_limit",
-    "pipeline_terminate",
-    "orphaned",
-    "auth_failed",
-    "call_limit_exceeded",
-    "rejected",
+# The vocabulary as the contract states it, not as the pipeline's code has it.
+END_REASONS: tuple[str, ...] = tuple(
+    json.loads(resources.files("schemas").joinpath("common.json").read_text())["$defs"]["end_reason"]["enum"]
 )
 # A call may outlive its effective limit by the enforcement path's reaction time, not more.
 LIMIT_TOLERANCE_MS = 5_000

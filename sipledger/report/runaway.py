@@ -12,21 +12,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from pipeline.domain import end_reasons
 from sipledger.store import Store
 
 MS_PER_MIN = Decimal(60_000)
 MONEY = Decimal("0.01")
-ZOMBIE_REASONS = (
-    "session_expired",
-    "session_refresh_failed",
-    "liveness_probe_failed",
-    "no_timer_limit",
-    "max_duration_limit",
-    "pipeline_terminate",
-    "orphaned",
-)
+ZOMBIE_REASONS = tuple(sorted(end_reasons.ZOMBIE_REASONS))
 LIMIT_REASONS = ("no_timer_limit", "max_duration_limit")
-PARTY_REASONS = ("normal_caller_bye", "normal_callee_bye")
+PARTY_REASONS = tuple(sorted(end_reasons.PARTY_BYE_REASONS))
 # A call "ended exactly at a limit" when it stopped within this much of its effective limit.
 AT_LIMIT_TOLERANCE_MS = 2_000
 
