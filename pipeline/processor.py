@@ -158,9 +158,14 @@ class Processor:
     def active_calls(self) -> Iterator[CallState]:
         return (s for s in self.states.values() if not s.closed)
 
-    def evict_closed(self) -> int:
-        """Forget closed calls (their CDRs are out). Returns how many were dropped."""
-        closed = [cid for cid, s in self.states.items() if s.closed]
+    def evict_closed(self, ended_before_ms: int | None = None) -> int:
+        """Forget closed calls (their CDRs are out), or only those that ended before a time.
+
+        Keeping recently closed calls a while lets a redelivered duplicate be recognised as one
+        instead of opening a new, unknown call. Returns how many were dropped.
+        """
+        closed = [cid for cid, s in self.states.items()
+                  if s.closed and (ended_before_ms is None or (s.end_ms or 0) < ended_before_ms)]
         for cid in closed:
             del self.states[cid]
         return len(closed)

@@ -10,6 +10,7 @@ rate deck only the money fields differ.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from sipledger.eventlog.journal import read_journal
 from sipledger.eventlog.publisher import file_url_path
 from sipledger.store import Store, StoreError, migrate
 
+# Closed calls are forgotten this long (log time) after their end; redeliveries come sooner.
+EVICT_AFTER_MS = 300_000
+
 
 @dataclass(slots=True)
 class ReplayResult:
@@ -41,32 +45,50 @@ def read_file_log(path: Path) -> Iterator[bytes]:
         yield raw
 
 
-def read_kafka_log(bootstrap: str, topic: str) -> Iterator[bytes]:
-    """Every message of ``topic`` up to the end offsets seen at start (partition by partition)."""
+def _partition_log(bootstrap: str, topic: str, partition: int, end: int) -> Iterator[bytes]:
     from kafka import KafkaConsumer, TopicPartition
 
+    tp = TopicPartition(topic, partition)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=10_000, max_poll_records=5000)
+                             max_poll_records=5000)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not parts:
-            raise StoreError(f"topic {topic!r} not found on {bootstrap}")
-        end = consumer.end_offsets(parts)
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        remaining = {tp for tp in parts if end[tp] > 0}
-        while remaining:
-            batch = consumer.poll(timeout_ms=1000)
-            if not batch:
-                continue
-            for tp, msgs in batch.items():
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        while consumer.position(tp) < end:
+            for msgs in consumer.poll(timeout_ms=1000).values():
                 for m in msgs:
-                    if m.offset < end[tp]:
+                    if m.offset < end:
                         yield m.value
-                if consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
     finally:
         consumer.close()
+
+
+def read_kafka_log(bootstrap: str, topic: str) -> Iterator[bytes]:
+    """Every message of ``topic`` up to the end offsets seen at start, merged across partitions by ts.
+
+    Each partition is in log order already; merging the partitions' streams by event time keeps
+    replay streaming (constant memory) while deciding deadlines in time order.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        parts = sorted(probe.partitions_for_topic(topic) or ())
+        if not parts:
+            raise StoreError(f"topic {topic!r} not found on {bootstrap}")
+        ends = probe.end_offsets([TopicPartition(topic, p) for p in parts])
+    finally:
+        probe.close()
+    streams = [_partition_log(bootstrap, topic, tp.partition, end) for tp, end in ends.items() if end > 0]
+    yield from heapq.merge(*streams, key=_ts_key)
+
+
+def _ts_key(raw: bytes) -> str:
+    # The ts field sorts as text (fixed-width UTC); unparsable lines sort first and are refused later.
+    try:
+        return json.loads(raw).get("ts", "")
+    except (ValueError, AttributeError):
+        return ""
 
 
 def open_log(source: str, cfg: Config) -> Iterator[bytes]:
@@ -91,18 +113,17 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, end_
                          "(pass --replace to empty it first)")
     if existing:
         store.execute("TRUNCATE TABLE cdrs")
-    events: list[dict[str, Any]] = []
     invalid = 0
-    for raw in raw_events:
-        try:
-            events.append(decode_event(raw))
-        except ContractError:
-            invalid += 1
-    # Kafka interleaves partitions; order by log time so every decision falls where it fell live.
-    events.sort(key=lambda e: (e["ts"], e["call_id"], e["seq"]))
+    n = 0
     sink = StoreSink(store, batch_size=50_000, store_events=False)
     last_tick = -1
-    for i, event in enumerate(events):
+    for raw in raw_events:
+        try:
+            event = decode_event(raw)
+        except ContractError:
+            invalid += 1
+            continue
+        n += 1
         ts = parse_ts(event["ts"])
         if ts // 1000 != last_tick:  # once per second of log time is as fine as enforcement gets
             processor.tick(ts)
@@ -112,16 +133,18 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, end_
             sink.add_cdr(cdr, version=1)
         if sink.should_flush() and not sink.flush():
             raise StoreError(f"store write failed: {sink.lag().last_error}")
-        if progress and i % 10_000 == 0:
-            progress(i)
+        if n % 100_000 == 0:
+            processor.evict_closed(ended_before_ms=ts - EVICT_AFTER_MS)
+        if progress and n % 10_000 == 0:
+            progress(n)
     processor.tick(end_ms)
     for cdr in processor.take().cdrs:
         sink.add_cdr(cdr, version=1)
     if not sink.flush():
         raise StoreError(f"store write failed: {sink.lag().last_error}")
     if progress:
-        progress(len(events))
-    return ReplayResult(len(events), invalid, sink.written["cdrs"],
+        progress(n)
+    return ReplayResult(n, invalid, sink.written["cdrs"],
                         sum(1 for _ in processor.active_calls()))
 
 
