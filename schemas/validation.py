@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import fastjsonschema
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
@@ -129,8 +130,8 @@ def validate_dead_letter(obj: Any) -> None:
 def decode_event(raw: bytes | str) -> dict[str, Any]:
     """Parse and validate one event from the wire; ContractError says why it was refused."""
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise ContractError(f"not valid JSON: {exc}") from None
     validate_event(obj)
     return obj

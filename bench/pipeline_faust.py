@@ -1,0 +1,98 @@
+"""Benchmark (not a test): events/s through one faust worker on the real broker and ClickHouse.
+
+    python3 bench/pipeline_faust.py [--calls 40000] [--batch-size 2000]
+
+Uses the test stack under .stack/test (started if it is not running, left running). The synthetic
+stream is produced into fresh topics first; then one worker starts and works through the backlog.
+The figure is events / (caught up - partitions assigned), measured inside the worker, so it excludes
+faust's start-up but includes everything a batch does: validation, folding, publishing CDRs, ClickHouse
+inserts of CDRs and events, changelog writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.kafka_io import WorkerProcess, make_producer, produce_events  # noqa: E402
+from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
+from sipledger.stack import clickhouse_server, kafka_broker  # noqa: E402
+from sipledger.store import open_store  # noqa: E402
+
+STACK = REPO / ".stack" / "test"
+PARTITIONS = 4
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=40_000, help="calls to generate (~5 events each)")
+    ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--no-events-table", action="store_true", help="(informational only; not wired)")
+    args = ap.parse_args()
+
+    k, _ = kafka_broker.up(STACK)
+    c, _ = clickhouse_server.up(STACK)
+    bootstrap = f"127.0.0.1:{k.port}"
+    sfx = uuid.uuid4().hex[:8]
+    topics = {n: f"bench-{n}-{sfx}" for n in ("events", "commands", "alerts", "cdrs", "dead")}
+    kafka_broker.create_topics(bootstrap, {t: (1 if n == "dead" else PARTITIONS) for n, t in topics.items()})
+    url = f"clickhouse://default:@127.0.0.1:{c.port}/bench_{sfx}"
+
+    # Event time in 2026 with a 50 ms spacing: nothing falls due on the wall clock during the run.
+    spec = SyntheticSpec(calls=args.calls, seed=5, spacing_ms=50)
+    events = list(generate(spec))
+    t0 = time.perf_counter()
+    producer = make_producer(bootstrap)
+    sent = produce_events(producer, topics["events"], events, PARTITIONS)
+    producer.flush()
+    producer.close()
+    t_produce = time.perf_counter() - t0
+    print(f"produced {sent} messages ({len(events)} events, {args.calls} calls) in {t_produce:.1f} s "
+          f"({sent / t_produce:,.0f} msg/s with kafka-python)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "bench.toml"
+        cfg.write_text(f"""
+[events]
+log = "kafka://{bootstrap}"
+[kafka]
+bootstrap = "{bootstrap}"
+partitions = {PARTITIONS}
+topic_events = "{topics['events']}"
+topic_commands = "{topics['commands']}"
+topic_alerts = "{topics['alerts']}"
+topic_cdrs = "{topics['cdrs']}"
+topic_dead_letter = "{topics['dead']}"
+[store]
+url = "{url}"
+""")
+        worker = WorkerProcess(cfg, f"bench-{sfx}", STACK / "bench-worker.log", loglevel="error",
+                               extra=["--batch-size", str(args.batch_size)])
+        started = time.time()
+        worker.start()
+        try:
+            worker.wait_ready(timeout=900)
+            info = json.loads(worker.ready_file.read_text())
+        finally:
+            worker.stop()
+    elapsed = info["ready_at"] - info["assigned_at"]
+    store = open_store(url)
+    cdrs = int(store.query("SELECT count() AS n FROM cdrs FINAL")[0]["n"])
+    rows = int(store.query("SELECT count() AS n FROM call_events")[0]["n"])
+    store.close()
+    print(f"worker start-up (process start -> partitions assigned): {info['assigned_at'] - started:.1f} s")
+    print(f"processed {info['events']} messages in {elapsed:.2f} s: {info['events'] / elapsed:,.0f} events/s "
+          f"(batch {args.batch_size}); {info['cdrs']} CDRs published, {cdrs} CDRs and {rows} event rows "
+          f"in ClickHouse")
+
+
+if __name__ == "__main__":
+    main()
