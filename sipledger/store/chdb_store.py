@@ -16,18 +16,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from clickhouse_driver.util.escape import escape_params
 
 from .base import Store, StoreError, StoreLockedError
 from .dialect import Dialect
 
 OWNER_FILE = "owner.json"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} value {value!r}")
 
 
 def store_owner(path: str | Path) -> dict[str, Any] | None:
@@ -108,10 +103,10 @@ class ChdbStore(Store):
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
         if not rows:
             return 0
+        frame = _frame(columns, rows)  # noqa: F841 - read by name by chDB's Python() table function
         cols = ", ".join(f"`{c}`" for c in columns)
-        body = "\n".join(json.dumps(dict(zip(columns, r, strict=True)), default=_json_default) for r in rows)
         try:
-            self._session.query(f"INSERT INTO `{table}` ({cols}) FORMAT JSONEachRow\n{body}")
+            self._session.query(f"INSERT INTO `{table}` ({cols}) SELECT * FROM Python(frame)")
         except Exception as exc:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
         return len(rows)
@@ -126,6 +121,23 @@ class ChdbStore(Store):
                 owner = store_owner(self.path)
                 if owner is not None and int(owner["pid"]) == os.getpid():
                     (self.path / OWNER_FILE).unlink(missing_ok=True)
+
+
+def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame chDB reads exactly: Decimals as text (cast by the column type, never a
+    float on the way), integer columns with gaps as nullable integers, booleans as 0/1."""
+    data = {}
+    for name, values in zip(columns, zip(*rows, strict=True), strict=True):
+        sample = next((v for v in values if v is not None), None)
+        if isinstance(sample, Decimal):
+            data[name] = pd.Series([None if v is None else str(v) for v in values], dtype=object)
+        elif isinstance(sample, bool):
+            data[name] = pd.Series([None if v is None else int(v) for v in values], dtype="Int64")
+        elif isinstance(sample, int):
+            data[name] = pd.Series(values, dtype="Int64" if None in values else "int64")
+        else:
+            data[name] = pd.Series(values, dtype=object)
+    return pd.DataFrame(data)
 
 
 def _converter(ch_type: str) -> Any:
