@@ -30,6 +30,9 @@ from sipledger.eventlog.publisher import file_url_path
 from sipledger.store import Store, migrate, open_store
 
 log = logging.getLogger("sipledger.pipeline")
+# Rows are stored (and the input position committed) at least this often, and checkpoints written.
+FLUSH_INTERVAL_S = 0.5
+CHECKPOINT_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,8 @@ class EmbeddedPipeline:
                         if cfg.pipeline.webhook_url else None)
         self.offset = 0
         self._load_checkpoint()
+        self.read_offset = self.offset
+        self._last_flush = 0.0
         self.server: QueryServer | None = None
         self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0}
         self._last_checkpoint = 0.0
@@ -116,29 +121,35 @@ class EmbeddedPipeline:
                     for s in self.processor.active_calls()]
 
     # -- the loop -----------------------------------------------------------------------------------
-    def step(self, max_events: int = 20_000) -> int:
-        """Read what is new, process it, enforce what is due, store, checkpoint. Returns events read."""
+    def step(self, max_events: int = 20_000, force_flush: bool = False) -> int:
+        """Read what is new, process it, enforce what is due, store, checkpoint. Returns events read.
+
+        Commands and alerts go out at once (they are what stops a zombie). Rows are stored in
+        batches; the checkpoint is written only right after everything read so far is stored, so
+        its offset and its call states always describe the same point of the log.
+        """
         n = 0
-        new_offset = self.offset
         with self.lock:
-            for pos, raw in read_journal(self.paths.events, self.offset):
+            for pos, raw in read_journal(self.paths.events, self.read_offset):
                 event = self.processor.feed_raw(raw, source=str(self.paths.events))
                 if event is not None:
                     self.sink.add_event(event)
-                new_offset = pos
+                self.read_offset = pos
                 n += 1
                 if n >= max_events:
                     break
             self.processor.tick(int(self.clock() * 1000))
             self._publish(self.processor.take())
-            stored = self.sink.flush()
-        if stored:
-            self.offset = new_offset
             self.stats["events"] += n
-            if n or self.clock() - self._last_checkpoint >= 1.0:
+            now = self.clock()
+            due = force_flush or self.sink.should_flush() or now - self._last_flush >= FLUSH_INTERVAL_S
+            if not due or not self.sink.flush():
+                return n
+            self._last_flush = now
+            self.offset = self.read_offset
+            if force_flush or now - self._last_checkpoint >= CHECKPOINT_INTERVAL_S:
                 self._save_checkpoint()
-                with self.lock:
-                    self.processor.evict_closed()
+                self.processor.evict_closed()
         return n
 
     def _publish(self, out: Outputs) -> None:
@@ -163,11 +174,11 @@ class EmbeddedPipeline:
         self.stats["commands"] += len(out.commands)
         self.stats["dead_letters"] += len(out.dead_letters)
 
-    def run(self, stop: threading.Event, interval: float = 0.1) -> None:
+    def run(self, stop: threading.Event, interval: float = 0.05) -> None:
         while not stop.is_set():
             if self.step() == 0:
                 stop.wait(interval)
-        self.step()
+        self.step(force_flush=True)
 
     def close(self) -> None:
         if self.server is not None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipeline.domain import (
     CallState,
     DeadlineQueue,
@@ -184,5 +186,5 @@ class Processor:
 
 def save_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    tmp.write_bytes(orjson.dumps(data))
     tmp.replace(path)

@@ -81,7 +81,7 @@ def test_embedded_pipeline_builds_one_rated_cdr_per_call_and_enforces_missed_dea
     while pipe.step(max_events=500):
         clock[0] = min(end_ms / 1000, clock[0] + 120)
     clock[0] = end_ms / 1000
-    pipe.step()
+    pipe.step(force_flush=True)
     kinds = expected_kinds(spec)
     cdrs = fetch_cdrs(pipe.store)
     pipe.close()
@@ -192,7 +192,7 @@ def test_replay_rebuilds_identical_cdrs_and_rerating_changes_only_money(tmp_path
     while pipe.step(max_events=400):
         clock[0] = min(end_ms / 1000, clock[0] + 120)
     clock[0] = end_ms / 1000
-    pipe.step()
+    pipe.step(force_flush=True)
     live = {c["call_id"]: c for c in fetch_cdrs(pipe.store)}
     pipe.close()
 
