@@ -21,16 +21,40 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sample_rows(n: int) -> list[tuple]:
     base = {
-        "call_id": "", "node": "node-1", "account": "acme", "caller": "+15550001", "callee": "442071234567",
-        "source_ip": "10.0.0.1", "vendor": "carrier-a", "gateway": "192.0.2.1:5060",
-        "setup_ts": "2026-11-25T10:00:00.000Z", "ring_ts": "2026-11-25T10:00:01.500Z",
-        "answer_ts": "2026-11-25T10:00:04.000Z", "end_ts": "2026-11-25T10:01:09.400Z", "pdd_ms": 1500,
-        "duration_ms": 65_400, "verified_ms": 65_400, "unverified_ms": 0, "billed_seconds": 66,
-        "timer_mode": "session_timer", "session_expires": 600, "effective_limit_s": None, "refresh_count": 1,
-        "last_proof_of_life": "2026-11-25T10:01:09.400Z", "end_reason": "normal_caller_bye",
-        "ended_by": "caller", "sip_status": None, "zombie": False, "sell_rate": "0.020000",
-        "sell_cost": "0.022000", "buy_rate": "0.012000", "buy_cost": "0.013080", "margin": "0.008920",
-        "currency": "USD", "rate_deck_version": "sell/buy", "schema_version": 1,
+        "call_id": "",
+        "node": "node-1",
+        "account": "acme",
+        "caller": "+15550001",
+        "callee": "442071234567",
+        "source_ip": "10.0.0.1",
+        "vendor": "carrier-a",
+        "gateway": "192.0.2.1:5060",
+        "setup_ts": "2026-11-25T10:00:00.000Z",
+        "ring_ts": "2026-11-25T10:00:01.500Z",
+        "answer_ts": "2026-11-25T10:00:04.000Z",
+        "end_ts": "2026-11-25T10:01:09.400Z",
+        "pdd_ms": 1500,
+        "duration_ms": 65_400,
+        "verified_ms": 65_400,
+        "unverified_ms": 0,
+        "billed_seconds": 66,
+        "timer_mode": "session_timer",
+        "session_expires": 600,
+        "effective_limit_s": None,
+        "refresh_count": 1,
+        "last_proof_of_life": "2026-11-25T10:01:09.400Z",
+        "end_reason": "normal_caller_bye",
+        "ended_by": "caller",
+        "sip_status": None,
+        "zombie": False,
+        "sell_rate": "0.020000",
+        "sell_cost": "0.022000",
+        "buy_rate": "0.012000",
+        "buy_cost": "0.013080",
+        "margin": "0.008920",
+        "currency": "USD",
+        "rate_deck_version": "sell/buy",
+        "schema_version": 1,
     }
     template = cdr_to_row(base, 1)
     return [(f"bench-{i:09d}", *template[1:]) for i in range(n)]
@@ -71,14 +95,18 @@ def main() -> None:
         chdb = open_store(f"chdb://{tmp}/store")
         migrate(chdb)
         print(f"chDB (ClickHouse {chdb.dialect.version} in process)")
-        default = timed("Store.insert (sink default: Python(DataFrame))", n,
-                        lambda: chdb.insert("cdrs", cols, rows))
+        default = timed(
+            "Store.insert (sink default: Python(DataFrame))", n, lambda: chdb.insert("cdrs", cols, rows)
+        )
         import json
 
         body = "\n".join(json.dumps(dict(zip(cols, r, strict=True)), default=str) for r in rows)
         sess = chdb._session
-        jsonl = timed("peer: INSERT ... FORMAT JSONEachRow", n,
-                      lambda: sess.query(f"INSERT INTO cdrs ({', '.join(cols)}) FORMAT JSONEachRow\n{body}"))
+        jsonl = timed(
+            "peer: INSERT ... FORMAT JSONEachRow",
+            n,
+            lambda: sess.query(f"INSERT INTO cdrs ({', '.join(cols)}) FORMAT JSONEachRow\n{body}"),
+        )
         count = chdb.query("SELECT count() AS n FROM cdrs")[0]["n"]
         assert count == 2 * n, count
         print(f"  default / JSONEachRow: {default / jsonl:.2f}x; target 300,000: {default / 300_000:.2f}x")

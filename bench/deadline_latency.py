@@ -34,15 +34,47 @@ def write_calls(path: Path, n: int, cap_s: int, grace_s: int, spread_s: float) -
         at = now + 3000 + int(rng.random() * spread_s * 1000)
         answer = at - (cap_s + grace_s) * 1000
         base = {"call_id": cid, "node": "node-1", "schema_version": 1}
-        j.publish({**base, "event_id": f"{cid}-1", "seq": 1, "type": "call.setup", "ts": format_ts(answer - 2000),
-                   "caller": "100", "callee": "4420", "account": "acme", "source_ip": "127.0.0.1",
-                   "timer_supported": False})
-        j.publish({**base, "event_id": f"{cid}-2", "seq": 2, "type": "call.answered", "ts": format_ts(answer),
-                   "timer_mode": "no_timer", "session_expires": None, "refresher": {"caller": None, "carrier": None},
-                   "effective_limit_s": cap_s, "limit_source": "no_timer_max_duration"})
+        j.publish(
+            {
+                **base,
+                "event_id": f"{cid}-1",
+                "seq": 1,
+                "type": "call.setup",
+                "ts": format_ts(answer - 2000),
+                "caller": "100",
+                "callee": "4420",
+                "account": "acme",
+                "source_ip": "127.0.0.1",
+                "timer_supported": False,
+            }
+        )
+        j.publish(
+            {
+                **base,
+                "event_id": f"{cid}-2",
+                "seq": 2,
+                "type": "call.answered",
+                "ts": format_ts(answer),
+                "timer_mode": "no_timer",
+                "session_expires": None,
+                "refresher": {"caller": None, "carrier": None},
+                "effective_limit_s": cap_s,
+                "limit_source": "no_timer_max_duration",
+            }
+        )
         due[cid] = at
-    j.publish({"event_id": "hb-1", "call_id": "node:node-1", "seq": 1, "type": "node.heartbeat",
-               "ts": format_ts(now), "node": "node-1", "schema_version": 1, "active_calls": n})
+    j.publish(
+        {
+            "event_id": "hb-1",
+            "call_id": "node:node-1",
+            "seq": 1,
+            "type": "node.heartbeat",
+            "ts": format_ts(now),
+            "node": "node-1",
+            "schema_version": 1,
+            "active_calls": n,
+        }
+    )
     j.close()
     return due
 
@@ -54,9 +86,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "c.toml"
-        cfg_path.write_text(f'[events]\nlog = "file://{tmp}/events.jsonl"\n[store]\nurl = "chdb://{tmp}/store"\n'
-                            "[timers]\nno_timer_max_duration = 600\n[pipeline]\ngrace_period = 2\n"
-                            "node_timeout = 600\n")
+        cfg_path.write_text(
+            f'[events]\nlog = "file://{tmp}/events.jsonl"\n[store]\nurl = "chdb://{tmp}/store"\n'
+            "[timers]\nno_timer_max_duration = 600\n[pipeline]\ngrace_period = 2\n"
+            "node_timeout = 600\n"
+        )
         cfg = config_mod.load(cfg_path)
         due = write_calls(Path(tmp) / "events.jsonl", args.calls, 600, 2, args.spread)
         pipe = EmbeddedPipeline(cfg)
@@ -86,8 +120,10 @@ def main() -> None:
     lat = sorted(seen[c] - due[c] for c in seen)
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     print(f"active calls at start: {active:,}; commands issued: {len(seen):,} of {len(due):,}")
-    print(f"deadline -> command latency: p50 {p(0.5)} ms, p99 {p(0.99)} ms, max {lat[-1]} ms "
-          f"(target p99 < 200 ms: {'met' if p(0.99) < 200 else 'NOT met'})")
+    print(
+        f"deadline -> command latency: p50 {p(0.5)} ms, p99 {p(0.99)} ms, max {lat[-1]} ms "
+        f"(target p99 < 200 ms: {'met' if p(0.99) < 200 else 'NOT met'})"
+    )
 
     # Peer: find due calls by scanning every state on each tick, as a heap-less enforcer would.
     policy = Policy(no_timer_max_duration=600, grace_period_s=2)
@@ -97,8 +133,10 @@ def main() -> None:
         now = int(time.time() * 1000) + k
         [s for s in states.values() if (d := rules.due_at(s, policy)) is not None and d <= now]
     scan = (time.perf_counter() - t) / ticks * 1000
-    print(f"peer: scanning {len(states):,} calls per tick costs {scan:.2f} ms a tick "
-          f"(the heap pops only what is due); mean tick interval here 10 ms")
+    print(
+        f"peer: scanning {len(states):,} calls per tick costs {scan:.2f} ms a tick "
+        f"(the heap pops only what is due); mean tick interval here 10 ms"
+    )
 
 
 if __name__ == "__main__":

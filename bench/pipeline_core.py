@@ -64,12 +64,16 @@ def main() -> None:
     p = best_of(args.runs, run_processor_validated)
     f = best_of(args.runs, run_floor)
     print(f"events: {n:,} ({args.calls:,} calls)")
-    print(f"apply (pure core, parsed events):            {n / a:>10,.0f} events/s  target 300,000 "
-          f"({n / a / 300_000:.2f}x)")
+    print(
+        f"apply (pure core, parsed events):            {n / a:>10,.0f} events/s  target 300,000 "
+        f"({n / a / 300_000:.2f}x)"
+    )
     print(f"Processor (json + schema check + apply +     {n / p:>10,.0f} events/s")
     print("  deadlines + ticks + rated CDRs/alerts)")
-    print(f"peer: json.loads + dict store only           {n / f:>10,.0f} events/s  "
-          f"(apply costs {f / a:.2f}x of it; Processor {f / p:.2f}x)")
+    print(
+        f"peer: json.loads + dict store only           {n / f:>10,.0f} events/s  "
+        f"(apply costs {f / a:.2f}x of it; Processor {f / p:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ def main() -> None:
     producer.flush()
     producer.close()
     t_produce = time.perf_counter() - t0
-    print(f"produced {sent} messages ({len(events)} events, {args.calls} calls) in {t_produce:.1f} s "
-          f"({sent / t_produce:,.0f} msg/s with kafka-python)")
+    print(
+        f"produced {sent} messages ({len(events)} events, {args.calls} calls) in {t_produce:.1f} s "
+        f"({sent / t_produce:,.0f} msg/s with kafka-python)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bench.toml"
@@ -66,16 +68,21 @@ log = "kafka://{bootstrap}"
 [kafka]
 bootstrap = "{bootstrap}"
 partitions = {PARTITIONS}
-topic_events = "{topics['events']}"
-topic_commands = "{topics['commands']}"
-topic_alerts = "{topics['alerts']}"
-topic_cdrs = "{topics['cdrs']}"
-topic_dead_letter = "{topics['dead']}"
+topic_events = "{topics["events"]}"
+topic_commands = "{topics["commands"]}"
+topic_alerts = "{topics["alerts"]}"
+topic_cdrs = "{topics["cdrs"]}"
+topic_dead_letter = "{topics["dead"]}"
 [store]
 url = "{url}"
 """)
-        worker = WorkerProcess(cfg, f"bench-{sfx}", STACK / "bench-worker.log", loglevel="error",
-                               extra=["--batch-size", str(args.batch_size)])
+        worker = WorkerProcess(
+            cfg,
+            f"bench-{sfx}",
+            STACK / "bench-worker.log",
+            loglevel="error",
+            extra=["--batch-size", str(args.batch_size)],
+        )
         started = time.time()
         worker.start()
         try:
@@ -89,9 +96,11 @@ url = "{url}"
     rows = int(store.query("SELECT count() AS n FROM call_events")[0]["n"])
     store.close()
     print(f"worker start-up (process start -> partitions assigned): {info['assigned_at'] - started:.1f} s")
-    print(f"processed {info['events']} messages in {elapsed:.2f} s: {info['events'] / elapsed:,.0f} events/s "
-          f"(batch {args.batch_size}); {info['cdrs']} CDRs published, {cdrs} CDRs and {rows} event rows "
-          f"in ClickHouse")
+    print(
+        f"processed {info['events']} messages in {elapsed:.2f} s: {info['events'] / elapsed:,.0f} events/s "
+        f"(batch {args.batch_size}); {info['cdrs']} CDRs published, {cdrs} CDRs and {rows} event rows "
+        f"in ClickHouse"
+    )
 
 
 if __name__ == "__main__":
