@@ -49,12 +49,14 @@ class StoreSink:
         self._store_events = store_events
         self._rows: dict[str, list[tuple[Any, ...]]] = {"cdrs": [], "zombie_alerts": [], "call_events": []}
         self._oldest: float | None = None
+        self._pending = 0
         self._failures = 0
         self._last_error: str | None = None
         self._retry_at = 0.0
         self.written = {"cdrs": 0, "zombie_alerts": 0, "call_events": 0}
 
     def _mark(self) -> None:
+        self._pending += 1
         if self._oldest is None:
             self._oldest = self._clock()
 
@@ -74,7 +76,7 @@ class StoreSink:
             self._mark()
 
     def pending(self) -> int:
-        return sum(len(v) for v in self._rows.values())
+        return self._pending
 
     def should_flush(self) -> bool:
         return self.pending() >= self.batch_size
@@ -95,6 +97,7 @@ class StoreSink:
                     chunk = rows[: self.batch_size]
                     store.insert(table, columns[table], chunk)
                     del rows[: len(chunk)]
+                    self._pending -= len(chunk)
                     self.written[table] += len(chunk)
         except StoreError as exc:
             self._failures += 1

@@ -455,5 +455,13 @@ def alerts_tail(cfg: Config, follow: bool, fmt: str) -> None:
         tail_alerts(cfg, follow, fmt, click.echo)
 
 
+def _register_b2bua() -> None:
+    from .b2bua_cli import b2bua_command
+
+    main.add_command(b2bua_command)
+
+
+_register_b2bua()
+
 if __name__ == "__main__":
     main()

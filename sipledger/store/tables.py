@@ -44,21 +44,24 @@ def _money(v: str | None) -> Decimal | None:
     return None if v is None else Decimal(v)
 
 
+def _ms_or_none(ts: str | None) -> int | None:
+    return None if ts is None else ts_to_ms(ts)
+
+
+# How each column is made from a CDR, decided once instead of per row.
+_TS_COLUMN_FIELD = {col: field for field, col in CDR_TS_FIELDS.items()}
+_ROW_MAKERS = tuple(
+    (lambda cdr, version: version) if col == "version"
+    else (lambda cdr, version, f=_TS_COLUMN_FIELD[col]: _ms_or_none(cdr[f])) if col in _TS_COLUMN_FIELD
+    else (lambda cdr, version, c=col: _money(cdr[c])) if col in CDR_MONEY_FIELDS
+    else (lambda cdr, version: 1 if cdr["zombie"] else 0) if col == "zombie"
+    else (lambda cdr, version, c=col: cdr[c])
+    for col in CDR_COLUMNS
+)
+
+
 def cdr_to_row(cdr: dict[str, Any], version: int) -> tuple[Any, ...]:
-    row: dict[str, Any] = {}
-    for col in CDR_COLUMNS:
-        if col == "version":
-            row[col] = version
-        elif col.endswith("_ms") and col not in ("pdd_ms", "duration_ms", "verified_ms", "unverified_ms"):
-            field = next(k for k, v in CDR_TS_FIELDS.items() if v == col)
-            row[col] = ts_to_ms(cdr[field])
-        elif col in CDR_MONEY_FIELDS:
-            row[col] = _money(cdr[col])
-        elif col == "zombie":
-            row[col] = 1 if cdr["zombie"] else 0
-        else:
-            row[col] = cdr[col]
-    return tuple(row[c] for c in CDR_COLUMNS)
+    return tuple(make(cdr, version) for make in _ROW_MAKERS)
 
 
 def _money_text(v: Any) -> str | None:
@@ -74,9 +77,8 @@ def row_to_cdr(row: dict[str, Any]) -> dict[str, Any]:
         if col == "version":
             continue
         v = row[col]
-        if col in CDR_TS_FIELDS.values():
-            field = next(k for k, c in CDR_TS_FIELDS.items() if c == col)
-            cdr[field] = ms_to_ts(None if v is None else int(v))
+        if col in _TS_COLUMN_FIELD:
+            cdr[_TS_COLUMN_FIELD[col]] = ms_to_ts(None if v is None else int(v))
         elif col in CDR_MONEY_FIELDS:
             cdr[col] = _money_text(v)
         elif col == "zombie":
