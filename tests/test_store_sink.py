@@ -6,11 +6,12 @@ import os
 import shutil
 from pathlib import Path
 
+from test_store import make_cdr
+
 from pipeline.store_sink import StoreSink
 from sipledger.stack import clickhouse_server, process
 from sipledger.store import migrate, open_store
 from sipledger.store.cdr_export import fetch_cdrs
-from test_store import make_cdr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_sink_backs_off_keeps_rows_and_shows_lag_while_clickhouse_is_down() -> N
         assert not sink.flush()
         assert sink.lag().failures == 2 and sink.lag().oldest_pending_s == 3.0  # rows queued at t=0
 
-        rec2, started = clickhouse_server.up(stack_dir, port=rec.port)  # back, same data
+        _rec2, started = clickhouse_server.up(stack_dir, port=rec.port)  # back, same data
         assert started
         clock[0] = 60.0
         assert sink.flush()
