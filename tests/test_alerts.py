@@ -6,6 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 from click.testing import CliRunner
 from kafka import KafkaProducer
@@ -34,7 +35,7 @@ ALERT = {
 
 class _Flaky(BaseHTTPRequestHandler):
     fail_first = 2
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
     attempts = 0
 
     def log_message(self, *args: object) -> None:
