@@ -231,13 +231,13 @@ class KafkaPipeline:
     async def process_batch(self, events: Sequence[EventT]) -> None:
         t_in = time.perf_counter()
         if os.environ.get("SIPLEDGER_FAUST_PROFILE"):
-            print(f"PROF gap={t_in - getattr(self, '_t_out', t_in):.4f} n={len(events)}", file=sys.stderr)
+            log.error("PROF gap=%.4f n=%d", t_in - getattr(self, "_t_out", t_in), len(events))
         try:
             await self._process_batch(events)
         finally:
             self._t_out = time.perf_counter()
             if os.environ.get("SIPLEDGER_FAUST_PROFILE"):
-                print(f"PROF body={self._t_out - t_in:.4f}", file=sys.stderr)
+                log.error("PROF body=%.4f", self._t_out - t_in)
 
     async def _process_batch(self, events: Sequence[EventT]) -> None:
         async with self.lock:

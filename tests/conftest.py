@@ -40,13 +40,15 @@ def real_stack() -> Iterator[RunningStack]:
     if shared_libs.is_dir() and not test_libs.exists():
         test_libs.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(shared_libs, test_libs)
-    k, _ = kafka_broker.up(TEST_STACK)
-    c, _ = clickhouse_server.up(TEST_STACK)
+    k, k_started = kafka_broker.up(TEST_STACK)
+    c, c_started = clickhouse_server.up(TEST_STACK)
     bootstrap = f"127.0.0.1:{k.port}"
     kafka_broker.create_topics(bootstrap, TOPICS)
     yield RunningStack(TEST_STACK, bootstrap, c.port)
-    for name in (kafka_broker.NAME, clickhouse_server.NAME):
-        process.stop(TEST_STACK, name)
+    # Stop only what this session started: another test run may be using services it found running.
+    for name, started in ((kafka_broker.NAME, k_started), (clickhouse_server.NAME, c_started)):
+        if started:
+            process.stop(TEST_STACK, name)
 
 
 @pytest.fixture()
