@@ -1,0 +1,131 @@
+"""Where ``call.terminate`` commands come from: the embedded commands journal or a Kafka topic.
+
+Both followers hand each decoded command (a dict) to ``on_command`` on the event loop; the core
+checks the node, the call and duplicates. Only commands written after start-up apply: a restarted
+node has no calls, so older commands could only be ignored anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sipledger.eventlog import read_journal
+
+log = logging.getLogger("sipledger.b2bua.commands")
+
+OnCommand = Callable[[dict[str, Any]], None]
+
+
+def _decode(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        log.warning("undecodable command line skipped: %r", raw[:200])
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class FileCommandFollower:
+    """Tails ``commands.jsonl`` (JSON lines appended by the embedded pipeline) from its end."""
+
+    def __init__(self, path: Path, on_command: OnCommand, poll_interval: float = 0.2) -> None:
+        self.path = path
+        self.on_command = on_command
+        self.poll_interval = poll_interval
+        self.offset = path.stat().st_size if path.exists() else 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def poll(self) -> int:
+        """Read what was appended since the last poll; returns the number of commands handed on."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if size < self.offset:
+            self.offset = 0  # the file was truncated or replaced
+        count = 0
+        for pos, raw in read_journal(self.path, self.offset):
+            self.offset = pos
+            cmd = _decode(raw)
+            if cmd is not None:
+                count += 1
+                self.on_command(cmd)
+        return count
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.poll()
+            except Exception:
+                log.exception("reading %s failed", self.path)
+            await asyncio.sleep(self.poll_interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class KafkaCommandFollower:
+    """A kafka-python consumer thread on the commands topic; commands reach the loop thread-safely.
+
+    Each node uses its own consumer group so it sees every partition (commands are keyed by call
+    id, not by node), and starts at the latest offset.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, node_id: str, on_command: OnCommand) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = f"sipledger-b2bua-{node_id}"
+        self.on_command = on_command
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="b2bua-commands", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer
+
+        consumer: Any = None
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = KafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
+                                             group_id=self.group, auto_offset_reset="latest",
+                                             enable_auto_commit=True)
+                batches = consumer.poll(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        cmd = _decode(record.value)
+                        if cmd is not None and self._loop is not None:
+                            self._loop.call_soon_threadsafe(self.on_command, cmd)
+            except Exception as exc:
+                log.warning("commands consumer on %s failed (%s); retrying", self.bootstrap, exc)
+                if consumer is not None:
+                    with contextlib.suppress(Exception):
+                        consumer.close()
+                consumer = None
+                self._stop.wait(2.0)
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.close()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)

@@ -1,0 +1,202 @@
+"""The running B2BUA: the sans-I/O core wired to asyncio transports, timers, events and commands.
+
+Everything the core decides is performed here, in order, on the event loop thread. Nothing a
+peer sends can stop the process: each message and timer goes through the core's own guard, and
+the adapter additionally catches anything that escapes (logging it with the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+from urllib.parse import urlparse
+
+from b2bua.actions import Action, Address, CancelTimer, Emit, Log, Send, SetTimer
+from b2bua.admission import Admission
+from b2bua.call_events import CallEventFactory
+from b2bua.commands_in import FileCommandFollower, KafkaCommandFollower
+from b2bua.core import B2BUACore, CoreConfig
+from b2bua.routing import RouteTable
+from b2bua.sip.parser import ParserLimits
+from b2bua.transport import Incoming, TimerTask, Transports
+from sipledger.config import Config
+from sipledger.eventlog import FileJournal, Publisher, open_publisher
+
+log = logging.getLogger("sipledger.b2bua")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class B2BUAServer:
+    def __init__(self, cfg: Config, publisher: Publisher | None = None) -> None:
+        self.cfg = cfg
+        self.publisher = publisher or open_publisher(cfg.events.log, cfg.kafka.topic_events,
+                                                     cfg.events.spool_dir, cfg.base_dir)
+        self.factory = CallEventFactory(cfg.node.id, self.publisher)
+        self.core: B2BUACore | None = None
+        self.transports: Transports | None = None
+        self.timers: TimerTask | None = None
+        self.followers: list[FileCommandFollower | KafkaCommandFollower] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.event_errors = 0
+
+    @property
+    def port(self) -> int:
+        return self.transports.port if self.transports is not None else 0
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        limits = ParserLimits(max_message_size=cfg.sip.max_message_bytes, max_headers=cfg.sip.max_headers)
+        self.transports = Transports(cfg.sip.listen_host, cfg.sip.listen_port, cfg.sip.transports,
+                                     self.on_message, limits)
+        port = await self.transports.start()
+        self.core = B2BUACore(
+            CoreConfig.from_config(cfg, local_port=port),
+            Admission(cfg.accounts, cfg.admission, os.urandom(32)),
+            RouteTable.from_config(cfg),
+            wall_offset=time.time() - loop.time(),
+        )
+        self.timers = TimerTask(self.on_timer)
+        self.timers.start()
+        self.perform(self.core.start(loop.time()))
+        self._tasks.append(loop.create_task(self._heartbeats()))
+        self._start_commands()
+        print(f"b2bua: listening on {self.transports.describe()} (node {cfg.node.id})", flush=True)
+
+    def _start_commands(self) -> None:
+        cfg = self.cfg
+        url = urlparse(cfg.events.log)
+        follower: FileCommandFollower | KafkaCommandFollower
+        if url.scheme == "kafka":
+            follower = KafkaCommandFollower(url.netloc or cfg.kafka.bootstrap, cfg.kafka.topic_commands,
+                                            cfg.node.id, self.on_command)
+        else:
+            from pipeline.embedded import EmbeddedPaths
+
+            follower = FileCommandFollower(EmbeddedPaths.from_config(cfg).commands, self.on_command)
+        follower.start()
+        self.followers.append(follower)
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _run_core(self, step: Callable[[B2BUACore, float], list[Action]], what: Callable[[], str]) -> None:
+        if self.core is None:
+            return
+        try:
+            actions = step(self.core, self._now())
+        except Exception:
+            log.exception("B2BUA core failed on %s; dropped", what())
+            return
+        self.perform(actions)
+
+    def on_message(self, msg: Incoming, source: Address) -> None:
+        self._run_core(lambda core, now: core.receive(msg, source, now), lambda: f"a message from {source}")
+
+    def on_timer(self, key: Hashable) -> None:
+        self._run_core(lambda core, now: core.timer_fired(key, now), lambda: f"timer {key!r}")
+
+    def on_command(self, cmd: dict[str, Any]) -> None:
+        self._run_core(lambda core, now: core.terminate_command(cmd, now), lambda: f"command {cmd!r}"[:300])
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def perform(self, actions: list[Action]) -> None:
+        emitted = False
+        for a in actions:
+            try:
+                if isinstance(a, Send):
+                    if self.transports is not None:
+                        self.transports.send(a.data, a.dest)
+                elif isinstance(a, SetTimer):
+                    if self.timers is not None:
+                        self.timers.set(a.key, a.at)
+                elif isinstance(a, CancelTimer):
+                    if self.timers is not None:
+                        self.timers.cancel(a.key)
+                elif isinstance(a, Emit):
+                    emitted = True
+                    self.factory.emit(a.call_id, a.type, **a.fields)
+                elif isinstance(a, Log):
+                    log.log(_LEVELS.get(a.level, logging.INFO), "%s", a.text)
+            except Exception:
+                # An invalid event is a bug of ours, but the call itself must go on.
+                if isinstance(a, Emit):
+                    self.event_errors += 1
+                log.exception("could not perform %r", a)
+        if emitted and isinstance(self.publisher, FileJournal):
+            # Readers follow the journal live (the embedded pipeline, tests): write lines out now.
+            self.publisher.flush()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                self.factory.heartbeat(self.core.active_calls if self.core is not None else 0)
+                if isinstance(self.publisher, FileJournal):
+                    self.publisher.flush()
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.cfg.events.heartbeat_interval)
+
+    async def stop(self) -> None:
+        """Stop listening and flush the events; calls are not hung up (another node may take over)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for follower in self.followers:
+            await follower.stop()
+        if self.timers is not None:
+            await self.timers.stop()
+        if self.transports is not None:
+            await self.transports.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._close_publisher)
+
+    def _close_publisher(self) -> None:
+        try:
+            self.publisher.flush()
+            self.publisher.close()
+        except Exception:
+            log.exception("closing the event publisher failed")
+
+
+async def serve(cfg: Config, ready: asyncio.Event | None = None, *, stop: asyncio.Event | None = None,
+                on_started: Callable[[B2BUAServer], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set). ``ready`` is set once the sockets are bound."""
+    server = B2BUAServer(cfg)
+    stop = stop or asyncio.Event()
+    await server.start()
+    if on_started is not None:
+        on_started(server)
+    if ready is not None:
+        ready.set()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+    try:
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await server.stop()
+
+
+def run(cfg: Config) -> None:
+    asyncio.run(serve(cfg))
