@@ -29,10 +29,10 @@ class Call(pj.Call):
         super().__init__(acc, call_id)
         self.done = False
         self.confirmed_at: float | None = None
-        self.setup_cseq: int | None = None  # the initial INVITE: not a refresh
-        self.seen: set[tuple[str, str, int]] = set()
+        self.setup_tsx: set[int] = set()
+        self.seen: set[int] = set()
 
-    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 - pjsua2 callback name
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
         ci = self.getInfo()
         say(event="state", state=ci.stateText, code=ci.lastStatusCode, reason=ci.lastReason)
         if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.confirmed_at is None:
@@ -42,24 +42,22 @@ class Call(pj.Call):
                 connected_s=ci.connectDuration.sec)
             self.done = True
 
-    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:  # noqa: N802
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
         e = prm.e
         if e.type != pj.PJSIP_EVENT_TSX_STATE:
             return
         tsx = e.body.tsxState.tsx
-        if tsx.method not in ("INVITE", "UPDATE") or tsx.statusCode < 200:
+        if tsx.method not in ("INVITE", "UPDATE"):
             return
-        if tsx.method == "INVITE" and self.setup_cseq is None:
-            self.setup_cseq = tsx.cseq
-        if tsx.cseq == self.setup_cseq and tsx.method == "INVITE":
+        key = int(tsx.pjTransaction)  # the C pointer: the same for every callback of one transaction
+        if self.confirmed_at is None:
+            self.setup_tsx.add(key)  # the initial INVITE: not a refresh
             return
-        if tsx.state != pj.PJSIP_TSX_STATE_COMPLETED and tsx.state != pj.PJSIP_TSX_STATE_TERMINATED:
+        if key in self.setup_tsx or key in self.seen or tsx.statusCode < 200:
             return
+        self.seen.add(key)
         role = "received" if tsx.role == pj.PJSIP_ROLE_UAS else "sent"
-        key = (role, tsx.method, tsx.cseq)
-        if key not in self.seen:
-            self.seen.add(key)
-            say(event=f"refresh_{role}", method=tsx.method, status=tsx.statusCode)
+        say(event=f"refresh_{role}", method=tsx.method, status=tsx.statusCode)
 
 
 class Account(pj.Account):
@@ -68,7 +66,7 @@ class Account(pj.Account):
         self.calls: list[Call] = []
         self.answer_delay = answer_delay
 
-    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         call = Call(self, prm.callId)
         self.calls.append(call)
         say(event="incoming")
@@ -144,7 +142,7 @@ def main() -> int:
             ep.libHandleEvents(20)
         # Call objects must go before the library, or their destructors assert and abort.
         acc.calls.clear()
-        call = None  # noqa: F841
+        call = None
         gc.collect()
         acc.shutdown()
         ep.libDestroy()
