@@ -199,10 +199,16 @@ class B2BUACore:
         def run() -> None:
             if isinstance(message, ParseError):
                 self._on_parse_error(message, source)
-            elif isinstance(message, Request):
-                self._on_request(message, source)
-            else:
-                self._on_response(message)
+                return
+            try:
+                if isinstance(message, Request):
+                    self._on_request(message, source)
+                else:
+                    self._on_response(message)
+            except SipSyntaxError as exc:
+                # A header read only when needed (Contact, Session-Expires, a URI...) was malformed:
+                # that is bad input from the peer, answered like any other, not a fault of ours.
+                self._on_malformed(message, source, exc)
 
         return self._guard(run, now, source, lambda: _describe(message))
 
@@ -340,6 +346,30 @@ class B2BUACore:
         except SipSyntaxError:
             dest = source
         self._log_limited("400", "info", f"400 to {source} for a malformed request: {err.reason}")
+        self._send(resp, dest)
+
+    def _on_malformed(self, message: Request | Response, source: Address, exc: SipSyntaxError) -> None:
+        self.stats["parse_errors"] += 1
+        if isinstance(message, Response) or message.method == "ACK":
+            self._log_limited("drop", "warning",
+                              f"dropped malformed {_describe(message)} from {source}: {exc}")
+            return
+        call = self._current
+        if call is not None and not call.ended and not call.answered:
+            self._terminate(call, "rejected", "system", status_to_caller=400, sip_status=400,
+                            detail=f"malformed request: {exc}"[:500])
+            return
+        self._log_limited("400", "info", f"400 to {source} for a malformed {message.method}: {exc}")
+        try:
+            key = server_key(message)
+            if self.layer.get(key) is not None:
+                self._respond(key, message, 400, "Bad Request")
+                return
+            resp = build_response(message, 400, "Bad Request", to_tag=self.layer.new_tag())
+            dest = self._response_dest(message.top_via, source)
+        except (SipSyntaxError, ValueError, KeyError) as again:
+            self._log_limited("drop", "warning", f"cannot even answer {source}: {again}")
+            return
         self._send(resp, dest)
 
     def _response_dest(self, via: Via, source: Address) -> Address:

@@ -99,7 +99,8 @@ class Caller:
         return call
 
     async def place_call(self, b2bua: Addr, callee: str, behaviour: CallerBehaviour | str) -> CallOutcome:
-        return await self.prepare_call(b2bua, callee, behaviour).run()
+        """Place one call and wait for its outcome."""
+        return await self.prepare_call(b2bua, callee, behaviour).start()
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -136,13 +137,20 @@ class CallerCall(DialogCall):
         self.outcome = CallOutcome(
             call_id=self.call_id, caller=caller.name, callee=callee, behaviour=behaviour.kind
         )
+        self.finalized = False
         self._t0 = 0.0
         self._provisional: asyncio.Future[None] | None = None
 
     # -- script -------------------------------------------------------------------------------
 
+    def start(self) -> asyncio.Task[CallOutcome]:
+        """Run the call in its own task (what ``Caller.close`` cancels)."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.run(), name=f"call-{self.call_id}")
+        return self.task
+
     async def run(self) -> CallOutcome:
-        self.task = asyncio.current_task()  # type: ignore[assignment]
+        """The call script; prefer ``start()`` so that closing the Caller can abort it."""
         self.endpoint.register(self.call_id, self)
         self._t0 = self.now()
         self.outcome.started_at = time.time()
@@ -202,11 +210,9 @@ class CallerCall(DialogCall):
         assert self.invite is not None
         b = self.behaviour
         self.outcome.answered = True
-        self.answered_at = self.now()
-        self.dialog = Dialog.uac_from_response(
-            self.invite, final, local_contact=self.contact, via_sent_by=self.endpoint.sent_by
-        )
-        self.send_ack(final)
+        if self.dialog is None:  # normally created by _on_final already
+            self._on_final(final)
+        assert self.answered_at is not None
         if negotiation is not None:
             try:
                 result = negotiation.on_2xx(final)
@@ -231,6 +237,8 @@ class CallerCall(DialogCall):
         """Stop answering anything and watch, for a bounded time, whether the far end kills us."""
 
         def seen(message: Request | Response) -> None:
+            if self.finalized:
+                return  # the outcome is final; the endpoint stays a black hole for this call
             label = message.method if isinstance(message, Request) else f"{message.status}"
             self.outcome.ignored.append(label)
             if isinstance(message, Request) and message.method == "BYE":
@@ -276,7 +284,9 @@ class CallerCall(DialogCall):
         b = self.behaviour
         loop = asyncio.get_running_loop()
         self._provisional = loop.create_future()
-        tx = self.endpoint.send_request(invite, self.b2bua, on_provisional=self._on_provisional)
+        tx = self.endpoint.send_request(
+            invite, self.b2bua, on_provisional=self._on_provisional, on_final=self._on_final
+        )
         final = tx.final
         # Without any provisional, timer B (64*T1) resolves ``final`` with None by itself.
         await asyncio.wait({final, self._provisional}, return_when=asyncio.FIRST_COMPLETED)
@@ -294,6 +304,16 @@ class CallerCall(DialogCall):
             self.outcome.ring_time = self.now() - self._t0
         if self._provisional is not None and not self._provisional.done():
             self._provisional.set_result(None)
+
+    def _on_final(self, response: Response) -> None:
+        """A 2xx creates the dialog and is ACKed at once, before anything else is read."""
+        if not (200 <= response.status < 300) or self.dialog is not None or self.invite is None:
+            return
+        self.answered_at = self.now()
+        self.dialog = Dialog.uac_from_response(
+            self.invite, response, local_contact=self.contact, via_sent_by=self.endpoint.sent_by
+        )
+        self.send_ack(response)
 
     def _send_cancel(self, tx: ClientTransaction, why: str) -> None:
         self.cancelled = True
@@ -326,6 +346,7 @@ class CallerCall(DialogCall):
                 self.endpoint.send_request(build_cancel(self.invite), self.b2bua)
 
     def _wrap_up(self) -> None:
+        self.finalized = True
         o = self.outcome
         o.duration = self.now() - self._t0
         o.refreshes_sent = self.refreshes_sent

@@ -185,7 +185,9 @@ class CarrierCall(DialogCall):
         b = self.behaviour
         if b.kind == "no_answer":
             # Not even 100 Trying: the B2BUA's INVITE client transaction has to time out.
-            await self._wait_cancel(self.carrier.max_call_time)
+            self.record.end_reason = "never answered"
+            if not await self._wait_cancel(self.carrier.max_call_time):
+                self.record.ended_by = "abandoned"
             return
         self.endpoint.reply(self.invite, self.key, 100)
         if b.kind in ("busy", "fail"):

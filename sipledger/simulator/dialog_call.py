@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from b2bua.sip.dialog import Dialog, DialogTerminatedError
 from b2bua.sip.digest import build_authorization
@@ -75,9 +75,9 @@ class DialogCall:
         self.options_received = 0
         self.bye_status: int | None = None
         self._wake = asyncio.Event()
+        self._reinvite_pending = False
         self._acks: dict[int, tuple[Request, Addr]] = {}  # our ACK per INVITE CSeq, for re-ACKing
         self._retx: dict[int, tuple[Invite2xxRetransmitter, TransactionKey, asyncio.Future[bool]]] = {}
-        self._background: set[asyncio.Task[object]] = set()
 
     # -- small helpers ------------------------------------------------------------------------
 
@@ -95,13 +95,6 @@ class DialogCall:
 
     def in_dialog_hop(self, request: Request) -> Addr:
         return self.outbound or next_hop(request)
-
-    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
-        """Run a fire-and-forget coroutine (a BYE after an abort) without awaiting it."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
 
     # -- endpoint callbacks -------------------------------------------------------------------
 
@@ -155,6 +148,9 @@ class DialogCall:
                 200,
                 headers=[("Allow", ALLOW), ("Accept", CONTENT_TYPE), ("Supported", "timer")],
             )
+        elif method == "INVITE" and self._reinvite_pending:
+            # 14.2 glare: our own re-INVITE is still open; the peer retries after a random wait.
+            self.endpoint.reply(request, key, 491)
         elif method in ("UPDATE", "INVITE"):
             self._answer_refresh(request, key, source)
         elif method == "INFO":
@@ -272,6 +268,9 @@ class DialogCall:
         if self.ended.is_set() or self.session.stopped:
             return
         now = self.now()
+        if response is None or not 200 <= response.status < 300:
+            status = response.status if response is not None else "nothing"
+            log.info("%s: %s refresh answered %s", self.call_id, method, status)
         if response is None:
             await self.hangup("session refresh timed out")
         elif 200 <= response.status < 300:
@@ -290,9 +289,7 @@ class DialogCall:
                 self.refresh_method = "invite"
             # Glare (or no UPDATE support): try again shortly instead of waiting for expiry.
             self.session.refresh_at = now + self.endpoint.rng.uniform(0.1, 0.4)
-        else:
-            # Leave the session unrefreshed: the expiry guard hangs up if nothing else succeeds.
-            log.info("%s: refresh answered %d", self.call_id, response.status)
+        # Anything else leaves the session unrefreshed: the expiry guard hangs up if nothing succeeds.
 
     # -- holding the call ---------------------------------------------------------------------
 
@@ -328,15 +325,19 @@ class DialogCall:
             request = build([])
         except DialogTerminatedError:
             return None
-        response = await self.endpoint.request(request, self.in_dialog_hop(request))
-        if response is not None and response.status in (401, 407) and self.credentials:
-            auth = self.authorization(request, response)
-            if auth is not None:
-                try:
-                    request = build([auth])
-                except DialogTerminatedError:
-                    return None
-                response = await self.endpoint.request(request, self.in_dialog_hop(request))
+        self._reinvite_pending = request.method == "INVITE"
+        try:
+            response = await self.endpoint.request(request, self.in_dialog_hop(request))
+            if response is not None and response.status in (401, 407) and self.credentials:
+                auth = self.authorization(request, response)
+                if auth is not None:
+                    try:
+                        request = build([auth])
+                    except DialogTerminatedError:
+                        return None
+                    response = await self.endpoint.request(request, self.in_dialog_hop(request))
+        finally:
+            self._reinvite_pending = False
         if response is None:
             return None
         self.dialog.on_response(request, response)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -76,6 +77,10 @@ class ClientTransaction:
     request: Request
     final: asyncio.Future[Response | None]
     on_provisional: Callable[[Response], None] | None = None
+    # Called synchronously with the final response, before ``final`` resolves: a UAC must have its
+    # dialog (and ACK) in place before any request the peer sends right after its 2xx is handled,
+    # and a future's waiter only runs after the datagrams already read in the same loop turn.
+    on_final: Callable[[Response], None] | None = None
     error: str | None = None
 
 
@@ -209,8 +214,10 @@ class SipEndpoint:
         return self.layer.new_tag()
 
     def new_call_id(self) -> str:
+        # Never from the (possibly seeded) rng: two demo runs with one seed must not reuse Call-IDs,
+        # which end up as keys in the event log and the CDR store.
         self._seq += 1
-        return f"{self.rng.getrandbits(64):016x}-{self._seq}@{self.name}"
+        return f"{secrets.token_hex(8)}-{self._seq}@{self.name}"
 
     def contact(self, user: str) -> str:
         return f"<sip:{user}@{self.sent_by}>"
@@ -244,12 +251,13 @@ class SipEndpoint:
         dest: Addr | None = None,
         *,
         on_provisional: Callable[[Response], None] | None = None,
+        on_final: Callable[[Response], None] | None = None,
     ) -> ClientTransaction:
         """Start a client transaction (or just transmit an ACK). ``dest`` defaults to the next hop
         from the top Route or the Request-URI."""
         target = dest or next_hop(request)
         loop = asyncio.get_running_loop()
-        handle = ClientTransaction(None, request, loop.create_future(), on_provisional)
+        handle = ClientTransaction(None, request, loop.create_future(), on_provisional, on_final)
         if request.method == "ACK":
             self._transmit(request, target)
             handle.final.set_result(None)
@@ -465,6 +473,8 @@ class SipEndpoint:
                 if handle.on_provisional is not None:
                     self._safe(handle.on_provisional, response)
             else:
+                if handle.on_final is not None:
+                    self._safe(handle.on_final, response)
                 handle.final.set_result(response)
             return
         # Not for a waiting transaction: a 2xx retransmission (the call re-ACKs it) or a stray.

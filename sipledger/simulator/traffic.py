@@ -116,9 +116,14 @@ class TrafficPlan:
             refresher = None
             if entry.caller == "timer_uas_refresher" and rng.random() < self.open_refresher_share:
                 refresher = "none"
+            caller_talk = round(rng.uniform(*self.talk_time), 2)
+            carrier_talk = round(rng.uniform(*self.talk_time), 2)
+            if entry.carrier == "answer_then_bye":
+                # The point of that carrier behaviour is that the carrier hangs up: outlast it.
+                caller_talk = round(carrier_talk + self.talk_time[1], 2)
             caller = CallerBehaviour(
                 entry.caller,
-                talk_time=round(rng.uniform(*self.talk_time), 2),
+                talk_time=caller_talk,
                 ring_delay=round(rng.uniform(*self.cancel_after), 2),
                 session_expires=self.session_expires,
                 min_se=self.min_se,
@@ -130,7 +135,7 @@ class TrafficPlan:
             carrier = CarrierBehaviour(
                 entry.carrier,
                 ring_delay=round(rng.uniform(*self.carrier_ring), 2),
-                talk_time=round(rng.uniform(*self.talk_time), 2),
+                talk_time=carrier_talk,
             )
             callee = callee_number(self.callee_prefix, index, entry.carrier)
             out.append(PlannedCall(index, round(at, 3), callee, caller, carrier))
@@ -193,7 +198,7 @@ async def run_traffic(
             call.outcome.carrier_behaviour = p.carrier.kind
             calls[p.index] = call
             try:
-                await call.run()
+                await call.start()
             finally:
                 report(call.outcome)
 
