@@ -124,3 +124,23 @@ def test_broker_killed_mid_traffic_loses_nothing_and_reorders_nothing(tmp_path: 
     finally:
         process.stop(stack_dir, kafka_broker.NAME, grace=2)
         shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+def test_two_processes_appending_to_one_journal_never_split_a_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.jsonl"
+    code = ("import sys\nfrom sipledger.eventlog import FileJournal\n"
+            "j = FileJournal(sys.argv[1])\n"
+            "for i in range(20000):\n"
+            "    j.publish({'call_id': sys.argv[2], 'i': i, 'pad': 'x' * (i % 300)})\n"
+            "    if i % 7 == 0:\n        j.flush()\n"
+            "j.close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), name], cwd=REPO) for name in ("a", "b")]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    for _, raw in read_journal(path):
+        e = json.loads(raw)  # every line is whole
+        seen[e["call_id"]].append(e["i"])
+    assert seen["a"] == list(range(20000)) and seen["b"] == list(range(20000))
