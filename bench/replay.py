@@ -67,8 +67,8 @@ def main() -> None:
         cfg = config_mod.load(
             None,
             [
-                f'pipeline.sell_rates="{REPO}/examples/rates/sell.csv"',
-                f'pipeline.buy_rates="{REPO}/examples/rates/buy.csv"',
+                f'pipeline.sell_rates="{REPO}/sipledger/data/rates/sell.csv"',
+                f'pipeline.buy_rates="{REPO}/sipledger/data/rates/buy.csv"',
                 "timers.no_timer_max_duration=60",
             ],
         )

@@ -21,7 +21,7 @@ from sipledger.store.cdr_export import fetch_cdrs
 from sipledger.store.tables import CDR_COLUMNS, cdr_to_row
 
 REPO = Path(__file__).resolve().parents[1]
-RATES = REPO / "examples" / "rates"
+RATES = REPO / "sipledger" / "data" / "rates"
 
 
 @pytest.fixture(scope="module")

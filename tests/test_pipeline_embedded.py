@@ -25,7 +25,7 @@ from sipledger.store import open_store
 from sipledger.store.cdr_export import fetch_cdrs
 
 REPO = Path(__file__).resolve().parents[1]
-RATES = REPO / "examples" / "rates"
+RATES = REPO / "sipledger" / "data" / "rates"
 EXPECTED_REASON = {"caller_bye": "normal_caller_bye", "callee_bye": "normal_callee_bye", "busy": "busy",
                    "cancel": "caller_cancel", "timer_refreshed": "normal_caller_bye",
                    "timer_expired": "session_expired", "no_timer_capped": "no_timer_limit",
