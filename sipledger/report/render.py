@@ -55,11 +55,16 @@ def write_rows(rows: Sequence[dict[str, Any]], fmt: str, out: TextIO, title: str
             w.writeheader()
             w.writerows(rows)
     else:
-        Console(file=out, width=200).print(rich_table(title, rows))
+        _console(out).print(rich_table(title, rows))
+
+
+def _console(out: TextIO) -> Console:
+    # A terminal gets tables fitted to its width; files and pipes get room for every column.
+    return Console(file=out) if out.isatty() else Console(file=out, width=200)
 
 
 def runaway_table(report: RunawayReport, out: TextIO) -> None:
-    console = Console(file=out, width=200)
+    console = _console(out)
     title = f"Runaway cost by {report.by}, {report.period.describe()}"
     console.print(rich_table(title, [*report.rows, report.totals]))
     if report.top_offenders:

@@ -1,0 +1,58 @@
+"""`sipledger demo --fast`: real SIP through two B2BUA processes, one killed; its CDRs pass the GX suite."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from sipledger.billing_audit import load_cdrs, load_deck, recompute, run_suite
+from sipledger.cli import main
+from sipledger.demo import FAST, rates_dir, run_demo
+
+pytestmark = pytest.mark.sipp
+
+
+def test_fast_demo_end_to_end(tmp_path: Path) -> None:
+    out = io.StringIO()
+    res = run_demo(tmp_path / "demo", fast=True, console=Console(file=out, width=200))
+    text = out.getvalue()
+
+    placed = FAST.calls + FAST.node2_calls
+    assert len(res.outcomes) == placed
+    assert res.cdrs == placed  # every call, ended or orphaned, has exactly one CDR
+    reasons = res.end_reasons
+    # what the mix is there to show
+    for reason in (
+        "normal_caller_bye",
+        "normal_callee_bye",
+        "session_expired",
+        "no_timer_limit",
+        "busy",
+        "caller_cancel",
+        "orphaned",
+    ):
+        assert reasons[reason] > 0, (reason, reasons)
+    assert reasons["orphaned"] == FAST.node2_calls  # node-2 was killed with its calls up
+    kinds = {a["kind"] for a in res.alerts}
+    assert {"enforcement_missed", "orphaned", "limit_reached", "refresh_failed"} <= kinds
+    assert {a["call_id"] for a in res.alerts if a["kind"] == "enforcement_missed"} == {
+        a["call_id"] for a in res.alerts if a["kind"] == "orphaned"
+    }
+
+    assert "Runaway cost by account" in text and "Zombie alerts" in text
+    assert res.html_report.exists() and "data:image/png;base64," in res.html_report.read_text()
+
+    # the CDRs are right by an independent recomputation, and still there for the CLI
+    audited = recompute(
+        load_cdrs(res.store_url), load_deck(rates_dir() / "sell.csv"), {"initech": "verified"}
+    )
+    result = run_suite(audited)
+    assert result.success, result.failing[["call_id", "failed"]].to_string()
+    cli = CliRunner().invoke(main, ["cdrs", "--config", str(res.config_path)])
+    assert cli.exit_code == 0, cli.output
+    assert len([json.loads(x) for x in cli.output.splitlines() if x]) == placed
