@@ -174,7 +174,7 @@ class B2BUANode:
 
 
 def _plans(profile: Profile, seed: int) -> tuple[Any, Any]:
-    from sipledger.simulator.traffic import MixEntry, TrafficPlan
+    from sipledger.simulator.traffic import DEFAULT_MIX, MixEntry, TrafficPlan
 
     main = TrafficPlan(
         calls=profile.calls,
@@ -187,19 +187,7 @@ def _plans(profile: Profile, seed: int) -> tuple[Any, Any]:
         answer_timeout=20.0,
         timeout=profile.window + profile.max_call + 20,
         max_concurrent=200,
-        mix=(
-            MixEntry("no_timer_bye", "answer", 5),
-            MixEntry("timer_refresh", "answer", 4),
-            MixEntry("timer_uas_refresher", "answer", 3),
-            MixEntry("no_timer_bye", "answer_then_bye", 2),
-            MixEntry("timer_refresh", "answer_then_bye", 1),
-            MixEntry("timer_silent", "answer", 2),
-            MixEntry("no_timer_vanish", "answer", 2),
-            MixEntry("no_timer_bye", "busy", 1),
-            MixEntry("no_timer_bye", "fail", 1),
-            MixEntry("cancel", "ring_forever", 1),
-            MixEntry("no_timer_bye", "no_answer", 0.5),
-        ),
+        mix=DEFAULT_MIX,
     )
     # node-2's calls are long legacy calls: they are up when the node dies.
     doomed = TrafficPlan(

@@ -51,6 +51,16 @@ def real_stack() -> Iterator[RunningStack]:
             process.stop(TEST_STACK, name)
 
 
+def private_stack_dir(name: str) -> Path:
+    """A stack folder of the test's own (for tests that stop or kill services), sharing the jars."""
+    stack_dir = REPO / ".stack" / f"{name}-{os.getpid()}"
+    libs = REPO / ".stack" / "kafka" / "libs"
+    if libs.is_dir() and not (stack_dir / "kafka" / "libs").exists():
+        (stack_dir / "kafka").mkdir(parents=True, exist_ok=True)
+        os.symlink(libs, stack_dir / "kafka" / "libs")
+    return stack_dir
+
+
 @pytest.fixture()
 def default_config() -> config_mod.Config:
     return config_mod.load(None)

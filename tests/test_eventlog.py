@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import private_stack_dir
 from kafka import KafkaConsumer, TopicPartition
 
 from b2bua.call_events import CallEventFactory
@@ -79,11 +80,7 @@ def _consume_all(bootstrap: str, topic: str) -> list[dict]:
 
 
 def test_broker_killed_mid_traffic_loses_nothing_and_reorders_nothing(tmp_path: Path) -> None:
-    stack_dir = REPO / ".stack" / f"outage-{os.getpid()}"
-    libs = REPO / ".stack" / "kafka" / "libs"
-    if libs.is_dir():
-        (stack_dir / "kafka").mkdir(parents=True, exist_ok=True)
-        os.symlink(libs, stack_dir / "kafka" / "libs")
+    stack_dir = private_stack_dir("outage")
     try:
         rec, _ = kafka_broker.up(stack_dir)
         bootstrap = f"127.0.0.1:{rec.port}"

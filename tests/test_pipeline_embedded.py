@@ -68,20 +68,25 @@ def write_log(path: Path, events: list[dict], garbage: bool = True) -> None:
     j.close()
 
 
+def follow_log(cfg: config_mod.Config, end_ms: int, batch: int) -> EmbeddedPipeline:
+    """Run the embedded pipeline over the whole journal as if it happened live: the clock moves
+    with the events (at most two minutes a step) and ends at the last event's time."""
+    clock = [end_ms / 1000 - 3600]
+    pipe = EmbeddedPipeline(cfg, clock=lambda: clock[0])
+    while pipe.step(max_events=batch):
+        clock[0] = min(end_ms / 1000, clock[0] + 120)
+    clock[0] = end_ms / 1000
+    pipe.step(force_flush=True)
+    return pipe
+
+
 def test_embedded_pipeline_builds_one_rated_cdr_per_call_and_enforces_missed_deadlines(
         tmp_path: Path) -> None:
     spec = SyntheticSpec(calls=1500, seed=11, no_timer_cap_s=60)
     events = list(generate(spec))
     cfg = config_mod.load(write_config(tmp_path))
     write_log(tmp_path / "log" / "events.jsonl", events)
-    end_ms = parse_ts(events[-1]["ts"])
-    clock = [end_ms / 1000 - 3600]
-    pipe = EmbeddedPipeline(cfg, clock=lambda: clock[0])
-    # follow the log as it "happens": the clock moves with the events
-    while pipe.step(max_events=500):
-        clock[0] = min(end_ms / 1000, clock[0] + 120)
-    clock[0] = end_ms / 1000
-    pipe.step(force_flush=True)
+    pipe = follow_log(cfg, parse_ts(events[-1]["ts"]), batch=500)
     kinds = expected_kinds(spec)
     cdrs = fetch_cdrs(pipe.store)
     pipe.close()
@@ -187,12 +192,7 @@ def test_replay_rebuilds_identical_cdrs_and_rerating_changes_only_money(tmp_path
     cfg = config_mod.load(cfg_path)
     write_log(tmp_path / "log" / "events.jsonl", events)
     end_ms = parse_ts(events[-1]["ts"])
-    clock = [end_ms / 1000 - 3600]
-    pipe = EmbeddedPipeline(cfg, clock=lambda: clock[0])
-    while pipe.step(max_events=400):
-        clock[0] = min(end_ms / 1000, clock[0] + 120)
-    clock[0] = end_ms / 1000
-    pipe.step(force_flush=True)
+    pipe = follow_log(cfg, end_ms, batch=400)
     live = {c["call_id"]: c for c in fetch_cdrs(pipe.store)}
     pipe.close()
 

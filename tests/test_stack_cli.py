@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
+from conftest import private_stack_dir
 
 from sipledger.cli import main
 from sipledger.stack import process
@@ -24,11 +25,7 @@ def _pids(stack_dir: Path) -> dict[str, int]:
 
 
 def test_up_twice_reports_the_running_services_and_down_leaves_nothing(tmp_path: Path) -> None:
-    stack_dir = REPO / ".stack" / f"cli-{os.getpid()}"
-    libs = REPO / ".stack" / "kafka" / "libs"
-    if libs.is_dir():
-        (stack_dir / "kafka").mkdir(parents=True, exist_ok=True)
-        os.symlink(libs, stack_dir / "kafka" / "libs")
+    stack_dir = private_stack_dir("cli")
     runner = CliRunner()
     args = ["--set", f'stack.dir="{stack_dir}"', "--set", "kafka.partitions=2"]
     try:

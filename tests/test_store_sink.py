@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from conftest import private_stack_dir
 from test_store import make_cdr
 
 from pipeline.store_sink import StoreSink
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_sink_backs_off_keeps_rows_and_shows_lag_while_clickhouse_is_down() -> None:
-    stack_dir = REPO / ".stack" / f"sink-{os.getpid()}"
+    stack_dir = private_stack_dir("sink")
     try:
         rec, _ = clickhouse_server.up(stack_dir)
         url = clickhouse_server.url(rec, "sinktest")

@@ -22,7 +22,7 @@ from b2bua.sip.session_timer import SessionTimerConfig, UacNegotiation
 from b2bua.sip.transaction import TimerConfig, build_cancel
 from sipledger.simulator.behaviours import CallerBehaviour, as_caller_behaviour
 from sipledger.simulator.dialog_call import DialogCall
-from sipledger.simulator.endpoint import ALLOW, SIM_TIMERS, Addr, ClientTransaction, SipEndpoint
+from sipledger.simulator.endpoint import ALLOW, SIM_TIMERS, Addr, ClientTransaction, EndpointRole, SipEndpoint
 from sipledger.simulator.outcome import CallOutcome
 from sipledger.simulator.sdp import CONTENT_TYPE
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_INVITE_ATTEMPTS = 4  # first INVITE + digest answer + 422 retries: never loop on challenges
 
 
-class Caller:
+class Caller(EndpointRole):
     """A calling endpoint. ``username``/``password`` answer 401/407 challenges (digest auth);
     without them the B2BUA must admit us by source IP."""
 
@@ -76,20 +76,6 @@ class Caller:
         """Wait (bounded) for fire-and-forget work such as the BYE of an aborted call."""
         if self._background:
             await asyncio.wait(self._background, timeout=timeout)
-
-    async def __aenter__(self) -> Caller:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        return self.endpoint.port
-
-    @property
-    def address(self) -> Addr:
-        return self.endpoint.address
 
     def prepare_call(self, b2bua: Addr, callee: str, behaviour: CallerBehaviour | str) -> CallerCall:
         """A call object whose ``run()`` places the call; its ``outcome`` is valid even if the run is

@@ -33,7 +33,7 @@ from sipledger.simulator.behaviours import (
     carrier_kind_from_callee,
 )
 from sipledger.simulator.dialog_call import PEER_TIMER_POLICY, DialogCall
-from sipledger.simulator.endpoint import ALLOW, SIM_TIMERS, Addr, SipEndpoint
+from sipledger.simulator.endpoint import ALLOW, SIM_TIMERS, Addr, EndpointRole, SipEndpoint
 from sipledger.simulator.outcome import CarrierCallRecord
 from sipledger.simulator.sdp import CONTENT_TYPE
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 BehaviourPicker = Callable[[Request], "CarrierBehaviour | str | None"]
 
 
-class Carrier:
+class Carrier(EndpointRole):
     """A gateway endpoint. ``behaviour_picker`` may be a behaviour (or its name) applied to every
     call, or a callable ``(invite) -> CarrierBehaviour | str | None`` (None: fall through to the
     callee-number code, then ``default``)."""
@@ -86,20 +86,6 @@ class Carrier:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         await self.endpoint.close()
-
-    async def __aenter__(self) -> Carrier:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        return self.endpoint.port
-
-    @property
-    def address(self) -> Addr:
-        return self.endpoint.address
 
     def expect(self, callee: str, behaviour: CarrierBehaviour | str) -> None:
         """Plan the behaviour for INVITEs to ``callee`` (takes precedence over everything else)."""

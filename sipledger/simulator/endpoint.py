@@ -18,7 +18,7 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self
 
 from b2bua.sip.message import Request, Response, SipSyntaxError, parse_name_addr, parse_uri
 from b2bua.sip.parser import ParseError, parse_message
@@ -539,3 +539,29 @@ def _first_line(message: Request | Response) -> str:
     if isinstance(message, Request):
         return f"{message.method} {message.uri}"
     return f"{message.status} {message.reason}"
+
+
+class EndpointRole:
+    """A caller or carrier built on one endpoint: its address, and ``async with`` for start/close."""
+
+    endpoint: SipEndpoint
+
+    async def start(self) -> Self:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    @property
+    def address(self) -> Addr:
+        return self.endpoint.address
