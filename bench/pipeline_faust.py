@@ -1,8 +1,10 @@
 """Benchmark (not a test): events/s through one faust worker on the real broker and ClickHouse.
 
-    python3 bench/pipeline_faust.py [--calls 40000] [--batch-size 2000]
+    python3 bench/pipeline_faust.py [--calls 40000] [--batch-size 2000] [--stack-dir .stack/perf]
+        [--bootstrap HOST:PORT --store-url clickhouse://...] [--no-events-table] [--profile]
 
-Uses the test stack under .stack/test (started if it is not running, left running). The synthetic
+Uses the stack under --stack-dir (default .stack/test; started if it is not running, left running),
+or the broker and ClickHouse given by --bootstrap and --store-url. The synthetic
 stream is produced into fresh topics first; then one worker starts and works through the backlog.
 The figure is events / (caught up - partitions assigned), measured inside the worker, so it excludes
 faust's start-up but includes everything a batch does: validation, folding, publishing CDRs, ClickHouse
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,17 +37,31 @@ PARTITIONS = 4
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=40_000, help="calls to generate (~5 events each)")
-    ap.add_argument("--batch-size", type=int, default=2000)
-    ap.add_argument("--no-events-table", action="store_true", help="(informational only; not wired)")
+    ap.add_argument("--batch-size", type=int, default=8000)
+    ap.add_argument("--no-events-table", action="store_true",
+                    help="worker does not insert raw events into ClickHouse (--no-store-events)")
+    ap.add_argument("--stack-dir", type=Path, default=STACK, help="stack to use/start (default .stack/test)")
+    ap.add_argument("--bootstrap", help="Kafka bootstrap instead of the stack's broker")
+    ap.add_argument("--store-url", help="clickhouse://user:pass@host:port (database is added per run)")
+    ap.add_argument("--profile", action="store_true",
+                    help="worker logs per-stage timings (SIPLEDGER_FAUST_PROFILE=1) to the worker log")
+    ap.add_argument("--worker-arg", action="append", default=[], help="extra worker CLI argument")
     args = ap.parse_args()
 
-    k, _ = kafka_broker.up(STACK)
-    c, _ = clickhouse_server.up(STACK)
-    bootstrap = f"127.0.0.1:{k.port}"
     sfx = uuid.uuid4().hex[:8]
+    stack_dir = args.stack_dir.resolve()
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        k, _ = kafka_broker.up(stack_dir)
+        bootstrap = f"127.0.0.1:{k.port}"
+    if args.store_url:
+        url = f"{args.store_url.rstrip('/')}/bench_{sfx}"
+    else:
+        c, _ = clickhouse_server.up(stack_dir)
+        url = f"clickhouse://default:@127.0.0.1:{c.port}/bench_{sfx}"
     topics = {n: f"bench-{n}-{sfx}" for n in ("events", "commands", "alerts", "cdrs", "dead")}
     kafka_broker.create_topics(bootstrap, {t: (1 if n == "dead" else PARTITIONS) for n, t in topics.items()})
-    url = f"clickhouse://default:@127.0.0.1:{c.port}/bench_{sfx}"
 
     # Event time in 2026 with a 50 ms spacing: nothing falls due on the wall clock during the run.
     spec = SyntheticSpec(calls=args.calls, seed=5, spacing_ms=50)
@@ -76,14 +93,15 @@ topic_dead_letter = "{topics["dead"]}"
 [store]
 url = "{url}"
 """)
-        worker = WorkerProcess(
-            cfg,
-            f"bench-{sfx}",
-            STACK / "bench-worker.log",
-            loglevel="error",
-            extra=["--batch-size", str(args.batch_size)],
-        )
+        extra = ["--batch-size", str(args.batch_size), *args.worker_arg]
+        if args.no_events_table:
+            extra.append("--no-store-events")
+        stack_dir.mkdir(parents=True, exist_ok=True)
+        log_path = stack_dir / "bench-worker.log"
+        worker = WorkerProcess(cfg, f"bench-{sfx}", log_path, loglevel="error", extra=extra)
         started = time.time()
+        if args.profile:
+            os.environ["SIPLEDGER_FAUST_PROFILE"] = "1"  # inherited by the worker process
         worker.start()
         try:
             worker.wait_ready(timeout=900)
@@ -101,6 +119,7 @@ url = "{url}"
         f"(batch {args.batch_size}); {info['cdrs']} CDRs published, {cdrs} CDRs and {rows} event rows "
         f"in ClickHouse"
     )
+    print(f"worker log: {log_path}")
 
 
 if __name__ == "__main__":

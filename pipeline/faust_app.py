@@ -3,38 +3,53 @@
 How to run it
 -------------
 * ``python3 -m pipeline.faust_app worker --config sipledger.toml [--set k=v ...] [-l warn]
-  [--app-id sipledger-pipeline] [--ready-file PATH] [--batch-size 2000]``
+  [--app-id sipledger-pipeline] [--ready-file PATH] [--batch-size 8000] [--no-store-events]``
 * from Python / the CLI: ``pipeline.faust_app.run(cfg)`` (blocks until the worker stops; SIGTERM/SIGINT stop
-  it). ``run(cfg, {"app_id": ..., "loglevel": ..., "batch_size": ..., "ready_file": ...})`` overrides.
+  it). ``run(cfg, {"app_id": ..., "loglevel": ..., "batch_size": ..., "ready_file": ...,
+  "store_events": False})`` overrides.
 * Start workers with ``start_new_session=True`` and stop them with
   ``sipledger.stack.process.terminate_group(pid, grace)``: a faust worker can hang in aiokafka's consumer
   thread after SIGTERM, so every stop must be able to end in SIGKILL. A SIGKILL loses nothing (below).
 * The events topic (``kafka.topic_events``) must exist before the worker starts; the worker creates its
   own changelog topic ``<app id>-call-state-changelog``.
+* ``SIPLEDGER_FAUST_PROFILE=1`` logs (at error level, so ``-l error`` shows it) the time spent per stage
+  every 10 s and when the worker is ready.
 
 Design
 ------
-* One agent on ``kafka.topic_events`` (raw bytes, keyed by call_id) takes batches with
-  ``stream.take_events``. Every partition has its own ``Processor``: a call lives on one partition, and the
-  B2BUA broadcasts node.heartbeat to every partition, so each processor sees every node. No rule lives here.
+* faust runs the consumer group (assignment, offsets, commits), the changelog-backed table and its
+  recovery, and the timer. The events topic (raw bytes, keyed by call_id) is *not* read through a faust
+  agent: faust's per-message path (``_drain_messages`` runs a ``wait_first`` - two tasks and an
+  ``asyncio.wait`` - per message, then an Event, a queue put and an ack per message) cost ~125 us/event,
+  several times the pipeline itself. ``BatchConsumer`` (faust's aiokafka consumer with its fetch loop
+  replaced) hands every fetch of the events topic - partition -> aiokafka records, up to ``--batch-size``
+  records - to ``KafkaPipeline.process_records`` in one call, and acks its offsets in faust's own
+  bookkeeping only after that call returned. Every other topic (the changelog during recovery) still
+  takes faust's per-message path.
+* Every partition has its own ``Processor``: a call lives on one partition, and the B2BUA broadcasts
+  node.heartbeat to every partition, so each processor sees every node. No rule lives here.
 * State: a changelog-backed faust Table ``call-state`` (memory store; the changelog is the durable copy
   and is replayed on start). Key = call_id, value = ``{"p": partition, "s": CallState.to_dict()}``;
-  key ``~liveness/<p>`` holds the partition's node last-seen times. Changelog writes go to partition ``p``
-  explicitly (``Table.send_changelog``) so the timer, which has no current event, can write too. On
-  partition assignment (table recovery done) the partition's Processor is restored from the table and
-  its DeadlineQueue is rebuilt from the states: deadlines survive a restart.
+  key ``~liveness/<p>`` holds the partition's node last-seen times. Changelog records are written by the
+  worker's own producer in faust's json encoding, to partition ``p`` explicitly, and awaited, so a batch
+  (or timer tick) knows its state is acknowledged. On partition assignment (table recovery done) the
+  partition's Processor is restored from the table and its DeadlineQueue is rebuilt from the states:
+  deadlines survive a restart.
 * Order per batch (and per timer tick), all under one lock:
   1. fold events (``Processor.feed_raw``: invalid ones become dead letters);
-  2. publish commands / alerts / CDRs / dead letters with a separate aiokafka producer and wait for the
-     broker's acks (retried until acknowledged);
-  3. write CDRs, alerts and call events through ``StoreSink`` and retry ``flush()`` until it returns True;
-  4. only then write the touched call states to the changelog;
-  5. return, which lets ``take_events`` ack the batch; faust commits acked offsets (after flushing its
-     producer, i.e. the changelog writes) every ``broker_commit_interval``.
-  A crash anywhere re-delivers the uncommitted events onto a state that is at most as new as the log:
-  duplicates of applied events are ignored by the core, and anything re-emitted (same CDR content,
+  2. publish commands / alerts / CDRs / dead letters with a separate aiokafka producer (one produce batch
+     per partition) and meanwhile write CDRs, alerts and call events through ``StoreSink`` in a thread;
+     wait until the broker acknowledged every output and ``flush()`` returned True (both retried);
+  3. only then write one changelog record per touched call (and liveness) and wait for the acks;
+  4. return; the consumer then acks the batch's offsets and faust commits acked offsets every
+     ``broker_commit_interval`` (or every ``broker_commit_every`` acked messages).
+  A batch runs in its own task, shielded from the fetcher's cancellation (faust cancels the fetcher on
+  rebalance and shutdown): outputs taken from the processors are always delivered, unless the process is
+  gone. A crash anywhere re-delivers the uncommitted events onto a state that is at most as new as the
+  log: duplicates of applied events are ignored by the core, and anything re-emitted (same CDR content,
   deterministic alert/command ids) is folded by the store's ReplacingMergeTree + FINAL and deduped by
   nodes. Writing state before outputs would lose CDRs, so that order is the point of the design.
+* A revocation waits for the batch in flight (the lock) before faust hands the partitions over.
 * Time: a 0.1 s timer calls ``Processor.tick`` with the wall clock, but only for partitions that have
   caught up with the log since assignment (processed up to the highwater seen then). A worker that was
   down must first read the backlog - which may hold the call.terminated - before calling anything a
@@ -42,8 +57,10 @@ Design
 * Closed calls stay in memory and in the table until the consumer's committed offset has passed the
   batch that closed them (a re-delivery can then no longer reach them); then they are dropped and
   tombstoned, which keeps the changelog and recovery small.
-* An unexpected exception ends the process at once (``os._exit``) instead of letting faust ack the batch
-  on the way out: a restart re-delivers it.
+* An unexpected exception ends the process at once (``os._exit``) instead of letting anything ack the
+  batch on the way out: a restart re-delivers it.
+* ``store_events=False`` (``--no-store-events``) skips the raw ``call_events`` inserts, the largest
+  ClickHouse write; CDRs and alerts are always stored. Default on.
 """
 
 from __future__ import annotations
@@ -57,14 +74,19 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
+import orjson
 from aiokafka import AIOKafkaProducer
-from faust.types import TP, EventT
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode import ServiceT
 
 from pipeline.dead_letter import dead_letter_record
 from pipeline.domain import CallState
@@ -77,15 +99,147 @@ from sipledger.store import Store, migrate, open_store
 log = logging.getLogger("sipledger.pipeline.faust")
 
 DEFAULT_APP_ID = "sipledger-pipeline"
-DEFAULT_BATCH = 2000
+DEFAULT_BATCH = 8000
 TABLE_NAME = "call-state"
 LIVENESS_PREFIX = "~liveness/"
 TICK_INTERVAL = 0.1
 EVICT_INTERVAL = 2.0
+PROFILE_EVERY = 10.0
+# Bytes per produce batch: well under the broker's default message.max.bytes (1 MiB).
+PRODUCE_BATCH_BYTES = 512 * 1024
+
+# aiokafka records of one fetch of one topic, by partition.
+Records = Mapping[TP, Sequence[Any]]
+BatchHandler = Callable[[Records], Awaitable[None]]
+# (topic, partition or None for the key's default partition, key, value or None for a tombstone)
+Message = tuple[str, int | None, bytes | None, bytes | None]
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    # orjson: the same compact JSON as json.dumps(separators=(",", ":")) at a fraction of the cost.
+    return orjson.dumps(obj, default=str)
+
+
+def _profiling() -> bool:
+    return bool(os.environ.get("SIPLEDGER_FAUST_PROFILE"))
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer, except that fetched records of a batch topic go to one handler call.
+
+    Replaces ``Consumer._drain_messages`` (the fetcher's loop). For a topic in ``batch_handlers`` the
+    loop keeps faust's read-offset filter and gap bookkeeping, calls the handler once per fetch and then
+    acks every offset in faust's ``_acked`` structures, exactly what per-message ``Message.ack`` would
+    have left behind, so faust's commit logic (contiguous acked offsets, gaps, commit interval) is
+    unchanged. Offsets of a fetch are acked only after its handler returned, and not at all if the
+    consumer generation changed meanwhile (a rebalance: the new owner re-reads them).
+    """
+
+    batch_handlers: dict[str, BatchHandler]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_handlers = {}
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - needs a broker
+        callback = self.callback
+        consumer_should_stop = cast(Any, self)._stopped.is_set
+        fetcher_should_stop = cast(Any, fetcher)._stopped.is_set
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(1.0)
+                # As faust does: never loop without giving the event loop a turn.
+                await self.sleep(0)
+                if records is None or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    with contextlib.suppress(Exception):
+                        await self.perform_seek()
+                    continue
+                generation = self.app.consumer_generation_id
+                batches: dict[str, dict[TP, list[Any]]] = {}
+                for tp, recs in records.items():
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    if tp.topic not in self.batch_handlers:
+                        await self._deliver_each(tp, recs, callback)
+                        continue
+                    r_offset = read_offset[tp]
+                    fresh = [r for r in recs if r_offset is None or r.offset >= r_offset]
+                    if not fresh:
+                        continue
+                    if acks_enabled_for(tp.topic):
+                        # Offsets missing from the log (compaction, transaction markers) must be known to
+                        # faust as gaps, or the committed offset never passes them.
+                        prev = r_offset
+                        for r in fresh:
+                            if prev and r.offset - prev > 1:
+                                await self._add_gap(tp, prev + 1, r.offset)
+                            prev = r.offset
+                    batches.setdefault(tp.topic, {})[tp] = fresh
+                for topic, batch in batches.items():
+                    await self.batch_handlers[topic](batch)
+                    for tp, recs in batch.items():
+                        read_offset[tp] = recs[-1].offset
+                    if self.app.consumer_generation_id == generation and acks_enabled_for(topic):
+                        self._ack_records(batch)
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _deliver_each(self, tp: TP, recs: Sequence[Any], callback: Any) -> None:
+        """faust's own per-message path (tables' changelogs during recovery, any other topic)."""
+        read_offset = self._read_offset
+        for rec in recs:
+            offset = rec.offset
+            r_offset = read_offset[tp]
+            if r_offset is None or offset >= r_offset:
+                if r_offset and offset - r_offset > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                await self.wait_first(callback(self._to_message(tp, rec)), self.suspend_flow.wait())
+                read_offset[tp] = offset
+
+    def _ack_records(self, batch: Records) -> None:
+        # What Consumer.ack does for each message, for a whole fetch at once.
+        with ack_lock:
+            for tp, recs in batch.items():
+                committed = self._committed_offset[tp]
+                index = self._acked_index[tp]
+                new = [r.offset for r in recs
+                       if (committed is None or r.offset >= committed) and r.offset not in index]
+                index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    Consumer = BatchConsumer
+
+
+class PipelineApp(faust.App):
+    """A faust App whose consumer is a ``BatchConsumer``."""
+
+    def _new_transport(self) -> Any:
+        return BatchTransport(self.conf.broker_consumer, self)
 
 
 @dataclass(slots=True)
@@ -103,7 +257,7 @@ class PartitionRuntime:
 
 
 class KafkaPipeline:
-    """The worker's state and I/O; faust only calls ``on_recover``, ``process_batch`` and ``on_timer``."""
+    """The worker's state and I/O; faust calls ``on_recover``, ``process_records`` and ``on_timer``."""
 
     def __init__(self, cfg: Config, app: faust.App, table: faust.Table, store_events: bool = True,
                  ready_file: str | None = None) -> None:
@@ -111,19 +265,26 @@ class KafkaPipeline:
         self.app = app
         self.table = table
         self.topic = cfg.kafka.topic_events
+        self.changelog_topic = table.changelog_topic.get_topic_name()
         self.policy = policy_from_config(cfg)
         self.sell, self.buy = load_decks(cfg)
         self.bill_modes = {a.name: a.bill_mode for a in cfg.accounts}
         self.runtimes: dict[int, PartitionRuntime] = {}
-        # One lock: the agent and the timer both mutate processors and share the sink and producer.
+        # One lock: the batches and the timer both mutate processors and share the sink and producer.
         self.lock = asyncio.Lock()
+        self.store_events = store_events
         self.sink = StoreSink(self._open_store, batch_size=cfg.pipeline.batch_size, store_events=store_events)
         self.producer: AIOKafkaProducer | None = None
         self.ready_file = ready_file
         self._ready_written = False
         self._last_evict = 0.0
         self._assigned_at: float | None = None
-        self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0}
+        self._cpu_at_assign: float | None = None
+        self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0, "batches": 0}
+        self.profile = _profiling()
+        self.prof: dict[str, float] = {"fold": 0.0, "outputs+store": 0.0, "state": 0.0, "between": 0.0}
+        self._prof_last = time.monotonic()
+        self._t_out: float | None = None
 
     # -- resources ----------------------------------------------------------------------------------
     def _open_store(self) -> Store:
@@ -134,7 +295,8 @@ class KafkaPipeline:
     async def _producer(self) -> AIOKafkaProducer:
         if self.producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all",
-                                        linger_ms=5, max_batch_size=256 * 1024,
+                                        linger_ms=5, max_batch_size=PRODUCE_BATCH_BYTES,
+                                        max_request_size=2 * PRODUCE_BATCH_BYTES,
                                         client_id=f"{self.app.conf.id}-outputs")
             await producer.start()
             self.producer = producer
@@ -155,6 +317,7 @@ class KafkaPipeline:
         assigned = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.topic}
         if self._assigned_at is None:
             self._assigned_at = time.time()
+            self._cpu_at_assign = time.process_time()
         async with self.lock:
             for p in list(self.runtimes):
                 if p not in assigned:
@@ -163,6 +326,11 @@ class KafkaPipeline:
             if new:
                 self._restore(new)
         log.info("assigned partitions %s of %s (restored %s)", sorted(assigned), self.topic, new)
+
+    async def on_revoked(self) -> None:
+        # Let the batch in flight finish (outputs, store, state) before faust hands partitions over.
+        async with self.lock:
+            pass
 
     def _restore(self, partitions: Iterable[int]) -> None:
         wanted = set(partitions)
@@ -201,10 +369,13 @@ class KafkaPipeline:
         pending = [p for p, rt in self.runtimes.items() if not rt.caught_up]
         if not pending:
             if not self._ready_written and self.ready_file and self.runtimes:
+                cpu = time.process_time() - (self._cpu_at_assign or 0.0)
                 Path(self.ready_file).write_text(json.dumps({
                     "partitions": sorted(self.runtimes), "assigned_at": self._assigned_at,
-                    "ready_at": time.time(), "events": self.stats["events"], "cdrs": self.stats["cdrs"]}))
+                    "ready_at": time.time(), "events": self.stats["events"], "cdrs": self.stats["cdrs"],
+                    "batches": self.stats["batches"], "cpu_s": cpu}))
                 self._ready_written = True
+                self._log_profile(force=True)
             return
         recovery = self.app.tables.recovery
         if not recovery.completed.is_set():
@@ -227,40 +398,75 @@ class KafkaPipeline:
                 rt.caught_up = True
                 log.info("partition %d caught up at offset %d", p, rt.last_offset)
 
-    # -- input --------------------------------------------------------------------------------------
-    async def process_batch(self, events: Sequence[EventT]) -> None:
-        t_in = time.perf_counter()
-        if os.environ.get("SIPLEDGER_FAUST_PROFILE"):
-            log.error("PROF gap=%.4f n=%d", t_in - getattr(self, "_t_out", t_in), len(events))
-        try:
-            await self._process_batch(events)
-        finally:
-            self._t_out = time.perf_counter()
-            if os.environ.get("SIPLEDGER_FAUST_PROFILE"):
-                log.error("PROF body=%.4f", self._t_out - t_in)
+    def _log_profile(self, force: bool = False) -> None:
+        if not self.profile:
+            return
+        now = time.monotonic()
+        if not force and now - self._prof_last < PROFILE_EVERY:
+            return
+        self._prof_last = now
+        n = max(1, self.stats["events"])
+        parts = " ".join(f"{k}={v:.2f}s ({v / n * 1e6:.1f} us/ev)" for k, v in self.prof.items())
+        log.error("PROF events=%d batches=%d %s", self.stats["events"], self.stats["batches"], parts)
 
-    async def _process_batch(self, events: Sequence[EventT]) -> None:
+    # -- input --------------------------------------------------------------------------------------
+    async def process_records(self, batch: Records) -> None:
+        """One fetch of the events topic. Returns only once outputs, rows and state are acknowledged."""
+        # Own task, shielded: faust cancels the fetcher on rebalance/shutdown, and a batch cancelled between
+        # taking the processors' outputs and delivering them would lose them (a re-delivery is a duplicate
+        # to the core and re-emits nothing). The fetcher, if cancelled, does not ack the batch.
+        await asyncio.shield(asyncio.ensure_future(self._guarded_batch(batch)))
+
+    async def _guarded_batch(self, batch: Records) -> None:
+        try:
+            await self._process_records(batch)
+        except Exception:
+            # Returning would let the consumer ack (and faust commit) this batch. Die instead; the
+            # restarted worker re-reads it from the last committed offset.
+            log.critical("batch failed; exiting without committing it", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    async def _process_records(self, batch: Records) -> None:
         async with self.lock:
+            t0 = time.perf_counter()
+            if self._t_out is not None:
+                self.prof["between"] += t0 - self._t_out
             touched: dict[int, set[str]] = {}
             beats: set[int] = set()
-            sink = self.sink
-            for ev in events:
-                msg = ev.message
-                p = msg.partition
+            add_event = self.sink.add_event if self.store_events else None
+            source = self.topic
+            n = 0
+            for tp, recs in batch.items():
+                p = tp.partition
                 rt = self._runtime(p)
-                event = rt.processor.feed_raw(msg.value, source=self.topic)
-                if msg.offset > rt.last_offset:
-                    rt.last_offset = msg.offset
-                if event is None:
-                    continue
-                if event["type"] == "node.heartbeat":
+                feed = rt.processor.feed_raw
+                ids = touched.setdefault(p, set())
+                add_id = ids.add
+                beat = False
+                for rec in recs:
+                    event = feed(rec.value, source)
+                    if event is None:
+                        continue
+                    if event["type"] == "node.heartbeat":
+                        beat = True
+                        continue
+                    add_id(event["call_id"])
+                    if add_event is not None:
+                        add_event(event)
+                if beat:
                     beats.add(p)
-                    continue
-                touched.setdefault(p, set()).add(event["call_id"])
-                sink.add_event(event)
-            self.stats["events"] += len(events)
+                last = recs[-1].offset
+                if last > rt.last_offset:
+                    rt.last_offset = last
+                n += len(recs)
+            self.stats["events"] += n
+            self.stats["batches"] += 1
             work = [(p, rt.processor.take()) for p, rt in self.runtimes.items()]
+            self.prof["fold"] += time.perf_counter() - t0
             await self._deliver(work, touched, beats)
+            self._t_out = time.perf_counter()
+            self._log_profile()
 
     async def on_timer(self) -> None:
         await self._update_catch_up()
@@ -277,60 +483,95 @@ class KafkaPipeline:
                 await self._deliver(work, {}, set())
             if time.monotonic() - self._last_evict >= EVICT_INTERVAL:
                 self._last_evict = time.monotonic()
-                self._evict()
+                await self._evict()
 
     # -- output -------------------------------------------------------------------------------------
     async def _deliver(self, work: list[tuple[int, Outputs]], touched: dict[int, set[str]],
                        beats: set[int]) -> None:
+        t0 = time.perf_counter()
         work = [(p, out) for p, out in work if out]
+        sink = self.sink
         for p, out in work:
             ids = touched.setdefault(p, set())
             ids.update(m["call_id"] for m in out.cdrs)
             ids.update(m["call_id"] for m in out.alerts)
             ids.update(m["call_id"] for m in out.commands)
-        if work:
-            await self._publish(work)
-            for _, out in work:
-                for cdr in out.cdrs:
-                    self.sink.add_cdr(cdr)
-                for alert in out.alerts:
-                    self.sink.add_alert(alert)
-        await self._flush_store()
-        self._write_state(touched, beats)
+            for cdr in out.cdrs:
+                sink.add_cdr(cdr)
+            for alert in out.alerts:
+                sink.add_alert(alert)
+        # Outputs and rows are independent of each other; both must be acknowledged before any state.
+        # The store's blocking driver runs in a thread while the loop talks to the broker.
+        await asyncio.gather(self._publish(self._output_messages(work)), self._flush_store())
+        t1 = time.perf_counter()
+        await self._write_state(touched, beats)
+        self.prof["outputs+store"] += t1 - t0
+        self.prof["state"] += time.perf_counter() - t1
 
-    async def _publish(self, work: list[tuple[int, Outputs]]) -> None:
+    def _output_messages(self, work: list[tuple[int, Outputs]]) -> list[Message]:
         k = self.cfg.kafka
-        messages: list[tuple[str, bytes | None, bytes]] = []
+        messages: list[Message] = []
+        append = messages.append
         for _, out in work:
             for cmd in out.commands:
-                messages.append((k.topic_commands, cmd["call_id"].encode(), _dumps(cmd)))
+                append((k.topic_commands, None, cmd["call_id"].encode(), _dumps(cmd)))
             for alert in out.alerts:
-                messages.append((k.topic_alerts, alert["call_id"].encode(), _dumps(alert)))
+                append((k.topic_alerts, None, alert["call_id"].encode(), _dumps(alert)))
                 log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
                             alert["account"], alert["vendor"], alert["message"])
             for cdr in out.cdrs:
-                messages.append((k.topic_cdrs, cdr["call_id"].encode(), _dumps(cdr)))
+                append((k.topic_cdrs, None, cdr["call_id"].encode(), _dumps(cdr)))
             for source, raw, err in out.dead_letters:
-                messages.append((k.topic_dead_letter, None, _dumps(dead_letter_record(source, raw, err))))
+                append((k.topic_dead_letter, None, None, _dumps(dead_letter_record(source, raw, err))))
                 log.warning("dead letter from %s: %s", source, err)
             self.stats["cdrs"] += len(out.cdrs)
             self.stats["alerts"] += len(out.alerts)
             self.stats["commands"] += len(out.commands)
             self.stats["dead_letters"] += len(out.dead_letters)
+        return messages
+
+    async def _publish(self, messages: list[Message]) -> None:
+        """Send and wait until the broker acknowledged every message (at-least-once: resend all on error)."""
+        if not messages:
+            return
         delay = 0.2
-        while True:  # at-least-once: resend everything until the broker acknowledged all of it
+        while True:
             try:
                 producer = await self._producer()
-                futures = [await producer.send(topic, value=value, key=key) for topic, key, value in messages]
-                await producer.flush()
-                for fut in futures:
-                    fut.result()
+                await self._send_batched(producer, messages)
                 return
             except Exception as exc:
-                log.warning("publishing %d outputs failed (%s); retry in %.1f s", len(messages), exc, delay)
+                log.warning("publishing %d messages failed (%s); retry in %.1f s", len(messages), exc, delay)
                 await self.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    @staticmethod
+    async def _send_batched(producer: AIOKafkaProducer, messages: list[Message]) -> None:
+        # One produce batch per topic-partition instead of one send() coroutine and future per message:
+        # the per-message cost of AIOKafkaProducer.send is several times the encoding. Keyed messages
+        # without a partition get the producer's default (murmur2) partitioner, as send() would.
+        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        for topic in {m[0] for m in messages}:
+            await producer.client._wait_on_metadata(topic)
+        partition_of = producer._partition
+        for topic, partition, key, value in messages:
+            if partition is None:
+                partition = partition_of(topic, None, key, value, key, value)
+            groups.setdefault((topic, partition), []).append((key, value))
+        futures = []
+        for (topic, partition), kvs in groups.items():
+            batch = producer.create_batch()
+            for key, value in kvs:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
+                    batch.close()
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"message of {len(value or b'')} bytes does not fit a batch")
+            batch.close()
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
 
     async def _flush_store(self) -> None:
         # Blocking driver calls run in a thread so the faust loop (consumer, timers) keeps going; the
@@ -338,8 +579,13 @@ class KafkaPipeline:
         while not await asyncio.to_thread(self.sink.flush):
             await asyncio.sleep(0.1)
 
-    def _write_state(self, touched: dict[int, set[str]], beats: set[int]) -> None:
-        table, data = self.table, self.table.data
+    def _changelog(self, p: int, key: str, value: Any) -> Message:
+        # faust's json codec (orjson) for keys and values, so faust's recovery reads these back as usual.
+        return (self.changelog_topic, p, orjson.dumps(key), None if value is None else orjson.dumps(value))
+
+    async def _write_state(self, touched: dict[int, set[str]], beats: set[int]) -> None:
+        data = self.table.data
+        messages: list[Message] = []
         for p, ids in touched.items():
             rt = self.runtimes.get(p)
             if rt is None:
@@ -351,7 +597,7 @@ class KafkaPipeline:
                     continue
                 value = {"p": p, "s": st.to_dict()}
                 data[cid] = value
-                table.send_changelog(p, cid, value)
+                messages.append(self._changelog(p, cid, value))
                 if st.closed and cid not in rt.closed_ids:
                     rt.closed.append((rt.last_offset, cid))
                     rt.closed_ids.add(cid)
@@ -364,12 +610,15 @@ class KafkaPipeline:
                 key = f"{LIVENESS_PREFIX}{p}"
                 value = {"p": p, "live": seen}
                 data[key] = value
-                table.send_changelog(p, key, value)
+                messages.append(self._changelog(p, key, value))
                 rt.live_written = dict(seen)
+        # Acknowledged before the batch returns: faust commits offsets after flushing *its* producer only.
+        await self._publish(messages)
 
-    def _evict(self) -> None:
+    async def _evict(self) -> None:
         """Drop closed calls whose closing batch is committed (no re-delivery can reach them now)."""
         committed = self.app.consumer._committed_offset
+        tombstones: list[Message] = []
         for p, rt in self.runtimes.items():
             done = committed.get(TP(self.topic, p))
             if done is None:
@@ -388,7 +637,8 @@ class KafkaPipeline:
                 del states[cid]
                 with contextlib.suppress(KeyError):
                     del self.table.data[cid]
-                self.table.send_changelog(p, cid, None, value_serializer="raw")
+                tombstones.append(self._changelog(p, cid, None))
+        await self._publish(tombstones)
 
 
 def _brokers(bootstrap: str) -> list[str]:
@@ -397,10 +647,11 @@ def _brokers(bootstrap: str) -> list[str]:
 
 def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAULT_BATCH,
              ready_file: str | None = None, store_events: bool = True, **settings: Any) -> faust.App:
-    """The faust app: agent on the events topic, call-state table, enforcement timer.
+    """The faust app: batch path on the events topic, call-state table, enforcement timer.
 
-    ``settings`` are passed to ``faust.App`` (e.g. ``store="rocksdb://"``). The pipeline object is
-    ``app.sipledger`` (stats, runtimes) for tests and benchmarks.
+    ``batch_size`` is the most records one fetch (one batch) holds. ``settings`` are passed to
+    ``faust.App`` (e.g. ``store="rocksdb://"``). The pipeline object is ``app.sipledger`` (stats,
+    runtimes) for tests and benchmarks.
     """
     n = cfg.kafka.partitions
     datadir = cfg.path(".sipledger/faust") / app_id
@@ -417,33 +668,30 @@ def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAUL
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_interval": 1.0,
         "stream_buffer_maxsize": max(4096, 2 * batch_size),
+        # One fetch = one batch; per partition a fetch holds up to consumer_max_fetch_size bytes.
         "broker_max_poll_records": max(500, batch_size),
+        "consumer_max_fetch_size": 4 * 1024 * 1024,
         "table_standby_replicas": 0,
         "autodiscover": False,
     }
     conf.update(settings)
-    app = faust.App(app_id, **conf)
+    app = PipelineApp(app_id, **conf)
     events = app.topic(cfg.kafka.topic_events, key_serializer="raw", value_serializer="raw", partitions=n)
     # No key/value types: faust then uses its json codec both ways (str keys, dict values).
     table = app.Table(TABLE_NAME, default=None, partitions=n)
     pipe = KafkaPipeline(cfg, app, table, store_events=store_events, ready_file=ready_file)
     app.sipledger = pipe  # type: ignore[attr-defined]
+    # Subscribed through faust's conductor (so faust assigns, seeks and commits it), consumed in batches.
+    app.topics.add(events)
+    cast(BatchConsumer, app.consumer).batch_handlers[cfg.kafka.topic_events] = pipe.process_records
 
     @table.on_recover
     async def _recovered() -> None:
         await pipe.on_recover()
 
-    @app.agent(events, name="sipledger-call-events")
-    async def _process(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(batch_size, within=0.2):
-            try:
-                await pipe.process_batch(batch)
-            except Exception:
-                # Leaving the loop would let take_events ack (and faust commit) this batch. Die instead;
-                # the restarted worker re-reads it from the last committed offset.
-                log.critical("batch failed; exiting without committing it", exc_info=True)
-                logging.shutdown()
-                os._exit(70)
+    @app.on_partitions_revoked.connect
+    async def _revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        await pipe.on_revoked()
 
     @app.timer(TICK_INTERVAL)
     async def _tick() -> None:
@@ -458,9 +706,11 @@ def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAUL
 
 
 def run_worker(cfg: Config, app_id: str = DEFAULT_APP_ID, loglevel: str = "warn",
-               batch_size: int = DEFAULT_BATCH, ready_file: str | None = None, **settings: Any) -> None:
+               batch_size: int = DEFAULT_BATCH, ready_file: str | None = None, store_events: bool = True,
+               **settings: Any) -> None:
     """Run one worker in this process until it is stopped (SIGTERM/SIGINT)."""
-    app = make_app(cfg, app_id=app_id, batch_size=batch_size, ready_file=ready_file, **settings)
+    app = make_app(cfg, app_id=app_id, batch_size=batch_size, ready_file=ready_file,
+                   store_events=store_events, **settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
 
@@ -468,12 +718,13 @@ def run_worker(cfg: Config, app_id: str = DEFAULT_APP_ID, loglevel: str = "warn"
 def run(cfg: Config, overrides: Mapping[str, Any] | None = None) -> None:
     """Entry point of ``sipledger pipeline`` when events.log is kafka://...
 
-    ``overrides``: ``app_id``, ``loglevel``, ``batch_size``, ``ready_file`` and any ``faust.App`` setting.
+    ``overrides``: ``app_id``, ``loglevel``, ``batch_size``, ``ready_file``, ``store_events`` and any
+    ``faust.App`` setting.
     """
     opts = dict(overrides or {})
     run_worker(cfg, app_id=opts.pop("app_id", DEFAULT_APP_ID), loglevel=opts.pop("loglevel", "warn"),
                batch_size=int(opts.pop("batch_size", DEFAULT_BATCH)), ready_file=opts.pop("ready_file", None),
-               **opts)
+               store_events=bool(opts.pop("store_events", True)), **opts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -487,12 +738,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         choices=["crit", "error", "warn", "info", "debug"])
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--ready-file", help="written once every assigned partition caught up")
+    parser.add_argument("--no-store-events", action="store_true",
+                        help="do not insert raw call events into ClickHouse (CDRs and alerts still are)")
     args = parser.parse_args(argv)
     cfg = config_mod.load(args.config, args.set)
     # faust's Worker reads sys.argv for its own options; give it only the program name.
     sys.argv = sys.argv[:1]
     run_worker(cfg, app_id=args.app_id, loglevel=args.loglevel, batch_size=args.batch_size,
-               ready_file=args.ready_file)
+               ready_file=args.ready_file, store_events=not args.no_store_events)
 
 
 if __name__ == "__main__":

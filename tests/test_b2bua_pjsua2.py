@@ -59,7 +59,7 @@ def test_pjsua2_caller_and_callee_with_session_timers_through_the_b2bua(tmp_path
         raw = make_config(tmp_path, [callee_port], timers={"session_ttl": 90, "min_se": 90})
         node = RunningB2BUA(from_dict(raw, tmp_path), tmp_path / "events" / "events.jsonl").start()
         caller = _agent(["caller", "--port", "0", "--target", f"sip:15551230000@{node.address}",
-                         "--talk", "52", "--max-wait", "110"], caller_log)
+                         "--talk", "58", "--max-wait", "110"], caller_log)
         assert caller.wait(120) == 0, caller_log.read_text()
         events = node.wait_terminated(timeout=15)
     finally:
@@ -92,4 +92,4 @@ def test_pjsua2_caller_and_callee_with_session_timers_through_the_b2bua(tmp_path
     ended = by_type["call.terminated"][0]
     assert ended["reason"] == "normal_caller_bye" and ended["initiator"] == "caller"
     assert any(e["event"] == "disconnected" and e["code"] == 200 for e in _lines(callee_log))
-    assert any(e["event"] == "disconnected" and e["connected_s"] >= 50 for e in _lines(caller_log))
+    assert any(e["event"] == "disconnected" and e["connected_s"] >= 56 for e in _lines(caller_log))

@@ -253,3 +253,32 @@ def test_worker_survives_sigkill_mid_stream(setup: Setup) -> None:
     assert zombies <= commanded <= zombies | orphans
     alerts = [a for _, a in read_topic(s.bootstrap, s.topics["alerts"])]
     assert {a["call_id"] for a in alerts if a["kind"] == "enforcement_missed"} == commanded
+
+
+def test_batch_acks_advance_faust_commit_offset(tmp_path: Path) -> None:
+    """The batch path's acks leave faust's bookkeeping as per-message acks would: contiguous offsets
+    commit past the batch, and nothing commits past offsets not acked yet. No broker needed: only the
+    consumer's in-memory structures are exercised."""
+    from faust.types import TP
+
+    from pipeline.faust_app import BatchConsumer, make_app
+    from sipledger import config as config_mod
+
+    cfg_file = tmp_path / "sipledger.toml"
+    cfg_file.write_text('[kafka]\nbootstrap = "127.0.0.1:1"\ntopic_events = "ev"\n')
+    app = make_app(config_mod.load(str(cfg_file), []), app_id=f"unit-{uuid.uuid4().hex[:6]}")
+    consumer = app.consumer
+    assert isinstance(consumer, BatchConsumer) and "ev" in consumer.batch_handlers
+
+    @dataclass
+    class Rec:
+        offset: int
+
+    tp = TP("ev", 0)
+    consumer._committed_offset[tp] = 10
+    consumer._ack_records({tp: [Rec(o) for o in range(10, 15)]})
+    assert consumer._new_offset(tp) == 15
+    consumer._committed_offset[tp] = 15  # what faust's commit records once the broker took it
+    consumer._ack_records({tp: [Rec(o) for o in (15, 16)]})
+    consumer._ack_records({tp: [Rec(o) for o in (19, 20)]})  # 17-18 not acked: commit stops before them
+    assert consumer._new_offset(tp) == 17
