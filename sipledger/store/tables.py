@@ -6,10 +6,11 @@ milliseconds and Decimal. This module is the only place that converts.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 CDR_TS_FIELDS = {"setup_ts": "setup_ms", "ring_ts": "ring_ms", "answer_ts": "answer_ms",
                  "end_ts": "end_ms", "last_proof_of_life": "last_proof_of_life_ms"}
@@ -99,4 +100,4 @@ def alert_to_row(alert: dict[str, Any]) -> tuple[Any, ...]:
 
 def event_to_row(event: dict[str, Any]) -> tuple[Any, ...]:
     return (event["event_id"], event["call_id"], event["seq"], event["type"], ts_to_ms(event["ts"]),
-            event["node"], json.dumps(event, separators=(",", ":"), sort_keys=True))
+            event["node"], orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode())
