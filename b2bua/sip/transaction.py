@@ -189,6 +189,19 @@ class Transaction:
     def armed_timers(self) -> dict[str, float]:
         return dict(self._armed)
 
+    def _send_first(self, state: TxState, retransmit: str, interval: float, timeout: str,
+                    now: float) -> list[Action]:
+        """A client transaction's first send: the retransmit timer (unreliable transports only) and
+        the overall timeout (B for INVITE, F otherwise), both 64*T1 by default."""
+        if self.state is not TxState.INITIAL:
+            raise TransactionStateError("request already sent")
+        self.state = state
+        out: list[Action] = [Transmit(self.request)]
+        if not self.reliable:
+            out.append(self._start(retransmit, now + interval))
+        out.append(self._start(timeout, now + self.timers.timeout))
+        return out
+
     def _start(self, name: str, at: float) -> StartTimer:
         self._armed[name] = at
         return StartTimer(name, at)
@@ -249,14 +262,7 @@ class InviteClientTransaction(Transaction):
         self._a_interval = timers.t1
 
     def send_request(self, now: float) -> list[Action]:
-        if self.state is not TxState.INITIAL:
-            raise TransactionStateError("request already sent")
-        self.state = TxState.CALLING
-        out: list[Action] = [Transmit(self.request)]
-        if not self.reliable:
-            out.append(self._start("A", now + self._a_interval))
-        out.append(self._start("B", now + self.timers.timeout))
-        return out
+        return self._send_first(TxState.CALLING, "A", self._a_interval, "B", now)
 
     def receive_response(self, response: Response, now: float) -> list[Action]:
         state = self.state
@@ -308,14 +314,7 @@ class NonInviteClientTransaction(Transaction):
         self._e_interval = timers.t1
 
     def send_request(self, now: float) -> list[Action]:
-        if self.state is not TxState.INITIAL:
-            raise TransactionStateError("request already sent")
-        self.state = TxState.TRYING
-        out: list[Action] = [Transmit(self.request)]
-        if not self.reliable:
-            out.append(self._start("E", now + self._e_interval))
-        out.append(self._start("F", now + self.timers.timeout))
-        return out
+        return self._send_first(TxState.TRYING, "E", self._e_interval, "F", now)
 
     def receive_response(self, response: Response, now: float) -> list[Action]:
         if self.state not in (TxState.TRYING, TxState.PROCEEDING):
