@@ -130,3 +130,35 @@ class Call:
     @property
     def answered(self) -> bool:
         return self.state is CallState.ANSWERED
+
+
+@dataclass(slots=True)
+class EndedAttempt:
+    """What is left of an ``Attempt`` once its call ended: enough to ACK, CANCEL or hang up a
+    late answer of the carrier (its INVITE, where it went, and what was already done)."""
+
+    invite: Request
+    dest: Address
+    final: bool
+    cancel_sent: bool
+    abandoned: bool = True
+
+
+@dataclass(slots=True)
+class EndedCall:
+    """Tombstone of an ended call, kept for ``linger`` seconds so late messages (a CANCEL that
+    crossed our final response, a late or retransmitted carrier 2xx) get the right answer. It
+    holds no parsed message of the caller and no leg state, so thousands of them stay cheap for
+    the garbage collector; it quacks like an ended ``Call`` where the core may still meet it."""
+
+    id: str
+    server_key: TransactionKey
+    ended_at: float
+    attempts: list[EndedAttempt]
+    late_byes: set[str]  # shared with the Call it replaces: one late answer is hung up once
+
+    state: CallState = CallState.ENDED
+    attempt: None = None
+    final_sent: bool = True
+    ended: bool = True
+    answered: bool = False

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from b2bua.actions import Action, Address, CancelTimer, Emit, Log, Send, SetTimer
 from b2bua.admission import Admission, Admit, Challenge, Refuse
-from b2bua.call import Attempt, Call, CallState, Leg, LegRole, Relay
+from b2bua.call import Attempt, Call, CallState, EndedAttempt, EndedCall, Leg, LegRole, Relay
 from b2bua.call_events import format_ts
 from b2bua.routing import RouteTable, should_fail_over
 from b2bua.sip.dialog import Dialog, DialogId, DialogState, dialog_id_for_request
@@ -132,14 +132,18 @@ class CoreConfig:
         )
 
 
+# Client transactions whose handlers work with a tombstone once the call ended (see ``_bury``).
+_TOMBSTONE_PURPOSES = frozenset({"invite", "cancel", "bye", "late_bye"})
+
+
 @dataclass(slots=True)
 class _Owner:
     """Which call (and why) a client transaction belongs to."""
 
-    call: Call
+    call: Call | EndedCall
     role: LegRole
     purpose: str  # invite | cancel | bye | refresh | probe | relay | late_bye
-    attempt: Attempt | None = None
+    attempt: Attempt | EndedAttempt | None = None
 
 
 class B2BUACore:
@@ -161,10 +165,12 @@ class B2BUACore:
         self.wall_offset = wall_offset
         self._new_call_id = new_call_id or (lambda: str(uuid.uuid4()))
         self.calls: dict[str, Call] = {}
-        self.ended: dict[str, Call] = {}
+        # Ended calls become small tombstones (``EndedCall``), expired in end order from a queue.
+        self.ended: dict[str, EndedCall] = {}
+        self._ended_queue: deque[EndedCall] = deque()
         self.dialogs: dict[DialogId, tuple[Call, LegRole]] = {}
-        self.by_server_key: dict[TransactionKey, Call] = {}
-        self.uac_callids: dict[str, Call] = {}
+        self.by_server_key: dict[TransactionKey, Call | EndedCall] = {}
+        self.uac_callids: dict[str, Call | EndedCall] = {}
         self.tx_dest: dict[TransactionKey, Address] = {}
         self.tx_owner: dict[TransactionKey, _Owner] = {}
         self.relays: dict[TransactionKey, Relay] = {}
@@ -178,6 +184,9 @@ class B2BUACore:
         self._now = 0.0
         self._source: Address | None = None
         self._current: Call | None = None
+        # Client transactions started by the current entry point (their owners may need re-pointing
+        # at a tombstone when the call ends in the same step, e.g. the BYE of a hang-up).
+        self._step_keys: list[TransactionKey] = []
 
     # =========================================================================================
     # Public entry points
@@ -228,6 +237,7 @@ class B2BUACore:
         self._now = now
         self._source = source
         self._current = None
+        self._step_keys = []
         try:
             fn()
         except Exception as exc:
@@ -677,7 +687,8 @@ class B2BUACore:
         self._terminate(call, reason, "callee", status_to_caller=status, reason_phrase=resp.reason,
                         sip_status=status)
 
-    def _on_late_invite_response(self, call: Call, attempt: Attempt, resp: Response) -> None:
+    def _on_late_invite_response(self, call: Call | EndedCall, attempt: Attempt | EndedAttempt,
+                                 resp: Response) -> None:
         if resp.is_provisional:
             if resp.status > 100 and not attempt.cancel_sent and not attempt.final:
                 self._send_cancel(call, attempt)  # the CANCEL had to wait for a provisional (9.1)
@@ -695,7 +706,7 @@ class B2BUACore:
         else:
             self._ack_and_bye(call, attempt, resp)
 
-    def _ack_and_bye(self, call: Call, attempt: Attempt, resp: Response) -> None:
+    def _ack_and_bye(self, call: Call | EndedCall, attempt: Attempt | EndedAttempt, resp: Response) -> None:
         tmp = self._uac_dialog(attempt.invite, resp, attempt.dest.transport)
         leg = Leg("carrier", attempt.dest.transport, dialog=tmp)
         ack = tmp.create_ack(branch=self.layer.new_branch())
@@ -712,13 +723,14 @@ class B2BUACore:
         return Dialog.uac_from_response(invite, resp, local_contact=self._contact(transport),
                                         via_sent_by=self.sent_by, transport=transport.upper())
 
-    def _send_cancel(self, call: Call, attempt: Attempt) -> None:
+    def _send_cancel(self, call: Call | EndedCall, attempt: Attempt | EndedAttempt) -> None:
         attempt.cancel_sent = True
         cancel = build_cancel(attempt.invite)
         key, actions = self.layer.send_request(cancel, self._now, reliable=attempt.dest.transport == "tcp")
         if key is not None:
             self.tx_dest[key] = attempt.dest
             self.tx_owner[key] = _Owner(call, "carrier", "cancel", attempt)
+            self._step_keys.append(key)
         self._apply(actions)
 
     def _cancel_carrier(self, call: Call) -> None:
@@ -869,11 +881,12 @@ class B2BUACore:
             # Our abandoned INVITE got its final answer: ACK it so the gateway stops retransmitting.
             self._send(build_ack_for_non2xx(attempt.invite, resp), attempt.dest)
             return
-        leg = call.carrier
-        if not call.ended and attempt is call.attempt and leg.dialog is not None and leg.dialog.matches(resp):
-            if leg.last_ack is not None and leg.last_ack.cseq.num == resp.cseq.num:
-                self._send(leg.last_ack, self._leg_dest(leg))
-            return
+        if isinstance(call, Call) and not call.ended and attempt is call.attempt:
+            leg = call.carrier
+            if leg.dialog is not None and leg.dialog.matches(resp):
+                if leg.last_ack is not None and leg.last_ack.cseq.num == resp.cseq.num:
+                    self._send(leg.last_ack, self._leg_dest(leg))
+                return
         self._ack_and_bye(call, attempt, resp)
 
     # =========================================================================================
@@ -1256,12 +1269,14 @@ class B2BUACore:
             return leg.peer_source
         raise ValueError(f"no destination known for the {leg.role} leg")
 
-    def _send_request(self, call: Call, leg: Leg, req: Request, purpose: str) -> TransactionKey | None:
+    def _send_request(self, call: Call | EndedCall, leg: Leg, req: Request,
+                      purpose: str) -> TransactionKey | None:
         dest = self._leg_dest(leg)
         key, actions = self.layer.send_request(req, self._now, reliable=dest.transport == "tcp")
         if key is not None:
             self.tx_dest[key] = dest
             self.tx_owner[key] = _Owner(call, leg.role, purpose)
+            self._step_keys.append(key)
         self._apply(actions, dest)
         return key
 
@@ -1367,7 +1382,7 @@ class B2BUACore:
             call.slot_held = False
             self.admission.release(call.account)
         self.calls.pop(call.id, None)
-        self.ended[call.id] = call
+        self._bury(call)
         fields: dict[str, Any] = {"reason": reason, "initiator": initiator, "sip_status": sip_status}
         if detail:
             fields["detail"] = detail[:512]
@@ -1457,13 +1472,57 @@ class B2BUACore:
                 self._log("error", f"safety net could not end call {call.id}: {exc!r}")
                 self._force_forget(call)
         self._current = None
-        for cid, call in list(self.ended.items()):
-            if call.ended_at is not None and self._now - call.ended_at > self.cfg.linger:
-                del self.ended[cid]
-                self.by_server_key.pop(call.server_key, None)
-                for attempt in call.attempts:
-                    if self.uac_callids.get(attempt.invite.call_id or "") is call:
-                        del self.uac_callids[attempt.invite.call_id or ""]
+        self._expire_tombstones()
+
+    def _bury(self, call: Call) -> None:
+        """Replace an ended call by its tombstone everywhere late messages may look for it.
+
+        The Call itself (both INVITEs, dialogs, session state, the 2xx...) is then referenced only
+        by transactions that end within seconds, so it is freed instead of lingering for the whole
+        ``linger`` period; the tombstone holds only what late answers need."""
+        dead: dict[int, EndedAttempt] = {}
+        for attempt in call.attempts:
+            dead[id(attempt)] = EndedAttempt(attempt.invite, attempt.dest, attempt.final, attempt.cancel_sent)
+        tomb = EndedCall(call.id, call.server_key, self._now, list(dead.values()), call.late_byes)
+        if self.by_server_key.get(call.server_key) is call:
+            self.by_server_key[call.server_key] = tomb
+        for attempt in call.attempts:
+            cid = attempt.invite.call_id or ""
+            if self.uac_callids.get(cid) is call:
+                self.uac_callids[cid] = tomb
+        # The INVITE transaction stays up to 32 s after a 2xx (RFC 6026), the BYE or CANCEL that
+        # ended the call a few seconds: point them at the tombstone. Refreshes, probes and relays
+        # keep the Call (their handlers read its legs); they are rare at the end of a call.
+        keys = [a.key for a in call.attempts if a.key is not None] + self._step_keys
+        for key in keys:
+            owner = self.tx_owner.get(key)
+            if owner is not None and owner.call is call and owner.purpose in _TOMBSTONE_PURPOSES:
+                was = owner.attempt
+                self.tx_owner[key] = _Owner(tomb, owner.role, owner.purpose,
+                                            dead.get(id(was)) if was is not None else None)
+        old = self.ended.pop(call.id, None)
+        if old is not None:
+            self._forget_tombstone(old)
+        self.ended[call.id] = tomb
+        self._ended_queue.append(tomb)
+        self._expire_tombstones()
+
+    def _expire_tombstones(self) -> None:
+        """Drop tombstones older than ``linger``; the queue is in end order, so only due ones are seen."""
+        queue, limit = self._ended_queue, self._now - self.cfg.linger
+        while queue and queue[0].ended_at < limit:
+            tomb = queue.popleft()
+            if self.ended.get(tomb.id) is tomb:
+                del self.ended[tomb.id]
+            self._forget_tombstone(tomb)
+
+    def _forget_tombstone(self, tomb: EndedCall) -> None:
+        if self.by_server_key.get(tomb.server_key) is tomb:
+            del self.by_server_key[tomb.server_key]
+        for attempt in tomb.attempts:
+            cid = attempt.invite.call_id or ""
+            if self.uac_callids.get(cid) is tomb:
+                del self.uac_callids[cid]
 
     # =========================================================================================
     # Commands

@@ -26,11 +26,37 @@ Incoming = Request | Response | ParseError
 OnMessage = Callable[[Incoming, Address], None]
 
 
+# Datagrams read per wakeup of the event loop: asyncio reads one per poll; under load the rest are
+# already waiting, so reading them straight away saves a poll and a loop iteration each.
+_UDP_BATCH = 64
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: Transports) -> None:
+    def __init__(self, owner: Transports, sock: socket.socket) -> None:
         self.owner = owner
+        self.sock: socket.socket | None = sock  # the real socket (asyncio's wrapper cannot recvfrom)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self._handle(data, addr)
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(_UDP_BATCH - 1):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            self._handle(data, addr)
+            if self.sock is None:  # closed by a handler
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sock = None
+
+    def _handle(self, data: bytes, addr: tuple[str, int]) -> None:
         source = Address(addr[0], addr[1], "udp")
         try:
             msg: Incoming | None = parse_message(data, limits=self.owner.limits)
@@ -83,12 +109,13 @@ class Transports:
     """UDP and/or TCP on one host:port (port 0 picks a port free for both)."""
 
     def __init__(self, host: str, port: int, transports: list[str], on_message: OnMessage,
-                 limits: ParserLimits) -> None:
+                 limits: ParserLimits, *, udp_buffer_bytes: int = 0) -> None:
         self.host = host
         self.requested_port = port
         self.kinds = [t.lower() for t in transports]
         self.on_message = on_message
         self.limits = limits
+        self.udp_buffer_bytes = udp_buffer_bytes  # SO_RCVBUF/SO_SNDBUF; 0 leaves the kernel default
         self.port = 0
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
@@ -118,8 +145,15 @@ class Transports:
     async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         if "udp" in self.kinds:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(self.host, port), reuse_port=False)
+            sock = _udp_socket(self.host, port)
+            try:
+                if self.udp_buffer_bytes > 0:
+                    _size_udp_buffers(sock, self.udp_buffer_bytes)
+                transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self, sock),
+                                                                   sock=sock)
+            except BaseException:
+                sock.close()
+                raise
             self._udp = transport  # type: ignore[assignment]
         if "tcp" in self.kinds:
             self._tcp_server = await asyncio.start_server(self._accepted, self.host, port)
@@ -193,6 +227,37 @@ class Transports:
         self._conns.clear()
         for task in list(self._tasks):
             task.cancel()
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket (what ``create_datagram_endpoint(local_addr=...)`` makes)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _size_udp_buffers(sock: socket.socket | None, size: int) -> None:
+    """Ask for ``size``-byte receive and send buffers. A burst of datagrams (or a pause of the event
+    loop) then waits in the kernel instead of being dropped. Linux caps the request at
+    net.core.rmem_max / wmem_max; the granted sizes are logged (Linux reports twice the request)."""
+    if sock is None:
+        return
+    for opt, name in ((socket.SO_RCVBUF, "SO_RCVBUF"), (socket.SO_SNDBUF, "SO_SNDBUF")):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            granted = sock.getsockopt(socket.SOL_SOCKET, opt)
+        except OSError as exc:
+            log.warning("udp %s %d refused: %s", name, size, exc)
+            continue
+        level = logging.INFO if granted >= size else logging.WARNING
+        log.log(level, "udp %s: asked for %d bytes, kernel granted %d%s", name, size, granted,
+                "" if granted >= size else " (raise net.core.rmem_max/wmem_max)")
 
 
 def _free_port(host: str) -> int:

@@ -56,6 +56,7 @@ class SipConfig:
     refresh_method: str = opt("update", "How the B2BUA refreshes sessions it is refresher for "
                               "(UPDATE falls back to re-INVITE when the peer does not allow it)",
                               choices=("update", "invite"))
+    udp_buffer_bytes: int = opt(4_194_304, "SO_RCVBUF/SO_SNDBUF of the UDP socket, bytes", lo=65_536)
 
 
 @dataclass(frozen=True, slots=True)
