@@ -49,15 +49,22 @@ class Call(pj.Call):
         tsx = e.body.tsxState.tsx
         if tsx.method not in ("INVITE", "UPDATE"):
             return
-        key = int(tsx.pjTransaction)  # the C pointer: the same for every callback of one transaction
-        if self.confirmed_at is None:
-            self.setup_tsx.add(key)  # the initial INVITE: not a refresh
+        # The C pointer identifies a transaction across its callbacks; PJSIP reuses the memory of
+        # ended transactions, so a key is forgotten once its transaction terminates.
+        key = int(tsx.pjTransaction)
+        ended = tsx.state == pj.PJSIP_TSX_STATE_TERMINATED
+        if self.confirmed_at is None or key in self.setup_tsx:
+            if ended:
+                self.setup_tsx.discard(key)
+            else:
+                self.setup_tsx.add(key)  # the initial INVITE: not a refresh
             return
-        if key in self.setup_tsx or key in self.seen or tsx.statusCode < 200:
-            return
-        self.seen.add(key)
-        role = "received" if tsx.role == pj.PJSIP_ROLE_UAS else "sent"
-        say(event=f"refresh_{role}", method=tsx.method, status=tsx.statusCode)
+        if key not in self.seen and tsx.statusCode >= 200:
+            self.seen.add(key)
+            role = "received" if tsx.role == pj.PJSIP_ROLE_UAS else "sent"
+            say(event=f"refresh_{role}", method=tsx.method, status=tsx.statusCode)
+        if ended:
+            self.seen.discard(key)
 
 
 class Account(pj.Account):
