@@ -924,13 +924,20 @@ class B2BUACore:
             if req.body:
                 call.carrier.local_sdp = req.body
 
-    def _on_bye(self, req: Request, key: TransactionKey | None) -> None:
+    def _live_dialog(self, req: Request, key: TransactionKey | None) -> tuple[Call, LegRole] | None:
+        """The live call and leg an in-dialog request belongs to; otherwise it is answered 481."""
         entry = self.dialogs.get(dialog_id_for_request(req))
         if entry is None or entry[0].ended:
             self._respond(key, req, 481)
+            return None
+        self._current = entry[0]
+        return entry
+
+    def _on_bye(self, req: Request, key: TransactionKey | None) -> None:
+        entry = self._live_dialog(req, key)
+        if entry is None:
             return
         call, role = entry
-        self._current = call
         # A BYE on a live call is always accepted: no CSeq check, no state check. Answering 481 here
         # leaves the far end's call up while ours is down (or the reverse) and inflates CDRs.
         self._respond(key, req, 200)
@@ -953,12 +960,10 @@ class B2BUACore:
     # =========================================================================================
 
     def _on_in_dialog(self, req: Request, key: TransactionKey | None) -> None:
-        entry = self.dialogs.get(dialog_id_for_request(req))
-        if entry is None or entry[0].ended:
-            self._respond(key, req, 481)
+        entry = self._live_dialog(req, key)
+        if entry is None:
             return
         call, role = entry
-        self._current = call
         leg, other = call.leg(role), call.other(role)
         if leg.dialog is None:
             self._respond(key, req, 481)
