@@ -19,6 +19,7 @@ from b2bua.actions import Address
 from b2bua.sip.message import Request, Response
 from b2bua.sip.parser import ParseError, ParserLimits, StreamFramer, parse_message
 from b2bua.timers import DeadlineQueue
+from sipledger.ports import free_port
 
 log = logging.getLogger("sipledger.b2bua.transport")
 
@@ -130,7 +131,7 @@ class Transports:
         attempts = 20 if self.requested_port == 0 else 1
         last: OSError | None = None
         for _ in range(attempts):
-            port = self.requested_port or _free_port(self.host)
+            port = self.requested_port or free_port(self.host, udp_and_tcp=True)
             try:
                 await self._bind(port)
             except OSError as exc:
@@ -258,13 +259,6 @@ def _size_udp_buffers(sock: socket.socket | None, size: int) -> None:
         level = logging.INFO if granted >= size else logging.WARNING
         log.log(level, "udp %s: asked for %d bytes, kernel granted %d%s", name, size, granted,
                 "" if granted >= size else " (raise net.core.rmem_max/wmem_max)")
-
-
-def _free_port(host: str) -> int:
-    """A port free for both UDP and TCP right now (the bind that follows may still race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class TimerTask:

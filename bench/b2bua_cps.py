@@ -40,7 +40,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sipledger.ports import free_port as shared_free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "bench" / "b2bua"
@@ -189,14 +190,7 @@ def udp_drops(port: int) -> int:
 def free_port() -> int:
     """A loopback port free for UDP and TCP right now, and not bound by anyone (SO_REUSEPORT!)."""
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port = int(udp.getsockname()[1])
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                tcp.bind((HOST, port))
-        except OSError:
-            continue
+        port = shared_free_port(HOST, udp_and_tcp=True)
         if not udp_bound(port) and port not in (5060, 5061):
             return port
     raise RuntimeError("no free loopback port")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .process import ServiceRecord, StackError, free_port, running_record, start
+from ..ports import free_port
+from .process import ServiceRecord, StackError, running_record, start
 
 NAME = "clickhouse"
 

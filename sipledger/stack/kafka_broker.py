@@ -10,7 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .process import ServiceRecord, StackError, free_port, port_open, running_record, start
+from ..ports import free_port
+from .process import ServiceRecord, StackError, port_open, running_record, start
 
 NAME = "kafka"
 POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"

@@ -37,6 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
+from sipledger.ports import free_port
+
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "sipp"
 SIPP_BINARY = os.environ.get("SIPP_BINARY", shutil.which("sipp") or "/usr/bin/sipp")
 
@@ -65,18 +67,8 @@ _KEY_DOC = re.compile(r"^\s*-key\s+(?P<name>[A-Za-z0-9_.-]+)\s+(?P<default>\S+)"
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A port that is free for both UDP and TCP on `host` right now (SIPp binds the UDP one)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                    tcp.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port found")
+    """A port free for both UDP and TCP on `host` right now (SIPp binds the UDP one)."""
+    return free_port(host, udp_and_tcp=True)
 
 
 def scenario_path(name: str | os.PathLike[str]) -> Path:
