@@ -550,6 +550,13 @@ class Sipp:
         return " ".join(self.argv)
 
 
+def record_sipp(res: Any, uac: Sipp, uas: Sipp) -> Counts:
+    """Both SIPp sides' call results onto ``res``; their message counts, summed."""
+    res.uac_ok, res.uac_failed, _ = call_counts(uac.stat())
+    res.uas_ok, res.uas_failed, _ = call_counts(uas.stat())
+    return uac.counts() + uas.counts()
+
+
 def call_counts(stat: dict[str, str]) -> tuple[int, int, int]:
     """(successful, failed, created) from a SIPp stat row (cumulative columns)."""
     return (stat_int(stat, "SuccessfulCall(C)"), stat_int(stat, "FailedCall(C)"),
@@ -642,9 +649,7 @@ def run_step(b2: B2BUA, rate: int, args: argparse.Namespace, workdir: Path, dead
     finally:
         uac.stop()
         uas.stop()
-    res.uac_ok, res.uac_failed, _ = call_counts(uac.stat())
-    res.uas_ok, res.uas_failed, _ = call_counts(uas.stat())
-    counts = uac.counts() + uas.counts()
+    counts = record_sipp(res, uac, uas)
     res.messages, res.retrans, res.unexpected = counts.messages, counts.retrans, counts.unexpected
     res.retrans_pct = round(100 * counts.retrans / counts.messages, 3) if counts.messages else 0.0
     rtt = read_rtt(workdir, uac.scenario, uac.pid)
@@ -792,9 +797,7 @@ def run_concurrency(b2: B2BUA, args: argparse.Namespace, workdir: Path, deadline
     finally:
         uac.stop()
         uas.stop()
-    res.uac_ok, res.uac_failed, _ = call_counts(uac.stat())
-    res.uas_ok, res.uas_failed, _ = call_counts(uas.stat())
-    counts = uac.counts() + uas.counts()
+    counts = record_sipp(res, uac, uas)
     res.retrans, res.unexpected = counts.retrans, counts.unexpected
     res.held = res.peak_up >= n and res.uac_failed == 0 and res.uas_failed == 0 and res.uac_ok == n
     b2.stop()
