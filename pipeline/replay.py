@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.domain import RateDeck
@@ -153,7 +152,3 @@ def deck_from(path: str | None) -> RateDeck | None:
         return None
     p = Path(path)
     return RateDeck.from_csv(p, version=p.stem)
-
-
-def load_events_json(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in read_file_log(path)]

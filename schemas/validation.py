@@ -135,7 +135,3 @@ def decode_event(raw: bytes | str) -> dict[str, Any]:
         raise ContractError(f"not valid JSON: {exc}") from None
     validate_event(obj)
     return obj
-
-
-def schema_path(name: str) -> str:
-    return str(resources.files("schemas").joinpath(name))

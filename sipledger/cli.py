@@ -213,9 +213,9 @@ def report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _period(since: str | None, until: str | None) -> Any:
     from .report.runaway import Period
-    from .store.cdr_export import _ms
+    from .store.cdr_export import utc_ms
 
-    return Period(_ms(since, "--since") if since else None, _ms(until, "--until") if until else None)
+    return Period(utc_ms(since, "--since") if since else None, utc_ms(until, "--until") if until else None)
 
 
 def _reader(cfg: Config, store_url: str | None) -> Any:
@@ -399,13 +399,13 @@ def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rat
     from pipeline.replay import deck_from, open_log, replay
 
     from .store import StoreError, open_store
-    from .store.cdr_export import _ms
+    from .store.cdr_export import utc_ms
 
     sell, buy = load_decks(cfg)
     sell = deck_from(rates) or sell
     buy = deck_from(buy_rates) or buy
     proc = Processor(policy_from_config(cfg), sell, buy, {a.name: a.bill_mode for a in cfg.accounts})
-    end_ms = _ms(at, "--at") if at else int(time.time() * 1000)
+    end_ms = utc_ms(at, "--at") if at else int(time.time() * 1000)
     try:
         log_iter = open_log(source, cfg)
         with open_store(target, str(cfg.base_dir)) as store, Progress(

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -345,7 +344,3 @@ def _finish(folder: Path, cfg_path: Path, pipe: Any, outcomes: list[Any], consol
         f"SIPLEDGER_STORE_URL=chdb://{folder}/store SIPLEDGER_CONFIG={cfg_path}"
     )
     return DemoResult(folder, cfg_path, f"chdb://{folder}/store", html, outcomes, cdrs, alerts, reasons)
-
-
-def demo_main(folder: str, fast: bool, seed: int, echo: Callable[[str], None] | None = None) -> DemoResult:
-    return run_demo(Path(folder), fast=fast, seed=seed)

@@ -57,8 +57,3 @@ def status(stack_dir: Path) -> tuple[list[str], bool]:
         state = "running" if answering else "running but not answering"
         lines.append(f"{name}: {state}, pid {rec.pid}, {where}")
     return lines, all_up
-
-
-def kafka_bootstrap(stack_dir: Path) -> str | None:
-    rec = running_record(stack_dir, kafka_broker.NAME)
-    return None if rec is None else f"127.0.0.1:{rec.port}"

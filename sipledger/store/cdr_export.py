@@ -23,10 +23,10 @@ def fetch_cdrs(store: Store, since: str | None = None, until: str | None = None,
     where, params = [], {}
     if since:
         where.append("end_ms >= %(since)s")
-        params["since"] = _ms(since, "--since")
+        params["since"] = utc_ms(since, "--since")
     if until:
         where.append("end_ms < %(until)s")
-        params["until"] = _ms(until, "--until")
+        params["until"] = utc_ms(until, "--until")
     if account:
         where.append("account = %(account)s")
         params["account"] = account
@@ -38,7 +38,7 @@ def fetch_cdrs(store: Store, since: str | None = None, until: str | None = None,
     return [row_to_cdr(r) for r in store.query(sql, params)]
 
 
-def _ms(text: str, option: str) -> int:
+def utc_ms(text: str, option: str) -> int:
     t = text.strip()
     if len(t) == 10:
         t += "T00:00:00"
