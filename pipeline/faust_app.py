@@ -29,12 +29,12 @@ Design
 * Every partition has its own ``Processor``: a call lives on one partition, and the B2BUA broadcasts
   node.heartbeat to every partition, so each processor sees every node. No rule lives here.
 * State: a changelog-backed faust Table ``call-state`` (memory store; the changelog is the durable copy
-  and is replayed on start). Key = call_id, value = ``{"p": partition, "s": CallState.to_dict()}``;
-  key ``~liveness/<p>`` holds the partition's node last-seen times. Changelog records are written by the
-  worker's own producer in faust's json encoding, to partition ``p`` explicitly, and awaited, so a batch
-  (or timer tick) knows its state is acknowledged. On partition assignment (table recovery done) the
-  partition's Processor is restored from the table and its DeadlineQueue is rebuilt from the states:
-  deadlines survive a restart.
+  and is replayed on start). Its names and record format are pipeline/call_table.py: key = call_id,
+  value = the call's state with positional fields; key ``~liveness/<p>`` holds the partition's node
+  last-seen times. Changelog records are written by the worker's own producer in faust's json encoding,
+  to partition ``p`` explicitly, and awaited, so a batch (or timer tick) knows its state is
+  acknowledged. On partition assignment (table recovery done) the partition's Processor is restored
+  from the table and its DeadlineQueue is rebuilt from the states: deadlines survive a restart.
 * Order per batch (and per timer tick), all under one lock:
   1. fold events (``Processor.feed_raw``: invalid ones become dead letters);
   2. publish commands / alerts / CDRs / dead letters with a separate aiokafka producer (one produce batch
@@ -88,8 +88,11 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode import ServiceT
 
+from pipeline import call_table
+from pipeline.call_table import DEFAULT_APP_ID, TABLE_NAME
 from pipeline.dead_letter import dead_letter_record
 from pipeline.domain import CallState
+from pipeline.gc_policy import settle_after_startup
 from pipeline.processor import Outputs, Processor, load_decks, policy_from_config
 from pipeline.store_sink import StoreSink
 from sipledger import config as config_mod
@@ -98,10 +101,7 @@ from sipledger.store import Store, migrate, open_store
 
 log = logging.getLogger("sipledger.pipeline.faust")
 
-DEFAULT_APP_ID = "sipledger-pipeline"
 DEFAULT_BATCH = 8000
-TABLE_NAME = "call-state"
-LIVENESS_PREFIX = "~liveness/"
 TICK_INTERVAL = 0.1
 EVICT_INTERVAL = 2.0
 PROFILE_EVERY = 10.0
@@ -316,6 +316,7 @@ class KafkaPipeline:
         """Table recovery finished: (re)build the processors of newly assigned partitions."""
         assigned = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.topic}
         if self._assigned_at is None:
+            settle_after_startup()  # faust is up and the tables recovered: the rest is per-event churn
             self._assigned_at = time.time()
             self._cpu_at_assign = time.process_time()
         async with self.lock:
@@ -334,14 +335,15 @@ class KafkaPipeline:
 
     def _restore(self, partitions: Iterable[int]) -> None:
         wanted = set(partitions)
-        states: dict[int, dict[str, Any]] = {p: {} for p in wanted}
+        states: dict[int, dict[str, CallState]] = {p: {} for p in wanted}
         live: dict[int, dict[str, int]] = {p: {} for p in wanted}
         for value in self.table.data.values():
             if not isinstance(value, dict) or value.get("p") not in wanted:
                 continue
             p = value["p"]
-            if "s" in value:
-                states[p][value["s"]["call_id"]] = value["s"]
+            if call_table.is_state(value):
+                st = call_table.state_of(value)
+                states[p][st.call_id] = st
             elif "live" in value:
                 live[p] = value["live"]
         for p in wanted:
@@ -469,9 +471,11 @@ class KafkaPipeline:
             self._log_profile()
 
     async def on_timer(self) -> None:
-        await self._update_catch_up()
-        now_ms = int(time.time() * 1000)
         async with self.lock:
+            # Under the lock: "caught up" (and the ready file) must never be decided while a batch's
+            # outputs and state are still in flight.
+            await self._update_catch_up()
+            now_ms = int(time.time() * 1000)
             work: list[tuple[int, Outputs]] = []
             for p, rt in self.runtimes.items():
                 if rt.caught_up:
@@ -580,8 +584,8 @@ class KafkaPipeline:
             await asyncio.sleep(0.1)
 
     def _changelog(self, p: int, key: str, value: Any) -> Message:
-        # faust's json codec (orjson) for keys and values, so faust's recovery reads these back as usual.
-        return (self.changelog_topic, p, orjson.dumps(key), None if value is None else orjson.dumps(value))
+        # faust's json codec for keys and values, so faust's recovery reads these back as usual.
+        return (self.changelog_topic, p, *call_table.encode(key, value))
 
     async def _write_state(self, touched: dict[int, set[str]], beats: set[int]) -> None:
         data = self.table.data
@@ -595,7 +599,7 @@ class KafkaPipeline:
                 st: CallState | None = states.get(cid)
                 if st is None:
                     continue
-                value = {"p": p, "s": st.to_dict()}
+                value = call_table.state_value(p, st)
                 data[cid] = value
                 messages.append(self._changelog(p, cid, value))
                 if st.closed and cid not in rt.closed_ids:
@@ -607,7 +611,7 @@ class KafkaPipeline:
                 continue
             seen = rt.processor.liveness.to_dict()["last_seen"]
             if seen != rt.live_written:
-                key = f"{LIVENESS_PREFIX}{p}"
+                key = call_table.liveness_key(p)
                 value = {"p": p, "live": seen}
                 data[key] = value
                 messages.append(self._changelog(p, key, value))

@@ -177,7 +177,9 @@ class Processor:
                 "liveness": self.liveness.to_dict(), "events_seen": self.events_seen}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
-        self.states = {cid: CallState.from_dict(d) for cid, d in snap.get("states", {}).items()}
+        # States as dicts (checkpoints) or already decoded (the faust worker's table).
+        self.states = {cid: d if isinstance(d, CallState) else CallState.from_dict(d)
+                       for cid, d in snap.get("states", {}).items()}
         self.liveness = NodeLiveness.from_dict(snap["liveness"]) if "liveness" in snap else NodeLiveness()
         self.events_seen = int(snap.get("events_seen", 0))
         # The heap is derived state: rebuilt, never persisted.

@@ -1,9 +1,16 @@
-"""`sipledger calls`: the current-call monitor, from the running pipeline's state."""
+"""`sipledger calls`: the current-call monitor, from the running pipeline's state.
+
+Embedded mode asks the running embedded pipeline (loopback endpoint beside its chDB store) or reads
+its checkpoint. Kafka mode has no process to ask: the faust workers' call state is durable only in
+their table's changelog topic, so the monitor reads that topic up to its current end and keeps the
+last value of each call, as a worker's table recovery would.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -11,11 +18,26 @@ from rich.table import Table
 
 from .config import Config
 
+# A CLI should say quickly that the broker is not there (kafka-python waits 30 s by default).
+BOOTSTRAP_TIMEOUT_MS = 5000
+# Reading stops with an error when the broker hands out nothing for this long before the end offsets.
+STALL_TIMEOUT_S = 20.0
 
-def active_calls(cfg: Config, store_url: str | None = None) -> list[dict[str, Any]]:
+
+def active_calls(cfg: Config, store_url: str | None = None,
+                 app_id: str | None = None) -> list[dict[str, Any]]:
+    """The open calls as the monitor shows them; RuntimeError with a one-line reason when unavailable.
+
+    ``store_url`` names an embedded pipeline's store explicitly; otherwise ``events.log`` decides the
+    mode as `sipledger pipeline` does. ``app_id`` (Kafka mode) is the workers' faust app id.
+    """
     from sipledger.store import StoreError
     from sipledger.store.remote import RemoteStore, open_reader
 
+    if store_url is None and cfg.events.log.startswith("kafka:"):
+        from pipeline.call_table import DEFAULT_APP_ID
+
+        return _from_changelog(cfg, app_id or DEFAULT_APP_ID)
     url = store_url or cfg.store.url
     if url.startswith("chdb:"):
         try:
@@ -26,8 +48,75 @@ def active_calls(cfg: Config, store_url: str | None = None) -> list[dict[str, An
             return store.calls()
         store.close()
         return _from_checkpoint(cfg)
-    raise RuntimeError("`sipledger calls` reads the embedded pipeline's live state; in Kafka mode the "
-                       "call state lives in the faust workers' tables")
+    raise RuntimeError("`sipledger calls` reads the faust workers' changelog (events.log = kafka://...) or "
+                       f"the embedded pipeline's state beside its chdb:// store, not store.url = {url!r}")
+
+
+def _from_changelog(cfg: Config, app_id: str) -> list[dict[str, Any]]:
+    from pipeline.call_table import changelog_topic, fold_changelog, state_of
+    from pipeline.domain import due_at
+    from pipeline.embedded import call_view
+    from pipeline.processor import policy_from_config
+
+    bootstrap = cfg.kafka.bootstrap
+    topic = changelog_topic(app_id)
+    latest = fold_changelog(read_changelog(bootstrap, topic, app_id))
+    # The deadline the workers' queue holds for a call is due_at() under their policy: what a worker
+    # rebuilds its queue with after a restart. It assumes this config's timers match the workers'.
+    policy = policy_from_config(cfg)
+    now_ms = int(time.time() * 1000)
+    out = []
+    for value in latest.values():
+        state = state_of(value)
+        if not state.closed:
+            out.append(call_view(state, now_ms, due_at(state, policy)))
+    return out
+
+
+def read_changelog(bootstrap: str, topic: str, app_id: str) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record of ``topic`` up to the end offsets taken at start, per partition in
+    log order. No consumer group: nothing is committed and the workers' group is left alone."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, max_poll_records=5000)
+    except KafkaError:
+        raise RuntimeError(f"Kafka at {bootstrap} (kafka.bootstrap) is unreachable") from None
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic))
+        if not parts:
+            raise RuntimeError(f"no topic {topic!r} on Kafka at {bootstrap}: no pipeline worker has run with "
+                               f"app id {app_id!r} (see --app-id)")
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        todo = {tp: end for tp, end in ends.items() if end > 0}
+        if not todo:
+            return
+        consumer.assign(list(todo))
+        consumer.seek_to_beginning(*todo)
+        stalled_at = time.monotonic() + STALL_TIMEOUT_S
+        while True:
+            # Done by position, not by counting records: a compacted topic's offsets have gaps.
+            for tp in [tp for tp, end in todo.items() if consumer.position(tp) >= end]:
+                del todo[tp]
+                consumer.pause(tp)
+            if not todo:
+                return
+            fetched = consumer.poll(timeout_ms=500)
+            if fetched:
+                stalled_at = time.monotonic() + STALL_TIMEOUT_S
+            elif time.monotonic() > stalled_at:
+                raise RuntimeError(f"Kafka at {bootstrap} stopped serving {topic!r} before its end")
+            for tp, records in fetched.items():
+                end = todo.get(tp, 0)
+                for rec in records:
+                    if rec.offset < end:
+                        yield rec.key, rec.value
+    except KafkaError as exc:
+        raise RuntimeError(f"reading {topic!r} from Kafka at {bootstrap} failed: {exc}") from None
+    finally:
+        consumer.close()
 
 
 def _from_checkpoint(cfg: Config) -> list[dict[str, Any]]:

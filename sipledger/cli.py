@@ -422,14 +422,21 @@ def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rat
 
 @main.command("calls")
 @click.option("--store", "store_url", default=None, help="Store URL of the running embedded pipeline")
+@click.option("--app-id", default=None,
+              help="Kafka mode: the faust app id the workers run with (default: the one "
+                   "`sipledger pipeline` uses)")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @with_config
-def calls_cmd(cfg: Config, store_url: str | None, fmt: str) -> None:
-    """Calls active right now (current-call monitor), from the running pipeline's state."""
+def calls_cmd(cfg: Config, store_url: str | None, app_id: str | None, fmt: str) -> None:
+    """Calls active right now (current-call monitor), from the running pipeline's state.
+
+    Kafka mode (events.log = kafka://...) reads the workers' call-state changelog topic up to its
+    current end; embedded mode asks the running pipeline or reads its checkpoint.
+    """
     from .calls_view import active_calls, render_calls
 
     try:
-        calls = active_calls(cfg, store_url)
+        calls = active_calls(cfg, store_url, app_id)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
