@@ -119,6 +119,10 @@ url = "{url}"
         f"(batch {args.batch_size}); {info['cdrs']} CDRs published, {cdrs} CDRs and {rows} event rows "
         f"in ClickHouse"
     )
+    # CPU of the worker process over the same interval: near 100% means faster code, not more overlap,
+    # is what raises the figure; well below means the worker waits on the broker or ClickHouse.
+    print(f"worker CPU while processing: {info['cpu_s']:.2f} s of {elapsed:.2f} s wall "
+          f"({info['cpu_s'] / elapsed:.0%}), {info['cpu_s'] / max(1, info['events']) * 1e6:.1f} us an event")
     print(f"worker log: {log_path}")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.dead_letter import DeadLetterFile
+from pipeline.gc_policy import settle_after_startup
 from pipeline.processor import Outputs, Processor, save_json_atomic
 from pipeline.query_server import QueryServer
 from pipeline.store_sink import StoreSink
@@ -175,6 +176,7 @@ class EmbeddedPipeline:
         self.stats["dead_letters"] += len(out.dead_letters)
 
     def run(self, stop: threading.Event, interval: float = 0.05) -> None:
+        settle_after_startup()
         while not stop.is_set():
             if self.step() == 0:
                 stop.wait(interval)

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from pipeline.domain import RateDeck
 from pipeline.domain.timeutil import parse_ts
+from pipeline.gc_policy import settle_after_startup
 from pipeline.processor import Processor
 from pipeline.store_sink import StoreSink
 from schemas.validation import ContractError, decode_event
@@ -115,6 +116,7 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, end_
     invalid = 0
     n = 0
     sink = StoreSink(store, batch_size=50_000, store_events=False)
+    settle_after_startup()
     last_tick = -1
     for raw in raw_events:
         try:
