@@ -38,8 +38,9 @@ Design
 * Order per batch (and per timer tick), all under one lock:
   1. fold events (``Processor.feed_raw``: invalid ones become dead letters);
   2. publish commands / alerts / CDRs / dead letters with a separate aiokafka producer (one produce batch
-     per partition) and meanwhile write CDRs, alerts and call events through ``StoreSink`` in a thread;
-     wait until the broker acknowledged every output and ``flush()`` returned True (both retried);
+     per partition) and meanwhile hand CDRs, alerts and the raw call events to the store writer process
+     (pipeline/store_writer.py: a ``StoreSink`` on the second core); wait until the broker acknowledged
+     every output and the writer reported every row stored (both retried);
   3. only then write one changelog record per touched call (and liveness) and wait for the acks;
   4. return; the consumer then acks the batch's offsets and faust commits acked offsets every
      ``broker_commit_interval`` (or every ``broker_commit_every`` acked messages).
@@ -94,10 +95,9 @@ from pipeline.dead_letter import dead_letter_record
 from pipeline.domain import CallState
 from pipeline.gc_policy import settle_after_startup
 from pipeline.processor import Outputs, Processor, load_decks, policy_from_config
-from pipeline.store_sink import StoreSink
+from pipeline.store_writer import StoreWriterProcess
 from sipledger import config as config_mod
 from sipledger.config import Config
-from sipledger.store import Store, migrate, open_store
 
 log = logging.getLogger("sipledger.pipeline.faust")
 
@@ -110,7 +110,9 @@ PRODUCE_BATCH_BYTES = 512 * 1024
 
 # aiokafka records of one fetch of one topic, by partition.
 Records = Mapping[TP, Sequence[Any]]
-BatchHandler = Callable[[Records], Awaitable[None]]
+# Returns once the fetch is folded, with a future that completes once its outputs, rows and state are
+# acknowledged (the consumer acks its offsets then).
+BatchHandler = Callable[[Records], Awaitable["asyncio.Future[None]"]]
 # (topic, partition or None for the key's default partition, key, value or None for a tombstone)
 Message = tuple[str, int | None, bytes | None, bytes | None]
 
@@ -131,8 +133,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
     loop keeps faust's read-offset filter and gap bookkeeping, calls the handler once per fetch and then
     acks every offset in faust's ``_acked`` structures, exactly what per-message ``Message.ack`` would
     have left behind, so faust's commit logic (contiguous acked offsets, gaps, commit interval) is
-    unchanged. Offsets of a fetch are acked only after its handler returned, and not at all if the
-    consumer generation changed meanwhile (a rebalance: the new owner re-reads them).
+    unchanged. The handler returns a future that completes when the fetch's outputs, rows and state are
+    acknowledged; only then are its offsets acked, and not at all if the consumer generation changed
+    meanwhile (a rebalance: the new owner re-reads them). The next fetch is read meanwhile.
     """
 
     batch_handlers: dict[str, BatchHandler]
@@ -168,10 +171,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         await self._deliver_each(tp, recs, callback)
                         continue
                     r_offset = read_offset[tp]
-                    fresh = [r for r in recs if r_offset is None or r.offset >= r_offset]
+                    if r_offset is None or recs[0].offset >= r_offset:
+                        fresh = recs  # the usual case: nothing re-read
+                    else:
+                        fresh = [r for r in recs if r.offset >= r_offset]
                     if not fresh:
                         continue
-                    if acks_enabled_for(tp.topic):
+                    first, last = fresh[0].offset, fresh[-1].offset
+                    contiguous = last - first == len(fresh) - 1 and not (r_offset and first - r_offset > 1)
+                    if not contiguous and acks_enabled_for(tp.topic):
                         # Offsets missing from the log (compaction, transaction markers) must be known to
                         # faust as gaps, or the committed offset never passes them.
                         prev = r_offset
@@ -181,11 +189,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
                             prev = r.offset
                     batches.setdefault(tp.topic, {})[tp] = fresh
                 for topic, batch in batches.items():
-                    await self.batch_handlers[topic](batch)
+                    delivered = await self.batch_handlers[topic](batch)
                     for tp, recs in batch.items():
                         read_offset[tp] = recs[-1].offset
-                    if self.app.consumer_generation_id == generation and acks_enabled_for(topic):
-                        self._ack_records(batch)
+                    if acks_enabled_for(topic):
+                        self._ack_when_delivered(delivered, batch, generation)
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -217,6 +225,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await self._add_gap(tp, r_offset + 1, offset)
                 await self.wait_first(callback(self._to_message(tp, rec)), self.suspend_flow.wait())
                 read_offset[tp] = offset
+
+    def _ack_when_delivered(self, delivered: asyncio.Future[None], batch: Records, generation: int) -> None:
+        # Offsets of a batch are acked once its outputs, rows and state are acknowledged, and not at all
+        # after a rebalance (the new owner re-reads them) or a failure (the process is exiting).
+        def done(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and fut.exception() is None and \
+                    self.app.consumer_generation_id == generation:
+                self._ack_records(batch)
+
+        delivered.add_done_callback(done)
 
     def _ack_records(self, batch: Records) -> None:
         # What Consumer.ack does for each message, for a whole fetch at once.
@@ -270,10 +288,12 @@ class KafkaPipeline:
         self.sell, self.buy = load_decks(cfg)
         self.bill_modes = {a.name: a.bill_mode for a in cfg.accounts}
         self.runtimes: dict[int, PartitionRuntime] = {}
-        # One lock: the batches and the timer both mutate processors and share the sink and producer.
+        # One lock: the batches and the timer both mutate processors and share the writer and producer.
         self.lock = asyncio.Lock()
         self.store_events = store_events
-        self.sink = StoreSink(self._open_store, batch_size=cfg.pipeline.batch_size, store_events=store_events)
+        self.writer = StoreWriterProcess(cfg.store.url, str(cfg.base_dir), cfg.pipeline.batch_size,
+                                         store_events=store_events)
+        self.writer.start()  # now, not in the first batch: its start-up is not the batch's work
         self.producer: AIOKafkaProducer | None = None
         self.ready_file = ready_file
         self._ready_written = False
@@ -282,16 +302,15 @@ class KafkaPipeline:
         self._cpu_at_assign: float | None = None
         self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0, "batches": 0}
         self.profile = _profiling()
-        self.prof: dict[str, float] = {"fold": 0.0, "outputs+store": 0.0, "state": 0.0, "between": 0.0}
+        # fold: decode..encode state; wait: for the previous delivery; outputs+store and state: inside the
+        # deliveries (overlapping the next fold); between: outside the handler (fetching).
+        self.prof: dict[str, float] = {"fold": 0.0, "wait": 0.0, "outputs+store": 0.0, "state": 0.0,
+                                       "between": 0.0}
+        self._in_flight: asyncio.Future[None] | None = None
         self._prof_last = time.monotonic()
         self._t_out: float | None = None
 
     # -- resources ----------------------------------------------------------------------------------
-    def _open_store(self) -> Store:
-        store = open_store(self.cfg.store.url, str(self.cfg.base_dir))
-        migrate(store)  # idempotent; done on every (re)connect so a fresh database works too
-        return store
-
     async def _producer(self) -> AIOKafkaProducer:
         if self.producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all",
@@ -331,7 +350,7 @@ class KafkaPipeline:
     async def on_revoked(self) -> None:
         # Let the batch in flight finish (outputs, store, state) before faust hands partitions over.
         async with self.lock:
-            pass
+            await self._drain()
 
     def _restore(self, partitions: Iterable[int]) -> None:
         wanted = set(partitions)
@@ -371,6 +390,7 @@ class KafkaPipeline:
         pending = [p for p, rt in self.runtimes.items() if not rt.caught_up]
         if not pending:
             if not self._ready_written and self.ready_file and self.runtimes:
+                await self._drain()  # caught up means delivered, not only folded
                 cpu = time.process_time() - (self._cpu_at_assign or 0.0)
                 Path(self.ready_file).write_text(json.dumps({
                     "partitions": sorted(self.runtimes), "assigned_at": self._assigned_at,
@@ -412,16 +432,17 @@ class KafkaPipeline:
         log.error("PROF events=%d batches=%d %s", self.stats["events"], self.stats["batches"], parts)
 
     # -- input --------------------------------------------------------------------------------------
-    async def process_records(self, batch: Records) -> None:
-        """One fetch of the events topic. Returns only once outputs, rows and state are acknowledged."""
+    async def process_records(self, batch: Records) -> asyncio.Future[None]:
+        """One fetch of the events topic: fold it; returns the future of its delivery (see _chain)."""
         # Own task, shielded: faust cancels the fetcher on rebalance/shutdown, and a batch cancelled between
         # taking the processors' outputs and delivering them would lose them (a re-delivery is a duplicate
         # to the core and re-emits nothing). The fetcher, if cancelled, does not ack the batch.
-        await asyncio.shield(asyncio.ensure_future(self._guarded_batch(batch)))
+        return await asyncio.shield(asyncio.ensure_future(self._guarded(self._process_records(batch))))
 
-    async def _guarded_batch(self, batch: Records) -> None:
+    @staticmethod
+    async def _guarded(step: Awaitable[Any]) -> Any:
         try:
-            await self._process_records(batch)
+            return await step
         except Exception:
             # Returning would let the consumer ack (and faust commit) this batch. Die instead; the
             # restarted worker re-reads it from the last committed offset.
@@ -429,14 +450,35 @@ class KafkaPipeline:
             logging.shutdown()
             os._exit(70)
 
-    async def _process_records(self, batch: Records) -> None:
+    async def _chain(self, work: list[tuple[int, Outputs]], state: list[Message],
+                     raws: list[bytes]) -> asyncio.Future[None]:
+        """Deliver after the previous delivery: one batch's delivery in flight while the next is folded.
+
+        Call under the lock, with the outputs taken and the state records encoded at the end of the fold
+        (``_state_messages``): the processors move on with the next batch meanwhile, and state written
+        later than its own outputs would be newer than what is acknowledged. Deliveries run in fold
+        order, so changelog records of a call stay in order and offsets are acked in order.
+        """
+        previous = self._in_flight
+        if previous is not None:
+            await previous
+        self._in_flight = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws)))
+        return self._in_flight
+
+    async def _drain(self) -> None:
+        """Wait for the delivery in flight, if any (before a revocation, before declaring caught up)."""
+        if self._in_flight is not None:
+            await self._in_flight
+
+    async def _process_records(self, batch: Records) -> asyncio.Future[None]:
         async with self.lock:
             t0 = time.perf_counter()
             if self._t_out is not None:
                 self.prof["between"] += t0 - self._t_out
             touched: dict[int, set[str]] = {}
             beats: set[int] = set()
-            add_event = self.sink.add_event if self.store_events else None
+            raws: list[bytes] = []
+            keep_raw = raws.append if self.store_events else None
             source = self.topic
             n = 0
             for tp, recs in batch.items():
@@ -447,15 +489,16 @@ class KafkaPipeline:
                 add_id = ids.add
                 beat = False
                 for rec in recs:
-                    event = feed(rec.value, source)
+                    raw = rec.value
+                    event = feed(raw, source)
                     if event is None:
                         continue
                     if event["type"] == "node.heartbeat":
                         beat = True
                         continue
                     add_id(event["call_id"])
-                    if add_event is not None:
-                        add_event(event)
+                    if keep_raw is not None:
+                        keep_raw(raw)
                 if beat:
                     beats.add(p)
                 last = recs[-1].offset
@@ -465,10 +508,14 @@ class KafkaPipeline:
             self.stats["events"] += n
             self.stats["batches"] += 1
             work = [(p, rt.processor.take()) for p, rt in self.runtimes.items()]
-            self.prof["fold"] += time.perf_counter() - t0
-            await self._deliver(work, touched, beats)
+            state = self._state_messages(work, touched, beats)
+            t1 = time.perf_counter()
+            self.prof["fold"] += t1 - t0
+            delivered = await self._chain(work, state, raws)
             self._t_out = time.perf_counter()
+            self.prof["wait"] += self._t_out - t1
             self._log_profile()
+            return delivered
 
     async def on_timer(self) -> None:
         async with self.lock:
@@ -484,47 +531,47 @@ class KafkaPipeline:
                     if out:
                         work.append((p, out))
             if work:
-                await self._deliver(work, {}, set())
+                await self._chain(work, self._state_messages(work, {}, set()), [])
             if time.monotonic() - self._last_evict >= EVICT_INTERVAL:
                 self._last_evict = time.monotonic()
                 await self._evict()
 
     # -- output -------------------------------------------------------------------------------------
-    async def _deliver(self, work: list[tuple[int, Outputs]], touched: dict[int, set[str]],
-                       beats: set[int]) -> None:
+    async def _deliver(self, work: list[tuple[int, Outputs]], state: list[Message],
+                       raws: list[bytes]) -> None:
         t0 = time.perf_counter()
-        work = [(p, out) for p, out in work if out]
-        sink = self.sink
-        for p, out in work:
-            ids = touched.setdefault(p, set())
-            ids.update(m["call_id"] for m in out.cdrs)
-            ids.update(m["call_id"] for m in out.alerts)
-            ids.update(m["call_id"] for m in out.commands)
-            for cdr in out.cdrs:
-                sink.add_cdr(cdr)
-            for alert in out.alerts:
-                sink.add_alert(alert)
+        messages, cdrs, alerts = self._output_messages([(p, out) for p, out in work if out])
         # Outputs and rows are independent of each other; both must be acknowledged before any state.
-        # The store's blocking driver runs in a thread while the loop talks to the broker.
-        await asyncio.gather(self._publish(self._output_messages(work)), self._flush_store())
+        # The rows go to the writer process (as the JSON just encoded for Kafka: bytes cross the pipe far
+        # cheaper than dicts) while this loop talks to the broker.
+        await asyncio.gather(self._publish(messages), self.writer.write(raws, cdrs, alerts))
         t1 = time.perf_counter()
-        await self._write_state(touched, beats)
+        # Acknowledged before the batch's offsets are: faust commits after flushing *its* producer only.
+        await self._publish(state)
         self.prof["outputs+store"] += t1 - t0
         self.prof["state"] += time.perf_counter() - t1
 
-    def _output_messages(self, work: list[tuple[int, Outputs]]) -> list[Message]:
+    def _output_messages(self, work: list[tuple[int, Outputs]]
+                         ) -> tuple[list[Message], list[bytes], list[bytes]]:
+        """Kafka messages of the outputs, and the encoded CDRs and alerts among them (for the store)."""
         k = self.cfg.kafka
         messages: list[Message] = []
+        cdrs: list[bytes] = []
+        alerts: list[bytes] = []
         append = messages.append
         for _, out in work:
             for cmd in out.commands:
                 append((k.topic_commands, None, cmd["call_id"].encode(), _dumps(cmd)))
             for alert in out.alerts:
-                append((k.topic_alerts, None, alert["call_id"].encode(), _dumps(alert)))
+                value = _dumps(alert)
+                alerts.append(value)
+                append((k.topic_alerts, None, alert["call_id"].encode(), value))
                 log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
                             alert["account"], alert["vendor"], alert["message"])
             for cdr in out.cdrs:
-                append((k.topic_cdrs, None, cdr["call_id"].encode(), _dumps(cdr)))
+                value = _dumps(cdr)
+                cdrs.append(value)
+                append((k.topic_cdrs, None, cdr["call_id"].encode(), value))
             for source, raw, err in out.dead_letters:
                 append((k.topic_dead_letter, None, None, _dumps(dead_letter_record(source, raw, err))))
                 log.warning("dead letter from %s: %s", source, err)
@@ -532,7 +579,7 @@ class KafkaPipeline:
             self.stats["alerts"] += len(out.alerts)
             self.stats["commands"] += len(out.commands)
             self.stats["dead_letters"] += len(out.dead_letters)
-        return messages
+        return messages, cdrs, alerts
 
     async def _publish(self, messages: list[Message]) -> None:
         """Send and wait until the broker acknowledged every message (at-least-once: resend all on error)."""
@@ -577,17 +624,19 @@ class KafkaPipeline:
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
-    async def _flush_store(self) -> None:
-        # Blocking driver calls run in a thread so the faust loop (consumer, timers) keeps going; the
-        # lock keeps the sink single-threaded. flush() backs off by itself while the store is down.
-        while not await asyncio.to_thread(self.sink.flush):
-            await asyncio.sleep(0.1)
-
     def _changelog(self, p: int, key: str, value: Any) -> Message:
         # faust's json codec for keys and values, so faust's recovery reads these back as usual.
         return (self.changelog_topic, p, *call_table.encode(key, value))
 
-    async def _write_state(self, touched: dict[int, set[str]], beats: set[int]) -> None:
+    def _state_messages(self, work: list[tuple[int, Outputs]], touched: dict[int, set[str]],
+                        beats: set[int]) -> list[Message]:
+        """Changelog records of every call the batch (or tick) touched, encoded now (see ``_chain``)."""
+        for p, out in work:
+            if out:
+                ids = touched.setdefault(p, set())
+                ids.update(m["call_id"] for m in out.cdrs)
+                ids.update(m["call_id"] for m in out.alerts)
+                ids.update(m["call_id"] for m in out.commands)
         data = self.table.data
         messages: list[Message] = []
         for p, ids in touched.items():
@@ -616,8 +665,7 @@ class KafkaPipeline:
                 data[key] = value
                 messages.append(self._changelog(p, key, value))
                 rt.live_written = dict(seen)
-        # Acknowledged before the batch returns: faust commits offsets after flushing *its* producer only.
-        await self._publish(messages)
+        return messages
 
     async def _evict(self) -> None:
         """Drop closed calls whose closing batch is committed (no re-delivery can reach them now)."""
