@@ -123,6 +123,10 @@ url = "{url}"
     # is what raises the figure; well below means the worker waits on the broker or ClickHouse.
     print(f"worker CPU while processing: {info['cpu_s']:.2f} s of {elapsed:.2f} s wall "
           f"({info['cpu_s'] / elapsed:.0%}), {info['cpu_s'] / max(1, info['events']) * 1e6:.1f} us an event")
+    writer_cpu = info.get("writer_cpu_s")
+    if writer_cpu is not None:
+        print(f"store writer process CPU meanwhile: {writer_cpu:.2f} s ({writer_cpu / elapsed:.0%}), "
+              f"{writer_cpu / max(1, info['events']) * 1e6:.1f} us an event")
     print(f"worker log: {log_path}")
 
 

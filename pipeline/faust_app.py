@@ -122,6 +122,10 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=str)
 
 
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def _profiling() -> bool:
     return bool(os.environ.get("SIPLEDGER_FAUST_PROFILE"))
 
@@ -143,6 +147,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers = {}
+        self.fetch_wait = 0.0  # seconds spent waiting for the next fetch (profiling)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - needs a broker
         callback = self.callback
@@ -153,7 +158,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
+                t_fetch = time.perf_counter()
                 records, active = await self._wait_next_records(1.0)
+                self.fetch_wait += time.perf_counter() - t_fetch
                 # As faust does: never loop without giving the event loop a turn.
                 await self.sleep(0)
                 if records is None or self.should_stop:
@@ -300,6 +307,7 @@ class KafkaPipeline:
         self._last_evict = 0.0
         self._assigned_at: float | None = None
         self._cpu_at_assign: float | None = None
+        self._writer_cpu_at_assign: float | None = None
         self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0, "batches": 0}
         self.profile = _profiling()
         # fold: decode..encode state; wait: for the previous delivery; outputs+store and state: inside the
@@ -307,6 +315,7 @@ class KafkaPipeline:
         self.prof: dict[str, float] = {"fold": 0.0, "wait": 0.0, "outputs+store": 0.0, "state": 0.0,
                                        "between": 0.0}
         self._in_flight: asyncio.Future[None] | None = None
+        self._copartitioned_topics: set[str] | None = None
         self._prof_last = time.monotonic()
         self._t_out: float | None = None
 
@@ -338,6 +347,7 @@ class KafkaPipeline:
             settle_after_startup()  # faust is up and the tables recovered: the rest is per-event churn
             self._assigned_at = time.time()
             self._cpu_at_assign = time.process_time()
+            self._writer_cpu_at_assign = self.writer.cpu_seconds()
         async with self.lock:
             for p in list(self.runtimes):
                 if p not in assigned:
@@ -395,7 +405,8 @@ class KafkaPipeline:
                 Path(self.ready_file).write_text(json.dumps({
                     "partitions": sorted(self.runtimes), "assigned_at": self._assigned_at,
                     "ready_at": time.time(), "events": self.stats["events"], "cdrs": self.stats["cdrs"],
-                    "batches": self.stats["batches"], "cpu_s": cpu}))
+                    "batches": self.stats["batches"], "cpu_s": cpu,
+                    "writer_cpu_s": _minus(self.writer.cpu_seconds(), self._writer_cpu_at_assign)}))
                 self._ready_written = True
                 self._log_profile(force=True)
             return
@@ -428,7 +439,8 @@ class KafkaPipeline:
             return
         self._prof_last = now
         n = max(1, self.stats["events"])
-        parts = " ".join(f"{k}={v:.2f}s ({v / n * 1e6:.1f} us/ev)" for k, v in self.prof.items())
+        prof = dict(self.prof, fetch_wait=cast(BatchConsumer, self.app.consumer).fetch_wait)
+        parts = " ".join(f"{k}={v:.2f}s ({v / n * 1e6:.1f} us/ev)" for k, v in prof.items())
         log.error("PROF events=%d batches=%d %s", self.stats["events"], self.stats["batches"], parts)
 
     # -- input --------------------------------------------------------------------------------------
@@ -540,7 +552,9 @@ class KafkaPipeline:
     async def _deliver(self, work: list[tuple[int, Outputs]], state: list[Message],
                        raws: list[bytes]) -> None:
         t0 = time.perf_counter()
-        messages, cdrs, alerts = self._output_messages([(p, out) for p, out in work if out])
+        work = [(p, out) for p, out in work if out]
+        copartitioned = await self._copartitioned() if work else set()
+        messages, cdrs, alerts = self._output_messages(work, copartitioned)
         # Outputs and rows are independent of each other; both must be acknowledged before any state.
         # The rows go to the writer process (as the JSON just encoded for Kafka: bytes cross the pipe far
         # cheaper than dicts) while this loop talks to the broker.
@@ -551,7 +565,25 @@ class KafkaPipeline:
         self.prof["outputs+store"] += t1 - t0
         self.prof["state"] += time.perf_counter() - t1
 
-    def _output_messages(self, work: list[tuple[int, Outputs]]
+    async def _copartitioned(self) -> set[str]:
+        """Output topics with as many partitions as the events topic.
+
+        A call's outputs go to the partition number its events came from there: the same partition the
+        key's murmur2 hash picks when the events were keyed by call id (as the B2BUA sends them), at no
+        hashing cost in this loop (aiokafka's murmur2 is pure Python: 6 us for a 36-byte key, measured).
+        """
+        if self._copartitioned_topics is None:
+            producer = await self._producer()
+            k = self.cfg.kafka
+            counts: dict[str, int] = {}
+            for topic in (self.topic, k.topic_commands, k.topic_alerts, k.topic_cdrs):
+                await producer.client._wait_on_metadata(topic)
+                counts[topic] = len(producer.client.cluster.partitions_for_topic(topic) or ())
+            events = counts[self.topic]
+            self._copartitioned_topics = {t for t, n in counts.items() if t != self.topic and n == events}
+        return self._copartitioned_topics
+
+    def _output_messages(self, work: list[tuple[int, Outputs]], copartitioned: set[str]
                          ) -> tuple[list[Message], list[bytes], list[bytes]]:
         """Kafka messages of the outputs, and the encoded CDRs and alerts among them (for the store)."""
         k = self.cfg.kafka
@@ -559,19 +591,22 @@ class KafkaPipeline:
         cdrs: list[bytes] = []
         alerts: list[bytes] = []
         append = messages.append
-        for _, out in work:
+        for p, out in work:
+            to_cmd = p if k.topic_commands in copartitioned else None
+            to_alert = p if k.topic_alerts in copartitioned else None
+            to_cdr = p if k.topic_cdrs in copartitioned else None
             for cmd in out.commands:
-                append((k.topic_commands, None, cmd["call_id"].encode(), _dumps(cmd)))
+                append((k.topic_commands, to_cmd, cmd["call_id"].encode(), _dumps(cmd)))
             for alert in out.alerts:
                 value = _dumps(alert)
                 alerts.append(value)
-                append((k.topic_alerts, None, alert["call_id"].encode(), value))
+                append((k.topic_alerts, to_alert, alert["call_id"].encode(), value))
                 log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
                             alert["account"], alert["vendor"], alert["message"])
             for cdr in out.cdrs:
                 value = _dumps(cdr)
                 cdrs.append(value)
-                append((k.topic_cdrs, None, cdr["call_id"].encode(), value))
+                append((k.topic_cdrs, to_cdr, cdr["call_id"].encode(), value))
             for source, raw, err in out.dead_letters:
                 append((k.topic_dead_letter, None, None, _dumps(dead_letter_record(source, raw, err))))
                 log.warning("dead letter from %s: %s", source, err)

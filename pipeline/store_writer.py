@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("sipledger.pipeline.store_writer")
@@ -112,6 +114,17 @@ class StoreWriterProcess:
         except (EOFError, OSError) as exc:
             code = self._proc.exitcode if self._proc is not None else None
             raise RuntimeError(f"store writer process died (exit code {code})") from exc
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the child has used so far (Linux /proc), for the worker's figures; None if unknown."""
+        if self._proc is None or self._proc.pid is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        # utime and stime are fields 14 and 15 of stat(5); here counted after the ")" of the name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         if self._conn is not None:
