@@ -1,118 +1,196 @@
-"""CDR rows/s into ClickHouse 18.16 (native protocol) and chDB, by insert method (target >= 300,000/s).
+"""CDR and call-event rows/s into ClickHouse 18.16 (native protocol) and chDB (target >= 300,000/s).
 
-Starts the local ClickHouse 18.16 server through the stack if it is not running. Each method is a
-peer of the others in the same run; the ratio is against the sink's default for that store.
+The rows are the pipeline's own: synthetic calls (pipeline/synthetic.py) through the Processor with
+the example rate decks, their CDRs and events tiled to ``--cdrs`` CDRs (about five events each) with
+unique ids. For each back end, measured in the same run (each figure the best of ``--runs``):
+
+(a) ``Store.insert_columns`` of the columns the sink hands it (tables.ColumnBuffer.columns):
+    numpy conversion, encoding, transfer and the server's insert;
+(b) end to end, what the pipeline pays: ``StoreSink.add_cdr`` for every CDR dict, then ``flush()``;
+(c) peer, the row-tuple path the sink used before: ``cdr_to_row`` tuples, inserted by the driver's
+    generic ``INSERT ... VALUES`` (18.16) or as a DataFrame of row values read by ``Python()`` (chDB).
+    Once from tuples already built (the peer of a), once including ``cdr_to_row`` (the peer of b).
+
+Events go the same two ways (sink end to end; ``event_to_row`` + row tuples as the peer). Every
+figure is at ``--batch`` rows an insert (each insert writes one part); ``--batch 5000`` is the
+pipeline's default (``pipeline.batch_size``). The collector runs with the pipeline's settings
+(pipeline/gc_policy.py). Starts the local ClickHouse 18.16 through the stack if it is not running.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
+
+from pipeline.domain.timeutil import parse_ts
+from pipeline.gc_policy import settle_after_startup
+from pipeline.processor import Processor
+from pipeline.store_sink import StoreSink
+from pipeline.synthetic import SyntheticSpec, generate
+from sipledger import config
 from sipledger.stack import clickhouse_server
-from sipledger.store import migrate, open_store
-from sipledger.store.tables import CDR_COLUMNS, cdr_to_row
+from sipledger.store import Store, migrate, open_store
+from sipledger.store.chdb_store import ChdbStore
+from sipledger.store.clickhouse_store import ClickHouseStore
+from sipledger.store.tables import CDR_COLUMNS, EVENT_COLUMNS, cdr_buffer, cdr_to_row, event_to_row
 
 REPO = Path(__file__).resolve().parents[1]
+TARGET = 300_000
 
 
-def sample_rows(n: int) -> list[tuple]:
-    base = {
-        "call_id": "",
-        "node": "node-1",
-        "account": "acme",
-        "caller": "+15550001",
-        "callee": "442071234567",
-        "source_ip": "10.0.0.1",
-        "vendor": "carrier-a",
-        "gateway": "192.0.2.1:5060",
-        "setup_ts": "2026-11-25T10:00:00.000Z",
-        "ring_ts": "2026-11-25T10:00:01.500Z",
-        "answer_ts": "2026-11-25T10:00:04.000Z",
-        "end_ts": "2026-11-25T10:01:09.400Z",
-        "pdd_ms": 1500,
-        "duration_ms": 65_400,
-        "verified_ms": 65_400,
-        "unverified_ms": 0,
-        "billed_seconds": 66,
-        "timer_mode": "session_timer",
-        "session_expires": 600,
-        "effective_limit_s": None,
-        "refresh_count": 1,
-        "last_proof_of_life": "2026-11-25T10:01:09.400Z",
-        "end_reason": "normal_caller_bye",
-        "ended_by": "caller",
-        "sip_status": None,
-        "zombie": False,
-        "sell_rate": "0.020000",
-        "sell_cost": "0.022000",
-        "buy_rate": "0.012000",
-        "buy_cost": "0.013080",
-        "margin": "0.008920",
-        "currency": "USD",
-        "rate_deck_version": "sell/buy",
-        "schema_version": 1,
-    }
-    template = cdr_to_row(base, 1)
-    return [(f"bench-{i:09d}", *template[1:]) for i in range(n)]
+def pipeline_outputs(calls: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """CDRs and call events of ``calls`` synthetic calls, rated with the example decks."""
+    rates = REPO / "sipledger" / "data" / "rates"
+    cfg = config.load(None, [f"pipeline.sell_rates={rates / 'sell.csv'}",
+                             f"pipeline.buy_rates={rates / 'buy.csv'}"])
+    proc = Processor.from_config(cfg)
+    events = list(generate(SyntheticSpec(calls=calls, seed=11)))
+    cdrs: list[dict[str, Any]] = []
+    last = 0
+    for e in events:
+        proc.feed(e, validated=True)
+        ts = parse_ts(e["ts"])
+        if ts - last >= 1000:
+            proc.tick(ts)
+            last = ts
+        cdrs += proc.take().cdrs
+    proc.tick(last + 10**8)  # enforce everything still open
+    cdrs += proc.take().cdrs
+    return cdrs, [e for e in events if e["type"] != "node.heartbeat"]  # workers store no heartbeats
 
 
-def timed(label: str, n: int, fn) -> float:
-    t = time.perf_counter()
-    fn()
-    rate = n / (time.perf_counter() - t)
-    print(f"  {label:<52} {rate:>10,.0f} rows/s")
-    return rate
+def tiled(records: Sequence[dict[str, Any]], n: int, id_fields: Sequence[str]) -> list[dict[str, Any]]:
+    """``n`` copies of ``records`` in turn, each copy's ids made unique."""
+    out = []
+    for i in range(n):
+        r = records[i % len(records)]
+        k = i // len(records)
+        out.append(r if k == 0 else dict(r, **{f: f"{r[f]}~{k}" for f in id_fields}))
+    return out
+
+
+def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+
+def old_insert(store: Store, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """The row-tuple insert the stores did before the columnar path (the peer)."""
+    names = ", ".join(f"`{c}`" for c in columns)
+    if isinstance(store, ClickHouseStore):
+        store._client.execute(f"INSERT INTO `{table}` ({names}) VALUES", list(rows))
+        return
+    assert isinstance(store, ChdbStore)
+    # A DataFrame of the row values; Decimal as text (cast by the column type), nullable integers.
+    data = {}
+    for name, values in zip(columns, zip(*rows, strict=True), strict=True):
+        sample = next((v for v in values if v is not None), None)
+        if isinstance(sample, Decimal):
+            data[name] = pd.Series([None if v is None else str(v) for v in values], dtype=object)
+        elif isinstance(sample, bool):
+            data[name] = pd.Series([None if v is None else int(v) for v in values], dtype="Int64")
+        elif isinstance(sample, int):
+            data[name] = pd.Series(values, dtype="Int64" if None in values else "int64")
+        else:
+            data[name] = pd.Series(values, dtype=object)
+    frame = pd.DataFrame(data)  # noqa: F841 - read by name by chDB's Python() table function
+    store._session.query(f"INSERT INTO `{table}` ({names}) SELECT * FROM Python(frame)")
+
+
+def bench_store(store: Store, cdrs: list[dict[str, Any]], events: list[dict[str, Any]], batch: int,
+                runs: int) -> None:
+    n, m = len(cdrs), len(events)
+    expected = {"sell": sum(Decimal(c["sell_cost"]) for c in cdrs),
+                "margin": sum(Decimal(c["margin"]) for c in cdrs)}
+
+    def check(table: str, rows: int) -> None:
+        got = store.query(f"SELECT count() AS n FROM {table}")[0]["n"]
+        assert got == rows, (table, got, rows)
+        if table == "cdrs":  # exact, to the micro-unit
+            sums = store.query("SELECT sum(sell_cost) AS sell, sum(margin) AS margin FROM cdrs")[0]
+            assert sums == expected, (sums, expected)
+        store.execute(f"TRUNCATE TABLE {table}")
+
+    def measure(label: str, table: str, rows: int, fn: Callable[[], object]) -> float:
+        best = 0.0
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn()
+            best = max(best, rows / (time.perf_counter() - t))
+            check(table, rows)
+        print(f"  {label:<62} {best:>10,.0f} rows/s")
+        return best
+
+    def sink_columns(part: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        buffer = cdr_buffer()
+        for c in part:
+            buffer.add(c, 1)
+        return buffer.columns(0, len(buffer))
+
+    def sink(add: str, records: list[dict[str, Any]]) -> None:
+        s = StoreSink(store, batch_size=batch)
+        add_one = getattr(s, add)
+        for part in chunks(records, batch):  # the pipeline flushes a batch at a time
+            for r in part:
+                add_one(r)
+            assert s.flush()
+
+    built = [sink_columns(part) for part in chunks(cdrs, batch)]
+    tuples = [[cdr_to_row(c, 1) for c in part] for part in chunks(cdrs, batch)]
+    settle_after_startup()  # the inputs are frozen out of the collector's reach, as start-up objects
+    a = measure("(a) Store.insert_columns, columns from the sink's buffer", "cdrs", n,
+                lambda: [store.insert_columns("cdrs", c) for c in built])
+    b = measure("(b) StoreSink.add_cdr + flush, from CDR dicts", "cdrs", n, lambda: sink("add_cdr", cdrs))
+    c_built = measure("(c) peer: row tuples already built, row insert (before)", "cdrs", n,
+                      lambda: [old_insert(store, "cdrs", CDR_COLUMNS, t) for t in tuples])
+    c_e2e = measure("(c) peer: cdr_to_row + row insert, from CDR dicts (before)", "cdrs", n,
+                    lambda: [old_insert(store, "cdrs", CDR_COLUMNS, [cdr_to_row(c, 1) for c in part])
+                             for part in chunks(cdrs, batch)])
+    ev = measure("events: StoreSink.add_event + flush, from event dicts", "call_events", m,
+                 lambda: sink("add_event", events))
+    ev_old = measure("events peer: event_to_row + row insert (before)", "call_events", m,
+                     lambda: [old_insert(store, "call_events", EVENT_COLUMNS, [event_to_row(e) for e in part])
+                              for part in chunks(events, batch)])
+    gc.unfreeze()
+    print(f"  (a) / (c) {a / c_built:.2f}x; (b) / (c) {b / c_e2e:.2f}x; events {ev / ev_old:.2f}x")
+    print(f"  target {TARGET:,}: (a) {a / TARGET:.2f}x, (b) {b / TARGET:.2f}x, events {ev / TARGET:.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--cdrs", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, nargs="+", default=[50_000, 5_000],
+                    help="rows an insert (the sink's batch_size); one set of figures each")
+    ap.add_argument("--calls", type=int, default=20_000, help="synthetic calls behind the tiled rows")
+    ap.add_argument("--runs", type=int, default=3, help="each figure is the best of this many runs")
     args = ap.parse_args()
-    rows = sample_rows(args.rows)
-    n = len(rows)
-    cols = list(CDR_COLUMNS)
-    print(f"{n:,} CDR rows of {len(cols)} columns")
+    cdrs, events = pipeline_outputs(args.calls)
+    events = tiled(events, round(len(events) / len(cdrs) * args.cdrs), ("event_id", "call_id"))
+    cdrs = tiled(cdrs, args.cdrs, ("call_id",))
+    print(f"{len(cdrs):,} CDRs ({len(CDR_COLUMNS)} columns) and {len(events):,} call events "
+          f"from {args.calls:,} synthetic calls")
 
     rec, _ = clickhouse_server.up(REPO / ".stack")
     server = open_store(clickhouse_server.url(rec, "bench_insert"))
-    migrate(server)
-    server.execute("TRUNCATE TABLE cdrs")
-    print(f"ClickHouse {server.dialect.version} (clickhouse-driver, native protocol)")
-    client = server._client  # the driver's own insert paths, for comparison with the sink's
-    default = timed("Store.insert (sink default: row tuples)", n, lambda: server.insert("cdrs", cols, rows))
-    columns = [list(c) for c in zip(*rows, strict=True)]
-    col_sql = f"INSERT INTO cdrs ({', '.join(cols)}) VALUES"
-    colr = timed("columnar lists (columnar=True)", n, lambda: client.execute(col_sql, columns, columnar=True))
-    print(f"  columnar / default: {colr / default:.2f}x; target 300,000: {max(default, colr) / 300_000:.2f}x")
-    server.execute("DROP DATABASE bench_insert")
-    server.close()
-
     with tempfile.TemporaryDirectory() as tmp:
         chdb = open_store(f"chdb://{tmp}/store")
-        migrate(chdb)
-        print(f"chDB (ClickHouse {chdb.dialect.version} in process)")
-        default = timed(
-            "Store.insert (sink default: Python(DataFrame))", n, lambda: chdb.insert("cdrs", cols, rows)
-        )
-        import json
-
-        body = "\n".join(json.dumps(dict(zip(cols, r, strict=True)), default=str) for r in rows)
-        sess = chdb._session
-        jsonl = timed(
-            "peer: INSERT ... FORMAT JSONEachRow",
-            n,
-            lambda: sess.query(f"INSERT INTO cdrs ({', '.join(cols)}) FORMAT JSONEachRow\n{body}"),
-        )
-        count = chdb.query("SELECT count() AS n FROM cdrs")[0]["n"]
-        assert count == 2 * n, count
-        print(f"  default / JSONEachRow: {default / jsonl:.2f}x; target 300,000: {default / 300_000:.2f}x")
-        check = chdb.query("SELECT sum(sell_cost) AS s FROM cdrs")[0]["s"]
-        assert check == Decimal("0.022") * 2 * n, check
+        names = {server: f"ClickHouse {server.dialect.version} (clickhouse-driver, native protocol)",
+                 chdb: f"chDB (ClickHouse {chdb.dialect.version} in process)"}
+        for store, name in names.items():
+            migrate(store)
+            for batch in args.batch:
+                print(f"{name}, {batch:,} rows an insert")
+                bench_store(store, cdrs, events, batch, args.runs)
         chdb.close()
+    server.execute("DROP DATABASE bench_insert")
+    server.close()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ input is. A crash in between re-delivers input whose rows are already stored;
 the tables are ReplacingMergeTree keyed by call_id / alert_id / event_id and read
 with FINAL, so no report shows them twice. When the store is down, rows stay
 buffered and flush backs off; ``lag()`` says how far behind the sink is.
+
+Rows are kept and written a column at a time (tables.ColumnBuffer): each record's fields are
+appended to their columns as it arrives, and ``flush`` converts whole columns (timestamps,
+money) and hands them to ``Store.insert_columns``. A value no column can hold raises from
+``flush`` (ValueError/TypeError) with the rows still buffered.
 """
 
 from __future__ import annotations
@@ -17,14 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipledger.store import Store, StoreError
-from sipledger.store.tables import (
-    ALERT_COLUMNS,
-    CDR_COLUMNS,
-    EVENT_COLUMNS,
-    alert_to_row,
-    cdr_to_row,
-    event_to_row,
-)
+from sipledger.store.tables import ColumnBuffer, alert_buffer, cdr_buffer, event_buffer, event_payload
 
 log = logging.getLogger("sipledger.sink")
 
@@ -47,7 +45,10 @@ class StoreSink:
         self._clock = clock
         self._max_backoff = max_backoff
         self._store_events = store_events
-        self._rows: dict[str, list[tuple[Any, ...]]] = {"cdrs": [], "zombie_alerts": [], "call_events": []}
+        self._cdrs, self._alerts, self._events = cdr_buffer(), alert_buffer(), event_buffer()
+        # Flush order: events, alerts, then CDRs.
+        self._buffers: dict[str, ColumnBuffer] = {"call_events": self._events, "zombie_alerts": self._alerts,
+                                                  "cdrs": self._cdrs}
         self._oldest: float | None = None
         self._pending = 0
         self._failures = 0
@@ -62,17 +63,18 @@ class StoreSink:
 
     def add_cdr(self, cdr: dict[str, Any], version: int | None = None) -> None:
         # Version orders re-rated rows of one call; wall time in ms is not part of the CDR itself.
-        stamp = version if version is not None else int(time.time() * 1000)
-        self._rows["cdrs"].append(cdr_to_row(cdr, stamp))
+        self._cdrs.add(cdr, version if version is not None else int(time.time() * 1000))
         self._mark()
 
     def add_alert(self, alert: dict[str, Any]) -> None:
-        self._rows["zombie_alerts"].append(alert_to_row(alert))
+        self._alerts.add(alert)
         self._mark()
 
-    def add_event(self, event: dict[str, Any]) -> None:
+    def add_event(self, event: dict[str, Any], raw: bytes | None = None) -> None:
+        """``raw``: the event's JSON as it came off the log, stored as the payload when given (the log's
+        own bytes, and no re-encoding); else the payload is ``event`` encoded with sorted keys."""
         if self._store_events:
-            self._rows["call_events"].append(event_to_row(event))
+            self._events.add(event, raw.decode() if raw is not None else event_payload(event))
             self._mark()
 
     def pending(self) -> int:
@@ -88,17 +90,19 @@ class StoreSink:
         now = self._clock()
         if now < self._retry_at:
             return False
-        columns = {"cdrs": CDR_COLUMNS, "zombie_alerts": ALERT_COLUMNS, "call_events": EVENT_COLUMNS}
         try:
             store = self._connect()
-            for table in ("call_events", "zombie_alerts", "cdrs"):
-                rows = self._rows[table]
-                while rows:
-                    chunk = rows[: self.batch_size]
-                    store.insert(table, columns[table], chunk)
-                    del rows[: len(chunk)]
-                    self._pending -= len(chunk)
-                    self.written[table] += len(chunk)
+            for table, buffer in self._buffers.items():
+                stored = 0
+                try:
+                    while stored < len(buffer):
+                        end = min(len(buffer), stored + self.batch_size)
+                        store.insert_columns(table, buffer.columns(stored, end))
+                        self._pending -= end - stored
+                        self.written[table] += end - stored
+                        stored = end
+                finally:
+                    buffer.drop(stored)  # once, whatever was stored: a backlog costs linear time
         except StoreError as exc:
             self._failures += 1
             self._last_error = str(exc).splitlines()[0]

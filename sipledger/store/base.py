@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .dialect import Dialect
+
+if TYPE_CHECKING:
+    from .columnar import Batch, ColumnValues
 
 
 class StoreError(RuntimeError):
@@ -31,9 +34,59 @@ class Store(abc.ABC):
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts; Decimal columns come back as decimal.Decimal on every back end."""
 
-    @abc.abstractmethod
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
         """Insert rows (tuples in ``columns`` order); returns the count acknowledged by the server."""
+        if not rows:
+            return 0
+        return self.insert_columns(table, dict(zip(columns, zip(*rows, strict=True), strict=True)))
+
+    def insert_columns(self, table: str, columns: Mapping[str, ColumnValues]) -> int:
+        """Insert whole columns (table column -> values, all one length) in one statement; returns
+        the rows acknowledged by the server.
+
+        Values are in the table's terms: str, int (bool as 0/1), None where the column is Nullable.
+        Decimal columns take Decimal, decimal strings or ints, or exact integer ``Units``; numpy
+        arrays are taken as they are, masked arrays for NULLs. Values a column cannot hold raise
+        ValueError or TypeError; StoreError means the store did not take the rows.
+        """
+        from .columnar import build_batch  # numpy: only for stores that write
+
+        if not columns:
+            return 0
+        try:
+            types = self.column_types(table)
+            unknown = [c for c in columns if c not in types]
+            if unknown:
+                raise StoreError(f"{self.database}.{table} has no column {', '.join(unknown)}: apply the DDL "
+                                 "(`sipledger stack migrate`)")
+            batch = build_batch(table, types, columns)
+            if batch.rows:
+                self._insert_batch(table, batch)
+        except StoreError:
+            if self._types_by_table is not None:
+                self._types_by_table.pop(table, None)  # asked again next time: a migration may change them
+            raise
+        return batch.rows
+
+    @abc.abstractmethod
+    def _insert_batch(self, table: str, batch: Batch) -> None:
+        """Run ``batch.insert_sql`` over the batch's wire table; acknowledged when this returns."""
+
+    _types_by_table: dict[str, dict[str, str]] | None = None  # an instance's own dict once it asks
+
+    def column_types(self, table: str) -> dict[str, str]:
+        """The table's column types as the server names them, asked once per store and table."""
+        if self._types_by_table is None:
+            self._types_by_table = {}
+        types = self._types_by_table.get(table)
+        if types is None:
+            rows = self.query("SELECT name, type FROM system.columns WHERE database = %(database)s "
+                              "AND table = %(table)s", {"database": self.database, "table": table})
+            if not rows:
+                raise StoreError(f"no table {self.database}.{table}: apply the DDL "
+                                 "(`sipledger stack migrate`)")
+            types = self._types_by_table[table] = {r["name"]: r["type"] for r in rows}
+        return types
 
     def close(self) -> None:  # noqa: B027 - optional for back ends
         pass

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from clickhouse_driver.util.escape import escape_params
 
 from .base import Store, StoreError, StoreLockedError
 from .dialect import Dialect
+
+if TYPE_CHECKING:
+    from .columnar import Batch
 
 OWNER_FILE = "owner.json"
 
@@ -100,16 +101,12 @@ class ChdbStore(Store):
             out.append(dict(zip(names, values, strict=True)))
         return out
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
-        if not rows:
-            return 0
-        frame = _frame(columns, rows)  # noqa: F841 - read by name by chDB's Python() table function
-        cols = ", ".join(f"`{c}`" for c in columns)
+    def _insert_batch(self, table: str, batch: Batch) -> None:
+        frame = batch.frame()  # noqa: F841 - read by name by chDB's Python() table function
         try:
-            self._session.query(f"INSERT INTO `{table}` ({cols}) SELECT * FROM Python(frame)")
+            self._session.query(batch.insert_sql(table, "Python(frame)", self.dialect.insert_settings))
         except Exception as exc:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
-        return len(rows)
 
     def close(self) -> None:
         sess = getattr(self, "_session", None)
@@ -121,23 +118,6 @@ class ChdbStore(Store):
                 owner = store_owner(self.path)
                 if owner is not None and int(owner["pid"]) == os.getpid():
                     (self.path / OWNER_FILE).unlink(missing_ok=True)
-
-
-def _frame(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
-    """Rows as a DataFrame chDB reads exactly: Decimals as text (cast by the column type, never a
-    float on the way), integer columns with gaps as nullable integers, booleans as 0/1."""
-    data = {}
-    for name, values in zip(columns, zip(*rows, strict=True), strict=True):
-        sample = next((v for v in values if v is not None), None)
-        if isinstance(sample, Decimal):
-            data[name] = pd.Series([None if v is None else str(v) for v in values], dtype=object)
-        elif isinstance(sample, bool):
-            data[name] = pd.Series([None if v is None else int(v) for v in values], dtype="Int64")
-        elif isinstance(sample, int):
-            data[name] = pd.Series(values, dtype="Int64" if None in values else "int64")
-        else:
-            data[name] = pd.Series(values, dtype=object)
-    return pd.DataFrame(data)
 
 
 def _converter(ch_type: str) -> Any:

@@ -1,10 +1,17 @@
-"""ClickHouse server back end (native protocol, clickhouse-driver)."""
+"""ClickHouse server back end (native protocol, clickhouse-driver).
+
+Rows go in as one ``INSERT ... SELECT`` over an external table (data the native protocol sends
+with a query, since long before 18.16) that clickhouse-driver encodes from numpy arrays
+(``use_numpy``, a client setting of the query): see columnar.py. The SELECT converts to the
+table's types, so nothing on the server (no staging table, no view) has to exist for it. A batch
+with nothing to convert goes in as a plain columnar ``INSERT ... VALUES``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as DriverError
@@ -12,13 +19,22 @@ from clickhouse_driver.errors import Error as DriverError
 from .base import Store, StoreError
 from .dialect import Dialect
 
+if TYPE_CHECKING:
+    from .columnar import Batch
+
+# The name of the external table that carries one insert's columns; it lives for that query only.
+_BATCH_TABLE = "_sipledger_batch"
+
 
 class ClickHouseStore(Store):
     def __init__(self, host: str, port: int, user: str, password: str, database: str) -> None:
         self.url = f"clickhouse://{user}@{host}:{port}/{database}"
         self.database = database
+        # lz4 trades CPU for bytes on the network. Over loopback there are none to save: compressing
+        # (and the server decompressing) measured 15% of a CDR insert's time and 30% of an event's.
         self._conn = dict(host=host, port=port, user=user, password=password,
-                          connect_timeout=3, send_receive_timeout=60, compression="lz4")
+                          connect_timeout=3, send_receive_timeout=60,
+                          compression=False if _loopback(host) else "lz4")
         try:
             boot = Client(**self._conn)
             boot.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
@@ -51,14 +67,33 @@ class ClickHouseStore(Store):
                         row[names[i]] = v.replace(tzinfo=UTC)
         return out
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
-        if not rows:
-            return 0
-        cols = ", ".join(f"`{c}`" for c in columns)
+    def _insert_batch(self, table: str, batch: Batch) -> None:
         try:
-            return int(self._client.execute(f"INSERT INTO `{table}` ({cols}) VALUES", list(rows)))
+            if batch.plain:
+                # Nothing to convert (call_events on 18.16): the columns go straight into the table,
+                # without the external table's extra copy and query, a few ms an insert. Strings and
+                # integers only: the driver's plain columns take lists as they are, where its numpy
+                # mode checks every string for NULL once more (9% of an event insert).
+                names = ", ".join(f"`{c}`" for c in batch.columns)
+                columns = [a if isinstance(a, list | tuple) else a.tolist()
+                           for a in (batch.arrays[c] for c in batch.columns)]
+                self._client.execute(f"INSERT INTO `{table}` ({names}) VALUES", columns, columnar=True,
+                                     settings=self.dialect.insert_settings)
+            else:
+                external = {"name": _BATCH_TABLE, "structure": batch.structure, "data": batch.frame()}
+                self._client.execute(batch.insert_sql(table, _BATCH_TABLE), external_tables=[external],
+                                     settings={"use_numpy": True, **self.dialect.insert_settings})
         except (DriverError, OSError, EOFError) as exc:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
 
     def close(self) -> None:
         self._client.disconnect()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: assume it is across a network
+        return False

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from .base import Store, StoreError, StoreLockedError, open_store
 from .dialect import Dialect
+
+if TYPE_CHECKING:
+    from .columnar import Batch, ColumnValues
 
 
 def encode_value(v: Any) -> Any:
@@ -64,14 +67,20 @@ class RemoteStore(Store):
             raise StoreError(f"the process {self.owner_pid} holding {self.url} does not answer at "
                              f"{self.endpoint}: {exc}") from None
 
+    def _read_only(self) -> StoreError:
+        return StoreError(f"{self.url} is held by process {self.owner_pid}; only read queries are served")
+
     def execute(self, sql: str) -> None:
-        raise StoreError(f"{self.url} is held by process {self.owner_pid}; only read queries are served")
+        raise self._read_only()
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return self._call("POST", "/query", {"sql": sql, "params": params or {}})["rows"]
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
-        raise StoreError(f"{self.url} is held by process {self.owner_pid}; only read queries are served")
+    def insert_columns(self, table: str, columns: Mapping[str, ColumnValues]) -> int:
+        raise self._read_only()
+
+    def _insert_batch(self, table: str, batch: Batch) -> None:
+        raise self._read_only()
 
     def calls(self) -> list[dict[str, Any]]:
         return self._call("GET", "/calls")["calls"]

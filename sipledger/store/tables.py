@@ -1,16 +1,23 @@
-"""Rows of the ClickHouse tables <-> the JSON contracts (CDR, alert, event).
+"""Rows and columns of the ClickHouse tables <-> the JSON contracts (CDR, alert, event).
 
 The contracts carry ISO timestamps and money as strings; the tables carry epoch
-milliseconds and Decimal. This module is the only place that converts.
+milliseconds and Decimal. This module decides which field becomes which column; the value
+conversions themselves are in parse.py. Rows (``*_to_row``, for ``Store.insert``) convert one
+record at a time; a ColumnBuffer (``*_buffer``, for ``Store.insert_columns``) converts a batch
+a column at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from .columnar import ColumnValues, Units
+from .parse import MONEY_SCALE, money_column_to_units, ts_column_to_ms, ts_to_ms
 
 CDR_TS_FIELDS = {"setup_ts": "setup_ms", "ring_ts": "ring_ms", "answer_ts": "answer_ms",
                  "end_ts": "end_ms", "last_proof_of_life": "last_proof_of_life_ms"}
@@ -27,12 +34,6 @@ ALERT_COLUMNS: tuple[str, ...] = (
     "estimated_cost", "currency", "message", "ts_ms",
 )
 EVENT_COLUMNS: tuple[str, ...] = ("event_id", "call_id", "seq", "type", "ts_ms", "node", "payload")
-
-
-def ts_to_ms(ts: str | None) -> int | None:
-    if ts is None:
-        return None
-    return int(datetime.fromisoformat(ts).timestamp() * 1000 + 0.5)
 
 
 def ms_to_ts(ms: int | None) -> str | None:
@@ -100,4 +101,100 @@ def alert_to_row(alert: dict[str, Any]) -> tuple[Any, ...]:
 
 def event_to_row(event: dict[str, Any]) -> tuple[Any, ...]:
     return (event["event_id"], event["call_id"], event["seq"], event["type"], ts_to_ms(event["ts"]),
-            event["node"], orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode())
+            event["node"], event_payload(event))
+
+
+# -- columns ---------------------------------------------------------------------------------------
+# For each table column: the contract field it comes from and how its text converts. Columns not
+# listed here (a CDR's version, an event's payload) are given to ColumnBuffer.add beside the record.
+_TS, _MONEY, _AS_IS = "ts", "money", "as is"
+_Sources = tuple[tuple[str, str, str], ...]  # (column, field, how)
+
+
+def _sources(columns: Sequence[str], ts_fields: dict[str, str], money: Sequence[str]) -> _Sources:
+    return tuple((col, ts_fields[col], _TS) if col in ts_fields else (col, col, _MONEY) if col in money
+                 else (col, col, _AS_IS) for col in columns)
+
+
+_CDR_SOURCES = _sources([c for c in CDR_COLUMNS if c != "version"], _TS_COLUMN_FIELD, CDR_MONEY_FIELDS)
+_ALERT_SOURCES = _sources(ALERT_COLUMNS, {"ts_ms": "ts"}, ("estimated_cost",))
+_EVENT_SOURCES = _sources([c for c in EVENT_COLUMNS if c != "payload"], {"ts_ms": "ts"}, ())
+
+
+class ColumnBuffer:
+    """Records of one table kept a column at a time, for ``Store.insert_columns``.
+
+    ``add`` appends each field's value, as the contract has it, to its column; ``columns`` converts
+    whole columns (timestamps, money: parse.py) when they are written. Appending per field while
+    the record is fresh measured cheaper than keeping row tuples and transposing them at flush.
+    """
+
+    def __init__(self, sources: _Sources, given: Sequence[str] = ()) -> None:
+        self._how = {col: how for col, _, how in sources}
+        self._values: dict[str, list[Any]] = {col: [] for col, _, _ in sources}
+        self._values.update((col, []) for col in given)
+        self._appends = tuple((self._values[col].append, field) for col, field, _ in sources)
+        self._given = tuple(self._values[col].append for col in given)
+        self._first = self._values[sources[0][0]]
+
+    def add(self, record: dict[str, Any], *given: Any) -> None:
+        """Append ``record``'s fields, and ``given`` values for the columns not taken from it."""
+        rows = len(self._first)
+        try:
+            for append, field in self._appends:
+                append(record[field])
+            for append, value in zip(self._given, given, strict=True):
+                append(value)
+        except BaseException:
+            self._truncate(rows)  # a record without a field adds nothing: the columns stay aligned
+            raise
+
+    def _truncate(self, rows: int) -> None:
+        for column in self._values.values():
+            del column[rows:]
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def columns(self, start: int, end: int) -> dict[str, ColumnValues]:
+        """Rows ``start`` to ``end`` (exclusive) as columns in the table's terms."""
+        out: dict[str, ColumnValues] = {}
+        whole = start == 0 and end == len(self._first)
+        for col, column in self._values.items():
+            values = column if whole else column[start:end]
+            how = self._how.get(col, _AS_IS)
+            try:
+                if how == _TS:
+                    out[col] = ts_column_to_ms(values)
+                elif how == _MONEY:
+                    out[col] = Units(money_column_to_units(values, MONEY_SCALE), MONEY_SCALE)
+                else:
+                    out[col] = values
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"{col}: {exc}") from exc
+        return out
+
+    def drop(self, n: int) -> None:
+        """Forget the first ``n`` rows (they are stored)."""
+        for column in self._values.values():
+            del column[:n]
+
+
+def cdr_buffer() -> ColumnBuffer:
+    """``add(cdr, version)``."""
+    return ColumnBuffer(_CDR_SOURCES, ("version",))
+
+
+def alert_buffer() -> ColumnBuffer:
+    """``add(alert)``."""
+    return ColumnBuffer(_ALERT_SOURCES)
+
+
+def event_buffer() -> ColumnBuffer:
+    """``add(event, event_payload(event))``."""
+    return ColumnBuffer(_EVENT_SOURCES, ("payload",))
+
+
+def event_payload(event: dict[str, Any]) -> str:
+    """The event as stored in call_events.payload: its JSON, keys sorted."""
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
