@@ -134,7 +134,7 @@ class EmbeddedPipeline:
             for pos, raw in read_journal(self.paths.events, self.read_offset):
                 event = self.processor.feed_raw(raw, source=str(self.paths.events))
                 if event is not None:
-                    self.sink.add_event(event)
+                    self.sink.add_event(event, raw)
                 self.read_offset = pos
                 n += 1
                 if n >= max_events:

@@ -155,11 +155,19 @@ class BatchConsumer(faust_aiokafka.Consumer):
         fetcher_should_stop = cast(Any, fetcher)._stopped.is_set
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
+        # The next fetch, started before the current one is handled: the consumer thread reads and
+        # unpacks it while this loop folds, instead of this loop idling for it afterwards.
+        prefetch: asyncio.Future[Any] | None = None
+        prefetch_generation = -1
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 t_fetch = time.perf_counter()
-                records, active = await self._wait_next_records(1.0)
+                if prefetch is None:
+                    prefetch_generation = self.app.consumer_generation_id
+                    prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
+                records, active = await prefetch
+                prefetch = None
                 self.fetch_wait += time.perf_counter() - t_fetch
                 # As faust does: never loop without giving the event loop a turn.
                 await self.sleep(0)
@@ -170,6 +178,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         await self.perform_seek()
                     continue
                 generation = self.app.consumer_generation_id
+                if generation != prefetch_generation:
+                    # Fetched before a rebalance: its partitions may be someone else's now. The new
+                    # assignment seeks every partition to its committed offset, so dropping is safe.
+                    continue
+                prefetch_generation = generation
+                prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 batches: dict[str, dict[TP, list[Any]]] = {}
                 for tp, recs in records.items():
                     if active is not None and tp not in active and tp not in self._buffered_partitions:
@@ -219,6 +233,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self.log.exception("Drain messages raised: %r", exc)
             raise
         finally:
+            if prefetch is not None:
+                prefetch.cancel()
             self.diag.unset_flag(CONSUMER_FETCHING)
 
     async def _deliver_each(self, tp: TP, recs: Sequence[Any], callback: Any) -> None:
@@ -439,7 +455,8 @@ class KafkaPipeline:
             return
         self._prof_last = now
         n = max(1, self.stats["events"])
-        prof = dict(self.prof, fetch_wait=cast(BatchConsumer, self.app.consumer).fetch_wait)
+        prof = dict(self.prof, fetch_wait=cast(BatchConsumer, self.app.consumer).fetch_wait,
+                    **{f"writer_{k}": v for k, v in self.writer.timings.items()})
         parts = " ".join(f"{k}={v:.2f}s ({v / n * 1e6:.1f} us/ev)" for k, v in prof.items())
         log.error("PROF events=%d batches=%d %s", self.stats["events"], self.stats["batches"], parts)
 
