@@ -122,7 +122,8 @@ class PipelineConfig:
     sell_rates: str = opt("", "Rate deck CSV of the sell side (accounts); empty = unrated")
     buy_rates: str = opt("", "Rate deck CSV of the buy side (vendors); empty = unrated")
     webhook_url: str = opt("", "HTTP endpoint that receives each zombie alert as JSON (empty = off)")
-    batch_size: int = opt(5000, "Rows per ClickHouse insert", lo=1)
+    batch_size: int = opt(50_000, "Most rows per ClickHouse insert (each insert writes a part: fewer, "
+                          "larger ones are cheaper)", lo=1)
 
 
 @dataclass(frozen=True, slots=True)
