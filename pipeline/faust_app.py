@@ -331,6 +331,7 @@ class KafkaPipeline:
         self.prof: dict[str, float] = {"fold": 0.0, "wait": 0.0, "outputs+store": 0.0, "state": 0.0,
                                        "between": 0.0}
         self._in_flight: asyncio.Future[None] | None = None
+        self._before_previous: asyncio.Future[None] | None = None
         self._copartitioned_topics: set[str] | None = None
         self._prof_last = time.monotonic()
         self._t_out: float | None = None
@@ -481,21 +482,25 @@ class KafkaPipeline:
 
     async def _chain(self, work: list[tuple[int, Outputs]], state: list[Message],
                      raws: list[bytes]) -> asyncio.Future[None]:
-        """Deliver after the previous delivery: one batch's delivery in flight while the next is folded.
+        """Start delivering a folded batch (or tick); at most two deliveries are in flight.
 
         Call under the lock, with the outputs taken and the state records encoded at the end of the fold
         (``_state_messages``): the processors move on with the next batch meanwhile, and state written
-        later than its own outputs would be newer than what is acknowledged. Deliveries run in fold
-        order, so changelog records of a call stay in order and offsets are acked in order.
+        later than its own outputs would be newer than what is acknowledged. Outputs and rows of a
+        delivery go out at once (the store writer keeps them in order); its state records wait for the
+        previous delivery to complete, so changelog records of a call stay in order and deliveries
+        complete - and offsets are acked - in fold order.
         """
         previous = self._in_flight
-        if previous is not None:
-            await previous
-        self._in_flight = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws)))
-        return self._in_flight
+        if self._before_previous is not None:
+            await self._before_previous
+        delivered = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws, previous)))
+        self._before_previous, self._in_flight = previous, delivered
+        return delivered
 
     async def _drain(self) -> None:
-        """Wait for the delivery in flight, if any (before a revocation, before declaring caught up)."""
+        """Wait for the deliveries in flight (before a revocation, before declaring caught up); the last
+        one completes only after the one before it."""
         if self._in_flight is not None:
             await self._in_flight
 
@@ -567,7 +572,7 @@ class KafkaPipeline:
 
     # -- output -------------------------------------------------------------------------------------
     async def _deliver(self, work: list[tuple[int, Outputs]], state: list[Message],
-                       raws: list[bytes]) -> None:
+                       raws: list[bytes], previous: asyncio.Future[None] | None = None) -> None:
         t0 = time.perf_counter()
         work = [(p, out) for p, out in work if out]
         copartitioned = await self._copartitioned() if work else set()
@@ -576,10 +581,12 @@ class KafkaPipeline:
         # The rows go to the writer process (as the JSON just encoded for Kafka: bytes cross the pipe far
         # cheaper than dicts) while this loop talks to the broker.
         await asyncio.gather(self._publish(messages), self.writer.write(raws, cdrs, alerts))
+        self.prof["outputs+store"] += time.perf_counter() - t0
+        if previous is not None:
+            await previous
         t1 = time.perf_counter()
         # Acknowledged before the batch's offsets are: faust commits after flushing *its* producer only.
         await self._publish(state)
-        self.prof["outputs+store"] += t1 - t0
         self.prof["state"] += time.perf_counter() - t1
 
     async def _copartitioned(self) -> set[str]:

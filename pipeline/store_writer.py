@@ -22,17 +22,22 @@ The child ends when the worker does: a closed pipe (the worker exited or was kil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("sipledger.pipeline.store_writer")
 
-# Request: (raw events, CDRs, alerts), each a JSON document. Reply: ("ok", written counts) once stored.
+# Request: (raw events, CDRs, alerts), each a JSON document, or None to stop. Reply: ("ok", written counts,
+# timings) once stored, or ("error", {}, {"error": why}) when the store refused a row.
 Request = tuple[list[bytes], list[bytes], list[bytes]]
 
 
@@ -51,35 +56,70 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
         migrate(store)
         return store
 
-    sink = StoreSink(connect, batch_size=batch_size, store_events=store_events)
+    # Two sinks (two connections), used in turn: while one flushes batch N - mostly waiting for the
+    # server to write its parts - this thread decodes batch N + 1 into the other. Flushes run one at a
+    # time in submission order, so acknowledgements come back in the order the batches came in.
+    sinks = [StoreSink(connect, batch_size=batch_size, store_events=store_events) for _ in range(2)]
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flush")
     settle_after_startup()
     loads = orjson.loads
     # Seconds spent building rows and in flush (encoding + the server's insert), for the worker's profile.
     timings = {"rows": 0.0, "flush": 0.0}
     clock = time.perf_counter
-    while True:
+
+    def flush_and_ack(sink: StoreSink) -> None:
+        t = clock()
         try:
-            raws, cdrs, alerts = conn.recv()
-        except (EOFError, OSError):
-            return  # the worker is gone
-        t0 = clock()
-        if store_events:
-            add_event = sink.add_event
-            for raw in raws:
-                add_event(loads(raw), raw)
-        for cdr in cdrs:
-            sink.add_cdr(loads(cdr))
-        for alert in alerts:
-            sink.add_alert(loads(alert))
-        t1 = clock()
-        while not sink.flush():
-            time.sleep(0.1)  # flush() paces its own retries; this only avoids a busy loop
-        timings["rows"] += t1 - t0
-        timings["flush"] += clock() - t1
-        try:
-            conn.send(("ok", dict(sink.written), dict(timings)))
-        except (BrokenPipeError, OSError):
-            return
+            while not sink.flush():
+                time.sleep(0.1)  # flush() paces its own retries; this only avoids a busy loop
+        except Exception as exc:  # a row the store refuses (not an outage): the worker must stop
+            log.exception("store writer cannot store a batch")
+            conn.send(("error", {}, {"error": f"{type(exc).__name__}: {exc}"}))
+            raise
+        timings["flush"] += clock() - t
+        written = {k: sinks[0].written[k] + sinks[1].written[k] for k in sinks[0].written}
+        conn.send(("ok", written, dict(timings)))
+
+    flushing: Future[None] | None = None
+    turn = 0
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return  # the worker is gone
+            if request is None:  # the worker is closing
+                if flushing is not None:
+                    flushing.result()
+                return
+            raws, cdrs, alerts = request
+            t0 = clock()
+            sink = sinks[turn]
+            turn ^= 1
+            if store_events:
+                add_event = sink.add_event
+                for raw in raws:
+                    add_event(loads(raw), raw)
+            for cdr in cdrs:
+                sink.add_cdr(loads(cdr))
+            for alert in alerts:
+                sink.add_alert(loads(alert))
+            timings["rows"] += clock() - t0
+            if flushing is not None:
+                flushing.result()  # the other sink is free again, and the acks stay in order
+            flushing = flusher.submit(flush_and_ack, sink)
+    except (BrokenPipeError, OSError):
+        return
+    finally:
+        flusher.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if not fut.done():
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
 
 
 class StoreWriterProcess:
@@ -89,6 +129,13 @@ class StoreWriterProcess:
         self._args = (store_url, base_dir, batch_size, store_events)
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        # One sending thread: requests reach the child in the order write() was called.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer-send")
+        # One future per request sent, resolved in order by the reader thread as the acks come back.
+        self._acks: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._reader: threading.Thread | None = None
+        self._dead: BaseException | None = None  # why no ack will come any more
         self.written: dict[str, int] = {}
         self.timings: dict[str, float] = {}
 
@@ -102,25 +149,59 @@ class StoreWriterProcess:
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
+        self._reader = threading.Thread(target=self._read_acks, name="store-writer-acks", daemon=True)
+        self._reader.start()
 
-    def _roundtrip(self, request: Request) -> None:
-        assert self._conn is not None
-        self._conn.send(request)
-        status, self.written, self.timings = self._conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"store writer answered {status!r}")
+    def _read_acks(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            try:
+                status, written, timings = conn.recv()
+            except (EOFError, OSError) as exc:
+                code = self._proc.exitcode if self._proc is not None else None
+                error: BaseException = RuntimeError(f"store writer process died (exit code {code})")
+                error.__cause__ = exc
+                break
+            if status != "ok":
+                error = RuntimeError(f"store writer failed: {timings.get('error', status)}")
+                break
+            self.written, self.timings = written, timings
+            with self._send_lock:
+                loop, fut = self._acks.popleft()
+            loop.call_soon_threadsafe(_settle, fut, None)
+        with self._send_lock:  # nothing more will come: fail whatever waits, and every later write
+            self._dead = error
+            waiting = list(self._acks)
+            self._acks.clear()
+        for loop, fut in waiting:
+            loop.call_soon_threadsafe(_settle, fut, error)
+
+    def _send(self, request: Request, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
+        with self._send_lock:
+            if self._dead is not None:
+                raise self._dead
+            self._acks.append((loop, fut))
+            assert self._conn is not None
+            self._conn.send(request)
 
     async def write(self, raws: list[bytes], cdrs: list[bytes], alerts: list[bytes]) -> None:
-        """Store the rows; returns once the store acknowledged all of them. Raises if the child died."""
+        """Store the rows; returns once the store acknowledged all of them. Raises if the child died.
+
+        Several writes may be in flight; they are stored and acknowledged in the order they were called.
+        """
         if not (raws or cdrs or alerts):
             return
         if self._proc is None:
             self.start()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         try:
-            await asyncio.to_thread(self._roundtrip, (raws, cdrs, alerts))
+            await loop.run_in_executor(self._sender, self._send, (raws, cdrs, alerts), loop, fut)
         except (EOFError, OSError) as exc:
             code = self._proc.exitcode if self._proc is not None else None
             raise RuntimeError(f"store writer process died (exit code {code})") from exc
+        await fut
 
     def cpu_seconds(self) -> float | None:
         """CPU time the child has used so far (Linux /proc), for the worker's figures; None if unknown."""
@@ -134,6 +215,13 @@ class StoreWriterProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
+        """Let the child finish what it was given, then end it."""
+        self._sender.shutdown(wait=True)
+        if self._conn is not None and self._dead is None:
+            with self._send_lock, contextlib.suppress(OSError):
+                self._conn.send(None)
+        if self._reader is not None:
+            self._reader.join(timeout=30)  # ends with the child's side of the pipe
         if self._conn is not None:
             self._conn.close()
             self._conn = None
