@@ -24,8 +24,9 @@ Design
   several times the pipeline itself. ``BatchConsumer`` (faust's aiokafka consumer with its fetch loop
   replaced) hands every fetch of the events topic - partition -> aiokafka records, up to ``--batch-size``
   records - to ``KafkaPipeline.process_records`` in one call, and acks its offsets in faust's own
-  bookkeeping only after that call returned. Every other topic (the changelog during recovery) still
-  takes faust's per-message path.
+  bookkeeping only once that fetch's delivery (below) completed. The next fetch is already requested
+  while one is handled. Every other topic (the changelog during recovery) still takes faust's
+  per-message path.
 * Every partition has its own ``Processor``: a call lives on one partition, and the B2BUA broadcasts
   node.heartbeat to every partition, so each processor sees every node. No rule lives here.
 * State: a changelog-backed faust Table ``call-state`` (memory store; the changelog is the durable copy
@@ -35,22 +36,29 @@ Design
   to partition ``p`` explicitly, and awaited, so a batch (or timer tick) knows its state is
   acknowledged. On partition assignment (table recovery done) the partition's Processor is restored
   from the table and its DeadlineQueue is rebuilt from the states: deadlines survive a restart.
-* Order per batch (and per timer tick), all under one lock:
-  1. fold events (``Processor.feed_raw``: invalid ones become dead letters);
+* Order per batch (and per timer tick):
+  1. under the lock, fold events (``Processor.feed_raw``: invalid ones become dead letters), take the
+     outputs and encode the changelog records of every touched call (the state as of this batch);
+     then start the delivery (steps 2-4) and return; the next batch folds meanwhile, with at most two
+     deliveries in flight;
   2. publish commands / alerts / CDRs / dead letters with a separate aiokafka producer (one produce batch
      per partition) and meanwhile hand CDRs, alerts and the raw call events to the store writer process
      (pipeline/store_writer.py: a ``StoreSink`` on the second core); wait until the broker acknowledged
      every output and the writer reported every row stored (both retried);
-  3. only then write one changelog record per touched call (and liveness) and wait for the acks;
-  4. return; the consumer then acks the batch's offsets and faust commits acked offsets every
-     ``broker_commit_interval`` (or every ``broker_commit_every`` acked messages).
+  3. only then, and after the previous delivery completed, write the batch's changelog records and
+     wait for the acks;
+  4. complete; the consumer then acks the batch's offsets and faust commits acked offsets every
+     ``broker_commit_interval`` (or every ``broker_commit_every`` acked messages). Deliveries complete
+     in fold order, so offsets are acked in order.
   A batch runs in its own task, shielded from the fetcher's cancellation (faust cancels the fetcher on
   rebalance and shutdown): outputs taken from the processors are always delivered, unless the process is
   gone. A crash anywhere re-delivers the uncommitted events onto a state that is at most as new as the
   log: duplicates of applied events are ignored by the core, and anything re-emitted (same CDR content,
   deterministic alert/command ids) is folded by the store's ReplacingMergeTree + FINAL and deduped by
   nodes. Writing state before outputs would lose CDRs, so that order is the point of the design.
-* A revocation waits for the batch in flight (the lock) before faust hands the partitions over.
+* A revocation waits for the batch being folded (the lock) and the deliveries in flight before faust
+  hands the partitions over; a fetch that completed across a rebalance is dropped (the new assignment
+  seeks to the committed offsets).
 * Time: a 0.1 s timer calls ``Processor.tick`` with the wall clock, but only for partitions that have
   caught up with the log since assignment (processed up to the highwater seen then). A worker that was
   down must first read the backlog - which may hold the call.terminated - before calling anything a
