@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .parse import money_column_to_units
+from .parse import money_column_to_units, without_nulls
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,12 +157,7 @@ def _nulls_of(values: Any, fill: Any = 0) -> tuple[Any, np.ndarray | None]:
         return values.data, (mask if mask.any() else None)
     if isinstance(values, np.ndarray) and values.dtype != object:
         return values, None
-    if None not in values:
-        return values, None
-    filled = np.array(values, dtype=object)
-    mask = np.equal(filled, None)
-    filled[mask] = fill
-    return filled.tolist(), mask
+    return without_nulls(values, fill)
 
 
 def _strings(values: ColumnValues) -> tuple[np.ndarray | Sequence[Any], np.ndarray | None]:

@@ -66,7 +66,7 @@ def money_to_units(value: str | Decimal | int, scale: int = MONEY_SCALE) -> int:
     return -units if sign else units
 
 
-def _without_nulls(values: Sequence[Any], stand_in: str) -> tuple[Sequence[Any], np.ndarray | None]:
+def without_nulls(values: Sequence[Any], stand_in: Any) -> tuple[Sequence[Any], np.ndarray | None]:
     """(values with ``stand_in`` for each None, mask of the Nones), or (values, None) if none."""
     if None not in values:
         return values, None
@@ -90,7 +90,7 @@ _MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtyp
 
 def ts_column_to_ms(values: Sequence[str | None]) -> np.ndarray:
     """Timestamps -> int64 epoch ms; a masked array where values are None. Same answers as ts_to_ms."""
-    texts, nulls = _without_nulls(values, "1970-01-01T00:00:00.000Z")
+    texts, nulls = without_nulls(values, "1970-01-01T00:00:00.000Z")
     ms, ok = _fixed_shape_ms(texts)
     for i in np.flatnonzero(~ok):
         ms[i] = ts_to_ms(texts[i])
@@ -159,7 +159,7 @@ def _fixed_width_rows(texts: Sequence[Any], width: int) -> np.ndarray | None:
 def money_column_to_units(values: Sequence[str | Decimal | int | None],
                           scale: int = MONEY_SCALE) -> np.ndarray:
     """Money -> int64 units (micro-units at scale 6); masked where None. Same answers as money_to_units."""
-    texts, nulls = _without_nulls(values, "0." + "0" * scale)
+    texts, nulls = without_nulls(values, "0." + "0" * scale)
     units, ok = _fixed_point_units(texts, scale)
     for i in np.flatnonzero(~ok):
         v = money_to_units(texts[i], scale)
