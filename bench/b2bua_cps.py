@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from sipledger.ports import free_port as shared_free_port
+from sipledger.stack.process import process_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "bench" / "b2bua"
@@ -140,13 +141,9 @@ def host_busy_seconds() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of the whole process (all threads)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """user + system CPU seconds of the whole process (all threads); NaN once it is gone."""
+    cpu = process_cpu_seconds(pid)
+    return float("nan") if cpu is None else cpu
 
 
 def mem_kb(pid: int) -> tuple[int, int]:

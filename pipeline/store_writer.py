@@ -25,14 +25,14 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
+
+from sipledger.stack.process import process_cpu_seconds
 
 log = logging.getLogger("sipledger.pipeline.store_writer")
 
@@ -183,7 +183,11 @@ class StoreWriterProcess:
                 raise self._dead
             self._acks.append((loop, fut))
             assert self._conn is not None
-            self._conn.send(request)
+            try:
+                self._conn.send(request)
+            except OSError:
+                self._acks.pop()  # never sent, so no ack is owed (write() raises instead)
+                raise
 
     async def write(self, raws: list[bytes], cdrs: list[bytes], alerts: list[bytes]) -> None:
         """Store the rows; returns once the store acknowledged all of them. Raises if the child died.
@@ -204,15 +208,10 @@ class StoreWriterProcess:
         await fut
 
     def cpu_seconds(self) -> float | None:
-        """CPU time the child has used so far (Linux /proc), for the worker's figures; None if unknown."""
+        """CPU time the child has used so far, for the worker's figures; None if unknown."""
         if self._proc is None or self._proc.pid is None:
             return None
-        try:
-            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        # utime and stime are fields 14 and 15 of stat(5); here counted after the ")" of the name.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self._proc.pid)
 
     def close(self) -> None:
         """Let the child finish what it was given, then end it."""

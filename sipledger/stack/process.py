@@ -58,6 +58,17 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a whole process (all threads) from /proc; None if it is not there."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of stat(5); the name in parentheses may hold spaces.
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _record_path(stack_dir: Path, name: str) -> Path:
     return stack_dir / f"{name}.json"
 
