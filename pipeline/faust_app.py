@@ -39,8 +39,8 @@ Design
 * Order per batch (and per timer tick):
   1. under the lock, fold events (``Processor.feed_raw``: invalid ones become dead letters), take the
      outputs and encode the changelog records of every touched call (the state as of this batch);
-     then start the delivery (steps 2-4) and return; the next batch folds meanwhile, with at most two
-     deliveries in flight;
+     then start the delivery (steps 2-4) and return; the next batch folds meanwhile, with at most
+     ``MAX_IN_FLIGHT`` deliveries in flight;
   2. publish commands / alerts / CDRs / dead letters with a separate aiokafka producer (one produce batch
      per partition) and meanwhile hand CDRs, alerts and the raw call events to the store writer process
      (pipeline/store_writer.py: a ``StoreSink`` on the second core); wait until the broker acknowledged
@@ -65,7 +65,11 @@ Design
   zombie or a node lost.
 * Closed calls stay in memory and in the table until the consumer's committed offset has passed the
   batch that closed them (a re-delivery can then no longer reach them); then they are dropped and
-  tombstoned, which keeps the changelog and recovery small.
+  tombstoned, which keeps the changelog and recovery small. A call set up and closed within one batch
+  is never written at all (no state record, no tombstone): a re-delivery of that batch starts before
+  its call.setup and rebuilds it. When catching up a backlog that is most calls, about half the
+  changelog records.
+* Fetches wait at most ``FETCH_MAX_WAIT_MS`` on the broker (``ShortPollConsumerThread``).
 * An unexpected exception ends the process at once (``os._exit``) instead of letting anything ack the
   batch on the way out: a restart re-delivers it.
 * ``store_events=False`` (``--no-store-events``) skips the raw ``call_events`` inserts, the largest
@@ -113,6 +117,10 @@ DEFAULT_BATCH = 8000
 TICK_INTERVAL = 0.1
 EVICT_INTERVAL = 2.0
 PROFILE_EVERY = 10.0
+# Deliveries (outputs, rows, state) of folded batches under way while the next batch folds.
+MAX_IN_FLIGHT = 2
+# The longest a fetch waits on the broker for new records (see ShortPollConsumerThread).
+FETCH_MAX_WAIT_MS = 100
 # Bytes per produce batch: well under the broker's default message.max.bytes (1 MiB).
 PRODUCE_BATCH_BYTES = 512 * 1024
 
@@ -138,6 +146,25 @@ def _profiling() -> bool:
     return bool(os.environ.get("SIPLEDGER_FAUST_PROFILE"))
 
 
+class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread, with the broker's long poll cut to ``FETCH_MAX_WAIT_MS``.
+
+    aiokafka keeps one fetch in flight per broker, and faust asks the broker to hold a fetch up to
+    1,500 ms while none of its partitions has new data. A partition whose buffered records run out while
+    such a fetch is parked waits for it: measured in the catch-up benchmark as stalls of 0.5-0.8 s (a
+    tenth of the run) with records waiting on the broker, and in live running it is up to 1.5 s more
+    between an event and the rule it triggers. Capping the wait bounds that; the price is an empty
+    fetch a partition every FETCH_MAX_WAIT_MS while idle.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # faust passes 1500 to the constructor and has no setting for it; the Fetcher, created in
+        # start(), reads this attribute.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer, except that fetched records of a batch topic go to one handler call.
 
@@ -156,6 +183,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self.batch_handlers = {}
         self.fetch_wait = 0.0  # seconds spent waiting for the next fetch (profiling)
+
+    def _new_consumer_thread(self) -> ShortPollConsumerThread:
+        return ShortPollConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - needs a broker
         callback = self.callback
@@ -339,7 +369,7 @@ class KafkaPipeline:
         self.prof: dict[str, float] = {"fold": 0.0, "wait": 0.0, "outputs+store": 0.0, "state": 0.0,
                                        "between": 0.0}
         self._in_flight: asyncio.Future[None] | None = None
-        self._before_previous: asyncio.Future[None] | None = None
+        self._flights: deque[asyncio.Future[None]] = deque()  # deliveries in flight, oldest first
         self._copartitioned_topics: set[str] | None = None
         self._prof_last = time.monotonic()
         self._t_out: float | None = None
@@ -490,7 +520,7 @@ class KafkaPipeline:
 
     async def _chain(self, work: list[tuple[int, Outputs]], state: list[Message],
                      raws: list[bytes]) -> asyncio.Future[None]:
-        """Start delivering a folded batch (or tick); at most two deliveries are in flight.
+        """Start delivering a folded batch (or tick); at most ``MAX_IN_FLIGHT`` deliveries are in flight.
 
         Call under the lock, with the outputs taken and the state records encoded at the end of the fold
         (``_state_messages``): the processors move on with the next batch meanwhile, and state written
@@ -499,11 +529,15 @@ class KafkaPipeline:
         previous delivery to complete, so changelog records of a call stay in order and deliveries
         complete - and offsets are acked - in fold order.
         """
+        flights = self._flights
+        while flights and flights[0].done():
+            flights.popleft()
+        if len(flights) >= MAX_IN_FLIGHT:
+            await flights.popleft()  # completes only after every delivery before it
         previous = self._in_flight
-        if self._before_previous is not None:
-            await self._before_previous
         delivered = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws, previous)))
-        self._before_previous, self._in_flight = previous, delivered
+        flights.append(delivered)
+        self._in_flight = delivered
         return delivered
 
     async def _drain(self) -> None:
@@ -715,12 +749,18 @@ class KafkaPipeline:
                 st: CallState | None = states.get(cid)
                 if st is None:
                     continue
+                if st.closed:
+                    if cid not in rt.closed_ids:
+                        rt.closed.append((rt.last_offset, cid))
+                        rt.closed_ids.add(cid)
+                    if cid not in data:
+                        # Born and closed within this batch, never written: no record and, at eviction,
+                        # no tombstone. A re-delivery of the batch brings its call.setup along and
+                        # rebuilds it; once the batch is committed nothing can reach it.
+                        continue
                 value = call_table.state_value(p, st)
                 data[cid] = value
                 messages.append(self._changelog(p, cid, value))
-                if st.closed and cid not in rt.closed_ids:
-                    rt.closed.append((rt.last_offset, cid))
-                    rt.closed_ids.add(cid)
         for p in beats:
             rt = self.runtimes.get(p)
             if rt is None:
@@ -737,6 +777,7 @@ class KafkaPipeline:
     async def _evict(self) -> None:
         """Drop closed calls whose closing batch is committed (no re-delivery can reach them now)."""
         committed = self.app.consumer._committed_offset
+        data = self.table.data
         tombstones: list[Message] = []
         for p, rt in self.runtimes.items():
             done = committed.get(TP(self.topic, p))
@@ -754,9 +795,9 @@ class KafkaPipeline:
                 if st is None or not st.closed:
                     continue
                 del states[cid]
-                with contextlib.suppress(KeyError):
-                    del self.table.data[cid]
-                tombstones.append(self._changelog(p, cid, None))
+                if cid in data:  # else never written (see _state_messages): nothing to tombstone
+                    del data[cid]
+                    tombstones.append(self._changelog(p, cid, None))
         await self._publish(tombstones)
 
 

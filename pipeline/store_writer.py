@@ -39,6 +39,8 @@ log = logging.getLogger("sipledger.pipeline.store_writer")
 # Request: (raw events, CDRs, alerts), each a JSON document, or None to stop. Reply: ("ok", written counts,
 # timings) once stored, or ("error", {}, {"error": why}) when the store refused a row.
 Request = tuple[list[bytes], list[bytes], list[bytes]]
+# Sinks (each its own connection and flushing thread) used in turn; three measured no faster than two.
+SINKS = 2
 
 
 def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, store_events: bool,
@@ -56,18 +58,20 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
         migrate(store)
         return store
 
-    # Two sinks (two connections), used in turn: while one flushes batch N - mostly waiting for the
-    # server to write its parts - this thread decodes batch N + 1 into the other. Flushes run one at a
-    # time in submission order, so acknowledgements come back in the order the batches came in.
-    sinks = [StoreSink(connect, batch_size=batch_size, store_events=store_events) for _ in range(2)]
-    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flush")
+    # SINKS sinks (connections), used in turn, each flushed by its own thread: while one flushes batch N
+    # - much of it waiting for the server to write its parts - this thread decodes batch N + 1 into the
+    # other, and that batch's flush (its encoding) can run while the server is still writing batch N.
+    # Acknowledgements still go out in the order the batches came in: each flush sends its ack only after
+    # the previous batch's ack went out.
+    sinks = [StoreSink(connect, batch_size=batch_size, store_events=store_events) for _ in range(SINKS)]
+    flushers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"flush-{i}") for i in range(SINKS)]
     settle_after_startup()
     loads = orjson.loads
     # Seconds spent building rows and in flush (encoding + the server's insert), for the worker's profile.
     timings = {"rows": 0.0, "flush": 0.0}
     clock = time.perf_counter
 
-    def flush_and_ack(sink: StoreSink) -> None:
+    def flush_and_ack(sink: StoreSink, acked_before: Future[None] | None) -> None:
         t = clock()
         try:
             while not sink.flush():
@@ -77,10 +81,13 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
             conn.send(("error", {}, {"error": f"{type(exc).__name__}: {exc}"}))
             raise
         timings["flush"] += clock() - t
-        written = {k: sinks[0].written[k] + sinks[1].written[k] for k in sinks[0].written}
+        if acked_before is not None:
+            acked_before.result()  # raises if the batch before failed: no ok may follow an error
+        written = {k: sum(s.written[k] for s in sinks) for k in sinks[0].written}
         conn.send(("ok", written, dict(timings)))
 
-    flushing: Future[None] | None = None
+    flushing: list[Future[None] | None] = [None] * SINKS
+    last: Future[None] | None = None  # the latest batch's flush and ack
     turn = 0
     try:
         while True:
@@ -89,13 +96,15 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
             except (EOFError, OSError):
                 return  # the worker is gone
             if request is None:  # the worker is closing
-                if flushing is not None:
-                    flushing.result()
+                if last is not None:
+                    last.result()
                 return
             raws, cdrs, alerts = request
-            t0 = clock()
             sink = sinks[turn]
-            turn ^= 1
+            busy = flushing[turn]
+            if busy is not None:
+                busy.result()  # this sink's previous batch is stored: its buffers are free again
+            t0 = clock()
             if store_events:
                 add_event = sink.add_event
                 for raw in raws:
@@ -105,13 +114,13 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
             for alert in alerts:
                 sink.add_alert(loads(alert))
             timings["rows"] += clock() - t0
-            if flushing is not None:
-                flushing.result()  # the other sink is free again, and the acks stay in order
-            flushing = flusher.submit(flush_and_ack, sink)
+            last = flushing[turn] = flushers[turn].submit(flush_and_ack, sink, last)
+            turn = (turn + 1) % SINKS
     except (BrokenPipeError, OSError):
         return
     finally:
-        flusher.shutdown(wait=False, cancel_futures=True)
+        for flusher in flushers:
+            flusher.shutdown(wait=False, cancel_futures=True)
 
 
 def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
