@@ -5,7 +5,8 @@ the example rate decks, their CDRs and events tiled to ``--cdrs`` CDRs (about fi
 unique ids. For each back end, measured in the same run (each figure the best of ``--runs``):
 
 (a) ``Store.insert_columns`` of the columns the sink hands it (tables.ColumnBuffer.columns):
-    numpy conversion, encoding, transfer and the server's insert;
+    numpy conversion, encoding, transfer and the server's insert; on the server also (a2), the same
+    inserts over two connections in turn, as the pipeline's store writer flushes its two sinks;
 (b) end to end, what the pipeline pays: ``StoreSink.add_cdr`` for every CDR dict, then ``flush()``;
 (c) peer, the row-tuple path the sink used before: ``cdr_to_row`` tuples, inserted by the driver's
     generic ``INSERT ... VALUES`` (18.16) or as a DataFrame of row values read by ``Python()`` (chDB).
@@ -24,6 +25,7 @@ import gc
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -105,8 +107,24 @@ def old_insert(store: Store, table: str, columns: Sequence[str], rows: Sequence[
     store._session.query(f"INSERT INTO `{table}` ({names}) SELECT * FROM Python(frame)")
 
 
+def in_turn(stores: Sequence[Store], table: str, batches: Sequence[Any]) -> None:
+    """Insert ``batches`` over ``stores`` (one connection each) in turn, each store's inserts in its own
+    thread, as pipeline/store_writer.py flushes its sinks: one batch's encoding (under the interpreter
+    lock) overlaps the server's insert of the batch before it."""
+    pools = [ThreadPoolExecutor(max_workers=1) for _ in stores]
+    try:
+        pending = [pool.submit(store.insert_columns, table, columns)
+                   for i, columns in enumerate(batches)
+                   for store, pool in [(stores[i % len(stores)], pools[i % len(stores)])]]
+        for fut in pending:
+            fut.result()
+    finally:
+        for pool in pools:
+            pool.shutdown()
+
+
 def bench_store(store: Store, cdrs: list[dict[str, Any]], events: list[dict[str, Any]], batch: int,
-                runs: int) -> None:
+                runs: int, twin: Store | None = None) -> None:
     n, m = len(cdrs), len(events)
     expected = {"sell": sum(Decimal(c["sell_cost"]) for c in cdrs),
                 "margin": sum(Decimal(c["margin"]) for c in cdrs)}
@@ -157,6 +175,10 @@ def bench_store(store: Store, cdrs: list[dict[str, Any]], events: list[dict[str,
     settle_after_startup()  # the inputs are frozen out of the collector's reach, as start-up objects
     a = measure("(a) Store.insert_columns, columns from the sink's buffer", "cdrs", n,
                 lambda: [store.insert_columns("cdrs", c) for c in built])
+    a2 = None
+    if twin is not None:
+        a2 = measure("(a2) the same over two connections in turn, as the store writer", "cdrs", n,
+                lambda: in_turn((store, twin), "cdrs", built))
     b = measure("(b) StoreSink.add_cdr + flush, from CDR dicts", "cdrs", n, lambda: sink("add_cdr", cdrs))
     c_built = measure("(c) peer: row tuples already built, row insert (before)", "cdrs", n,
                       lambda: [old_insert(store, "cdrs", CDR_COLUMNS, t) for t in tuples])
@@ -173,7 +195,9 @@ def bench_store(store: Store, cdrs: list[dict[str, Any]], events: list[dict[str,
     gc.unfreeze()
     print(f"  (a) / (c) {a / c_built:.2f}x; (b) / (c) {b / c_e2e:.2f}x; events {ev / ev_old:.2f}x, "
           f"with the log's bytes {ev_logged / ev_old:.2f}x")
-    print(f"  target {TARGET:,}: (a) {a / TARGET:.2f}x, (b) {b / TARGET:.2f}x, events {ev / TARGET:.2f}x")
+    two = f", (a2) {a2 / TARGET:.2f}x" if a2 is not None else ""
+    print(f"  target {TARGET:,}: (a) {a / TARGET:.2f}x{two}, (b) {b / TARGET:.2f}x, "
+          f"events {ev / TARGET:.2f}x")
 
 
 def main() -> None:
@@ -196,12 +220,15 @@ def main() -> None:
         chdb = open_store(f"chdb://{tmp}/store")
         names = {server: f"ClickHouse {server.dialect.version} (clickhouse-driver, native protocol)",
                  chdb: f"chDB (ClickHouse {chdb.dialect.version} in process)"}
+        # A second connection to the server (chDB allows one session per store path).
+        twin = open_store(clickhouse_server.url(rec, "bench_insert"))
         for store, name in names.items():
             migrate(store)
             for batch in args.batch:
                 print(f"{name}, {batch:,} rows an insert")
-                bench_store(store, cdrs, events, batch, args.runs)
+                bench_store(store, cdrs, events, batch, args.runs, twin if store is server else None)
         chdb.close()
+        twin.close()
     server.execute("DROP DATABASE bench_insert")
     server.close()
 

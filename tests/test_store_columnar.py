@@ -103,6 +103,16 @@ def test_null_money_stays_null_and_zero_stays_zero(store: Store) -> None:
         [("n1", None, 1), ("n2", Decimal("0.010000"), 0)]
 
 
+def test_text_beyond_ascii_reads_back_as_written(store: Store) -> None:
+    # Caller display names and carrier names come from SIP headers in UTF-8.
+    texts = {"caller": "Zoë Ørsted <sip:+4930123@ü.example>", "callee": "☎ +81 3-1234", "gateway": "gw-Łódź"}
+    cdrs = [dict(make_cdr("utf8"), **texts), make_cdr("plain")]
+    store.insert_columns("cdrs", _columns(cdrs))
+    rows = store.query("SELECT call_id, caller, callee, gateway FROM cdrs ORDER BY call_id")
+    assert [{k: r[k] for k in ("call_id", *texts)} for r in rows] == \
+        [{k: c[k] for k in ("call_id", *texts)} for c in sorted(cdrs, key=lambda c: c["call_id"])]
+
+
 def _columns(cdrs: list[dict[str, Any]]) -> dict[str, Any]:
     buffer = cdr_buffer()
     for c in cdrs:
