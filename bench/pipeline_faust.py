@@ -1,6 +1,6 @@
 """Benchmark (not a test): events/s through one faust worker on the real broker and ClickHouse.
 
-    python3 bench/pipeline_faust.py [--calls 40000] [--batch-size 2000] [--stack-dir .stack/perf]
+    python3 bench/pipeline_faust.py [--calls 40000] [--batch-size 16000] [--stack-dir .stack/perf]
         [--bootstrap HOST:PORT --store-url clickhouse://...] [--no-events-table] [--profile]
 
 Uses the stack under --stack-dir (default .stack/test; started if it is not running, left running),
@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.faust_app import DEFAULT_BATCH  # noqa: E402
 from pipeline.kafka_io import WorkerProcess, make_producer, produce_events  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
 from sipledger.stack import clickhouse_server, kafka_broker  # noqa: E402
@@ -37,7 +38,7 @@ PARTITIONS = 4
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=40_000, help="calls to generate (~5 events each)")
-    ap.add_argument("--batch-size", type=int, default=8000)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="default: the worker's own")
     ap.add_argument("--no-events-table", action="store_true",
                     help="worker does not insert raw events into ClickHouse (--no-store-events)")
     ap.add_argument("--stack-dir", type=Path, default=STACK, help="stack to use/start (default .stack/test)")

@@ -3,7 +3,7 @@
 How to run it
 -------------
 * ``python3 -m pipeline.faust_app worker --config sipledger.toml [--set k=v ...] [-l warn]
-  [--app-id sipledger-pipeline] [--ready-file PATH] [--batch-size 8000] [--no-store-events]``
+  [--app-id sipledger-pipeline] [--ready-file PATH] [--batch-size 16000] [--no-store-events]``
 * from Python / the CLI: ``pipeline.faust_app.run(cfg)`` (blocks until the worker stops; SIGTERM/SIGINT stop
   it). ``run(cfg, {"app_id": ..., "loglevel": ..., "batch_size": ..., "ready_file": ...,
   "store_events": False})`` overrides.
@@ -113,7 +113,7 @@ from sipledger.config import Config
 
 log = logging.getLogger("sipledger.pipeline.faust")
 
-DEFAULT_BATCH = 8000
+DEFAULT_BATCH = 16_000  # records a fetch: per-batch costs (parts, produce requests) shared by more events
 TICK_INTERVAL = 0.1
 EVICT_INTERVAL = 2.0
 PROFILE_EVERY = 10.0
