@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 from ..ports import free_port
@@ -75,6 +76,12 @@ def binary() -> str:
 def _ready(port: int) -> bool:
     from clickhouse_driver import Client
 
+    # The port first: a refused connection inside the driver is logged as a warning with its traceback,
+    # which reads like a failure while the server is merely still starting.
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
     try:
         Client("127.0.0.1", port=port, connect_timeout=1, send_receive_timeout=2).execute("SELECT 1")
         return True
