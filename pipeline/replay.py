@@ -11,11 +11,12 @@ rate deck only the money fields differ.
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+import orjson
 
 from pipeline.domain import RateDeck
 from pipeline.domain.timeutil import parse_ts
@@ -27,6 +28,7 @@ from sipledger.config import Config
 from sipledger.eventlog.journal import read_journal
 from sipledger.eventlog.publisher import file_url_path
 from sipledger.store import Store, StoreError, migrate
+from sipledger.topic_reader import end_offsets, read_to_end
 
 # Closed calls are forgotten this long (log time) after their end; redeliveries come sooner.
 EVICT_AFTER_MS = 300_000
@@ -45,49 +47,23 @@ def read_file_log(path: Path) -> Iterator[bytes]:
         yield raw
 
 
-def _partition_log(bootstrap: str, topic: str, partition: int, end: int) -> Iterator[bytes]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    tp = TopicPartition(topic, partition)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             max_poll_records=5000)
-    try:
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        while consumer.position(tp) < end:
-            for msgs in consumer.poll(timeout_ms=1000).values():
-                for m in msgs:
-                    if m.offset < end:
-                        yield m.value
-    finally:
-        consumer.close()
-
-
 def read_kafka_log(bootstrap: str, topic: str) -> Iterator[bytes]:
     """Every message of ``topic`` up to the end offsets seen at start, merged across partitions by ts.
 
     Each partition is in log order already; merging the partitions' streams by event time keeps
     replay streaming (constant memory) while deciding deadlines in time order.
     """
-    from kafka import KafkaConsumer, TopicPartition
-
-    probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    try:
-        parts = sorted(probe.partitions_for_topic(topic) or ())
-        if not parts:
-            raise StoreError(f"topic {topic!r} not found on {bootstrap}")
-        ends = probe.end_offsets([TopicPartition(topic, p) for p in parts])
-    finally:
-        probe.close()
-    streams = [_partition_log(bootstrap, topic, tp.partition, end) for tp, end in ends.items() if end > 0]
+    ends = end_offsets(bootstrap, topic)
+    streams = [(rec.value for rec in read_to_end(bootstrap, topic, {p: end}))
+               for p, end in ends.items() if end]
     yield from heapq.merge(*streams, key=_ts_key)
 
 
 def _ts_key(raw: bytes) -> str:
     # The ts field sorts as text (fixed-width UTC); unparsable lines sort first and are refused later.
     try:
-        return json.loads(raw).get("ts", "")
-    except (ValueError, AttributeError):
+        return orjson.loads(raw).get("ts", "")
+    except (ValueError, AttributeError):  # orjson.JSONDecodeError is a ValueError
         return ""
 
 

@@ -18,11 +18,6 @@ from rich.table import Table
 
 from .config import Config
 
-# A CLI should say quickly that the broker is not there (kafka-python waits 30 s by default).
-BOOTSTRAP_TIMEOUT_MS = 5000
-# Reading stops with an error when the broker hands out nothing for this long before the end offsets.
-STALL_TIMEOUT_S = 20.0
-
 
 def active_calls(cfg: Config, store_url: str | None = None,
                  app_id: str | None = None) -> list[dict[str, Any]]:
@@ -74,49 +69,17 @@ def _from_changelog(cfg: Config, app_id: str) -> list[dict[str, Any]]:
 
 
 def read_changelog(bootstrap: str, topic: str, app_id: str) -> Iterator[tuple[bytes | None, bytes | None]]:
-    """(key, value) of every record of ``topic`` up to the end offsets taken at start, per partition in
-    log order. No consumer group: nothing is committed and the workers' group is left alone."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
+    """(key, value) of every record of ``topic`` up to its current end, per partition in log order."""
+    from .topic_reader import NoSuchTopic, TopicReadError, read_to_end
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                 bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, max_poll_records=5000)
-    except KafkaError:
-        raise RuntimeError(f"Kafka at {bootstrap} (kafka.bootstrap) is unreachable") from None
-    try:
-        parts = sorted(consumer.partitions_for_topic(topic))
-        if not parts:
-            raise RuntimeError(f"no topic {topic!r} on Kafka at {bootstrap}: no pipeline worker has run with "
-                               f"app id {app_id!r} (see --app-id)")
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-        todo = {tp: end for tp, end in ends.items() if end > 0}
-        if not todo:
-            return
-        consumer.assign(list(todo))
-        consumer.seek_to_beginning(*todo)
-        stalled_at = time.monotonic() + STALL_TIMEOUT_S
-        while True:
-            # Done by position, not by counting records: a compacted topic's offsets have gaps.
-            for tp in [tp for tp, end in todo.items() if consumer.position(tp) >= end]:
-                del todo[tp]
-                consumer.pause(tp)
-            if not todo:
-                return
-            fetched = consumer.poll(timeout_ms=500)
-            if fetched:
-                stalled_at = time.monotonic() + STALL_TIMEOUT_S
-            elif time.monotonic() > stalled_at:
-                raise RuntimeError(f"Kafka at {bootstrap} stopped serving {topic!r} before its end")
-            for tp, records in fetched.items():
-                end = todo.get(tp, 0)
-                for rec in records:
-                    if rec.offset < end:
-                        yield rec.key, rec.value
-    except KafkaError as exc:
-        raise RuntimeError(f"reading {topic!r} from Kafka at {bootstrap} failed: {exc}") from None
-    finally:
-        consumer.close()
+        for rec in read_to_end(bootstrap, topic):
+            yield rec.key, rec.value
+    except NoSuchTopic as exc:
+        raise RuntimeError(f"{exc}: no pipeline worker has run with app id {app_id!r} (see --app-id)"
+                           ) from None
+    except TopicReadError as exc:
+        raise RuntimeError(f"{exc} (kafka.bootstrap)") from None
 
 
 def _from_checkpoint(cfg: Config) -> list[dict[str, Any]]:

@@ -400,6 +400,7 @@ def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rat
 
     from .store import StoreError, open_store
     from .store.cdr_export import utc_ms
+    from .topic_reader import TopicReadError
 
     sell, buy = load_decks(cfg)
     sell = deck_from(rates) or sell
@@ -414,7 +415,7 @@ def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rat
             task = bar.add_task("replaying", total=None)
             res = replay(log_iter, proc, store, end_ms, replace=replace,
                          progress=lambda n: bar.update(task, description=f"replayed {n:,} events"))
-    except (StoreError, ValueError, FileNotFoundError) as exc:
+    except (StoreError, TopicReadError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"replayed {res.events} events ({res.invalid} invalid skipped) into {target}: "
                f"{res.cdrs} CDRs, {res.open_calls} calls still open")
