@@ -28,14 +28,14 @@ def _events(call_id: str) -> list[dict]:
 
 def test_events_round_trip_through_the_real_broker_in_order_per_call(real_stack) -> None:
     topic = "call-events"
-    producer = KafkaProducer(bootstrap_servers=real_stack.kafka_bootstrap, acks="all", linger_ms=5,
-                             key_serializer=str.encode, value_serializer=lambda v: json.dumps(v).encode())
+    producer = KafkaProducer(bootstrap_servers=real_stack.kafka_bootstrap, acks="all", linger_ms=5)
     calls = [f"rt-{uuid.uuid4().hex[:8]}-{i}" for i in range(50)]
     sent = {c: _events(c) for c in calls}
     for evs in sent.values():
         for e in evs:
-            producer.send(topic, key=e["call_id"], value=e)
-    producer.send(topic, key="bad", value={"type": "call.setup", "seq": 0})  # breaks its schema
+            producer.send(topic, key=e["call_id"].encode(), value=json.dumps(e).encode())
+    bad = {"type": "call.setup", "seq": 0}  # breaks its schema
+    producer.send(topic, key=b"bad", value=json.dumps(bad).encode())
     producer.flush()
     producer.close()
 

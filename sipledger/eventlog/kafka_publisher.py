@@ -71,8 +71,6 @@ class SpooledKafkaPublisher:
             bootstrap_servers=self.bootstrap, client_id=self._client_id, acks="all",
             linger_ms=5, max_in_flight_requests_per_connection=1, retries=3,
             request_timeout_ms=5000, max_block_ms=5000, api_version=(2, 8),
-            key_serializer=str.encode,
-            value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode(),
         )
         self._partitions = None
         return self._producer
@@ -100,11 +98,13 @@ class SpooledKafkaPublisher:
                     self._partitions = sorted(parts) if parts else [0]
                 futures = []
                 for rec in records:
+                    # Encoded here rather than by producer serializers (kafka-python 3 deprecates callables).
+                    key, value = rec["k"].encode(), json.dumps(rec["v"], separators=(",", ":")).encode()
                     if rec.get("b"):
-                        futures += [producer.send(self.topic, key=rec["k"], value=rec["v"], partition=p)
+                        futures += [producer.send(self.topic, key=key, value=value, partition=p)
                                     for p in self._partitions]
                     else:
-                        futures.append(producer.send(self.topic, key=rec["k"], value=rec["v"]))
+                        futures.append(producer.send(self.topic, key=key, value=value))
                 producer.flush(timeout=10)
                 for fut in futures:
                     fut.get(timeout=0)
