@@ -36,6 +36,7 @@ from b2bua.sip.message import (
     parse_token_list,
     parse_uri,
     parse_via,
+    uri_host,
 )
 from b2bua.sip.parser import ParseError
 from b2bua.sip.serializer import build_response, response_from_parse_error, serialize
@@ -67,7 +68,7 @@ from b2bua.sip.transaction import (
     build_cancel,
 )
 from b2bua.sip.transaction_layer import LayerAction, TransactionKey, TransactionLayer, server_key
-from sipledger.config import Config
+from sipledger.config import Config, ConfigError
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 SUPPORTED = "timer"
@@ -81,6 +82,21 @@ END_REASONS = frozenset(
 )  # fmt: skip
 INITIATOR = {"caller": "caller", "carrier": "callee"}
 SWEEP_KEY: tuple[str] = ("sweep",)
+
+
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+
+
+def contact_host(cfg: Config) -> str:
+    """The host this B2BUA writes into Via, Contact, From and Call-ID: ``sip.advertised_host``, else
+    ``sip.listen_host``. ConfigError when that is a wildcard bind: peers would send in-dialog requests
+    (the BYE that ends a call) to 0.0.0.0."""
+    host = cfg.sip.advertised_host or cfg.sip.listen_host
+    if host in _WILDCARD_HOSTS:
+        key = "sip.advertised_host" if cfg.sip.advertised_host else "sip.listen_host"
+        raise ConfigError(key, f"{host!r} is no address peers can send requests to: set sip.advertised_host "
+                          "to the address they reach this B2BUA at")
+    return uri_host(host)
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,7 @@ class CoreConfig:
         segment = float(t.session_update_segment)
         return cls(
             node_id=cfg.node.id,
-            local_host=cfg.sip.listen_host,
+            local_host=contact_host(cfg),
             local_port=cfg.sip.listen_port if local_port is None else local_port,
             timers=TimerConfig.from_resend_interval_ms(cfg.sip.resend_interval_ms),
             invite_timeout=cfg.sip.invite_timeout,

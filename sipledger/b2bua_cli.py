@@ -38,6 +38,8 @@ def b2bua_command(config_path: str | None, overrides: tuple[str, ...], log_level
 
     try:
         run(cfg)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise click.ClickException(

@@ -41,6 +41,9 @@ class NodeConfig:
 @dataclass(frozen=True, slots=True)
 class SipConfig:
     listen_host: str = opt("127.0.0.1", "Address the B2BUA binds (UDP and TCP)")
+    advertised_host: str = opt("", "Address peers reach the B2BUA at, put in Via, Contact, From and Call-ID "
+                               "(behind NAT, in a container, or when listen_host is 0.0.0.0); "
+                               "empty = listen_host")
     listen_port: int = opt(5060, "SIP port; 0 picks a free one (tests)", lo=0, hi=65535)
     transports: list[str] = opt(["udp", "tcp"], "Transports to listen on", factory=True,
                                 choices=("udp", "tcp"))

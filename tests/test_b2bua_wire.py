@@ -468,3 +468,22 @@ def test_malformed_datagrams_get_400_or_are_dropped_and_the_node_keeps_working(
     assert node.server.core.stats["parse_errors"] == 3
     caller = call(tmp_path, "uac_expect_404", node, service="4420000")
     assert caller.ok, caller.describe()
+
+
+def test_bound_to_every_address_it_tells_peers_the_advertised_one(
+        tmp_path: Path, b2bua: Callable[..., RunningB2BUA]) -> None:
+    # As in a container: listen on 0.0.0.0, advertise the address peers reach. The caller's ACK and BYE
+    # and the carrier's replies follow what the B2BUA wrote in its Contact and Via.
+    with carrier(tmp_path, "uas_answer_wait_bye") as uas:
+        node = b2bua([uas.local_port], sip={"listen_host": "0.0.0.0", "advertised_host": "127.0.0.1"})
+        caller = call(tmp_path, "uac_basic_bye", node, pause_ms=300)
+        gw = uas.wait(10)
+    assert caller.ok and gw.ok, caller.describe() + gw.describe()
+    port = node.address.rsplit(":", 1)[1]
+    ok = caller.responses(200, "received", method="INVITE")[0]
+    assert ok.header("Contact") == f"<sip:b2bua@127.0.0.1:{port}>"
+    invite = gw.requests("INVITE", "received")[0]
+    assert invite.header("Contact") == f"<sip:b2bua@127.0.0.1:{port}>"
+    assert f"SIP/2.0/UDP 127.0.0.1:{port};" in invite.header("Via", "")
+    assert "0.0.0.0" not in ok.raw + invite.raw
+    assert_lifecycle(node.wait_terminated(), "normal_caller_bye", "caller")

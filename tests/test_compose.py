@@ -62,3 +62,21 @@ def test_shipped_configs_load(path: str) -> None:
     from sipledger import config
 
     config.load(REPO / path)
+
+
+def test_the_b2bua_service_advertises_a_reachable_address(tmp_path: Path) -> None:
+    # It binds 0.0.0.0 in its container; its Contact must name an address peers can send the BYE to.
+    from b2bua.core import CoreConfig
+    from sipledger import config
+
+    res = subprocess.run([COMPOSE, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True,
+                         text=True, cwd=REPO, timeout=60, env={"PATH": "/usr/bin:/bin",
+                                                               "SIPLEDGER_SIP_ADDRESS": "198.51.100.7"})
+    assert res.returncode == 0, res.stderr
+    cmd = yaml.safe_load(res.stdout)["services"]["b2bua"]["command"]
+    overrides = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"]
+    cfg = config.load(REPO / "deploy/docker/sipledger.toml", overrides)
+    assert cfg.sip.listen_host == "0.0.0.0"
+    assert CoreConfig.from_config(cfg).local_host == "198.51.100.7"
+    with pytest.raises(config.ConfigError, match=r"sip\.advertised_host"):
+        CoreConfig.from_config(config.load(REPO / "deploy/docker/sipledger.toml"))

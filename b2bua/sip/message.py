@@ -323,6 +323,11 @@ class SipUri:
 _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(?::(\d{1,5}))?$")
 
 
+def uri_host(host: str) -> str:
+    """``host`` as it is written in a SIP URI or Via (RFC 3261 25.1): an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _split_hostport(text: str) -> tuple[str, int | None]:
     m = _HOSTPORT_RE.match(text.strip())
     if not m:

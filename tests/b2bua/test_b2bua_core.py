@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from test_b2bua_core_harness import (
     CALLER,
     GW1,
@@ -13,11 +14,14 @@ from test_b2bua_core_harness import (
     answer,
     caller_invite,
     labels,
+    make_config,
     only,
     select,
 )
 
+from b2bua.core import CoreConfig
 from b2bua.sip.message import Request
+from sipledger.config import ConfigError
 
 
 def test_normal_call_caller_hangs_up_with_independent_legs() -> None:
@@ -309,3 +313,29 @@ def test_delayed_offer_the_callers_ack_carries_the_answer_to_the_carrier() -> No
     out = h.feed(ack)
     carrier_ack = only(out, GW1, method="ACK")
     assert carrier_ack.body == SDP_A and carrier_ack.call_id == carrier_invite.call_id
+
+
+@pytest.mark.parametrize(("sip", "host"), [
+    ({"listen_host": "0.0.0.0", "advertised_host": "203.0.113.5"}, "203.0.113.5"),
+    ({"listen_host": "::", "advertised_host": "2001:db8::5"}, "[2001:db8::5]"),
+    ({}, "127.0.0.1"),  # no advertised host: the bound one
+])
+def test_every_address_of_ours_in_sip_headers_is_the_advertised_one(sip: dict[str, str], host: str) -> None:
+    # Bound to every address (a container, 0.0.0.0): peers must still be told one they can reach.
+    h = Harness({"sip": sip})
+    invite = caller_invite()
+    carrier_invite = only(h.feed(invite), GW1, method="INVITE")
+    assert carrier_invite.headers.get("Via").split()[1].split(";")[0] == f"{host}:5060"
+    assert carrier_invite.headers.get("Contact") == f"<sip:b2bua@{host}:5060>"
+    assert carrier_invite.from_.uri.host == host and carrier_invite.call_id.endswith(f"@{host}")
+    h.feed(answer(carrier_invite, 180), GW1)
+    ok = only(h.feed(answer(carrier_invite, 200, body=SDP_B), GW1), CALLER, status=200)
+    assert ok.headers.get("Contact") == f"<sip:b2bua@{host}:5060>"
+    assert "0.0.0.0" not in str(carrier_invite.headers) + str(ok.headers)
+
+
+@pytest.mark.parametrize("sip", [{"listen_host": "0.0.0.0"}, {"listen_host": "::"},
+                                 {"listen_host": "0.0.0.0", "advertised_host": "0.0.0.0"}])
+def test_a_wildcard_bind_without_a_reachable_address_is_refused(sip: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"set sip\.advertised_host"):
+        CoreConfig.from_config(make_config({"sip": sip}))
