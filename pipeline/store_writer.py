@@ -71,6 +71,13 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
     timings = {"rows": 0.0, "flush": 0.0}
     clock = time.perf_counter
 
+    # Both flushing threads reply on the one pipe: an error of one may come while the other acks.
+    send_lock = threading.Lock()
+
+    def reply(message: tuple[str, dict[str, int], dict[str, Any]]) -> None:
+        with send_lock:
+            conn.send(message)
+
     def flush_and_ack(sink: StoreSink, acked_before: Future[None] | None) -> None:
         t = clock()
         try:
@@ -78,13 +85,13 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
                 time.sleep(0.1)  # flush() paces its own retries; this only avoids a busy loop
         except Exception as exc:  # a row the store refuses (not an outage): the worker must stop
             log.exception("store writer cannot store a batch")
-            conn.send(("error", {}, {"error": f"{type(exc).__name__}: {exc}"}))
+            reply(("error", {}, {"error": f"{type(exc).__name__}: {exc}"}))
             raise
         timings["flush"] += clock() - t
         if acked_before is not None:
             acked_before.result()  # raises if the batch before failed: no ok may follow an error
         written = {k: sum(s.written[k] for s in sinks) for k in sinks[0].written}
-        conn.send(("ok", written, dict(timings)))
+        reply(("ok", written, dict(timings)))
 
     flushing: list[Future[None] | None] = [None] * SINKS
     last: Future[None] | None = None  # the latest batch's flush and ack
