@@ -141,3 +141,47 @@ def test_two_processes_appending_to_one_journal_never_split_a_line(tmp_path: Pat
         e = json.loads(raw)  # every line is whole
         seen[e["call_id"]].append(e["i"])
     assert seen["a"] == list(range(20000)) and seen["b"] == list(range(20000))
+
+
+def test_a_producer_dropped_while_the_broker_hangs_leaves_no_thread_and_sends_nothing_later() -> None:
+    # The publisher drops its producer when the broker stops answering and re-sends from the spool;
+    # what the dropped producer still held must die with it, not arrive after the re-sent copies.
+    from kafka import KafkaProducer
+
+    from sipledger.eventlog.kafka_publisher import abandon_producer
+
+    stack_dir = private_stack_dir("hang")
+    try:
+        rec, _ = kafka_broker.up(stack_dir)
+        bootstrap = f"127.0.0.1:{rec.port}"
+        kafka_broker.create_topics(bootstrap, {"hang": 1})
+        for i in range(2):
+            # As the publisher's producer: one request in flight per connection.
+            producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=(2, 8), acks="all",
+                                     max_block_ms=2000, request_timeout_ms=3000,
+                                     max_in_flight_requests_per_connection=1)
+            producer.send("hang", value=f"delivered-{i}".encode()).get(10)
+            os.kill(rec.pid, signal.SIGSTOP)  # hung, not dead: the connection stays open
+            try:
+                producer.send("hang", value=f"in-flight-{i}".encode())  # written to the socket
+                time.sleep(0.3)
+                producer.send("hang", value=f"held-{i}".encode())  # waits behind it in the producer
+                time.sleep(0.1)
+                abandon_producer(producer)
+            finally:
+                os.kill(rec.pid, signal.SIGCONT)
+            assert not [t.name for t in threading.enumerate() if "kafka-python-producer" in t.name]
+        time.sleep(2)  # time for anything still alive to reach the broker again
+        values = [v.decode() for v in _consume_values(bootstrap, "hang")]
+        # A request already on the wire may land (at least once); nothing the producer still held does.
+        assert [v for v in values if not v.startswith("in-flight-")] == ["delivered-0", "delivered-1"]
+    finally:
+        os.kill(rec.pid, signal.SIGCONT)
+        process.stop(stack_dir, kafka_broker.NAME, grace=2)
+        shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+def _consume_values(bootstrap: str, topic: str) -> list[bytes]:
+    from sipledger.topic_reader import read_to_end
+
+    return [r.value for r in read_to_end(bootstrap, topic)]
