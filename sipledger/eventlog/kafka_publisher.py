@@ -85,29 +85,6 @@ class SpooledKafkaPublisher:
             self._producer = None
         self.connected = False
 
-
-def abandon_producer(producer: Any, join_timeout: float = 5.0) -> None:
-    """Close a kafka-python producer at once, failing what it still holds instead of sending it.
-
-    kafka-python 3 flushes inside ``close()`` and, when the flush times out (a broker that does not
-    answer), raises before its forced close: the producer's network thread then lives on with the
-    records it held and delivers them whenever the broker is back, after the spool has re-sent them
-    (duplicates, out of order), and every such drop leaks a thread and a socket. So on that timeout its
-    sender is force-closed (kafka-python's own path for close(0): abort the incomplete batches), and
-    then the close completes.
-    """
-    from kafka.errors import KafkaTimeoutError
-
-    try:
-        producer.close(timeout=0)
-        return
-    except KafkaTimeoutError:
-        pass
-    sender = producer._sender
-    sender.force_close()
-    sender.join(join_timeout)
-    producer.close(timeout=0)
-
     def _run(self) -> None:
         backoff = 0.2
         while not self._stop.is_set():
@@ -146,3 +123,26 @@ def abandon_producer(producer: Any, join_timeout: float = 5.0) -> None:
                 log.info("Kafka at %s reachable; delivering spooled events", self.bootstrap)
             self.connected = True
             backoff = 0.2
+
+
+def abandon_producer(producer: Any, join_timeout: float = 5.0) -> None:
+    """Close a kafka-python producer at once, failing what it still holds instead of sending it.
+
+    kafka-python 3 flushes inside ``close()`` and, when the flush times out (a broker that does not
+    answer), raises before its forced close: the producer's network thread then lives on with the
+    records it held and delivers them whenever the broker is back, after the spool has re-sent them
+    (duplicates, out of order), and every such drop leaks a thread and a socket. So on that timeout its
+    sender is force-closed (kafka-python's own path for close(0): abort the incomplete batches), and
+    then the close completes.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.close(timeout=0)
+        return
+    except KafkaTimeoutError:
+        pass
+    sender = producer._sender
+    sender.force_close()
+    sender.join(join_timeout)
+    producer.close(timeout=0)
