@@ -7,6 +7,7 @@ code as `sipledger stack up`, and are stopped at the end, SIGKILL included.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,11 @@ def real_stack() -> Iterator[RunningStack]:
     if shared_libs.is_dir() and not test_libs.exists():
         test_libs.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(shared_libs, test_libs)
+    if process.running_record(TEST_STACK, kafka_broker.NAME) is None:
+        # A fresh log for every session: topics that earlier sessions created by the thousand (one set
+        # per test) slow the broker's start and its group coordinator's loading, until consumer groups
+        # time out while joining.
+        shutil.rmtree(TEST_STACK / "kafka" / "data", ignore_errors=True)
     k, k_started = kafka_broker.up(TEST_STACK)
     c, c_started = clickhouse_server.up(TEST_STACK)
     bootstrap = f"127.0.0.1:{k.port}"
