@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from pipeline.call_table import changelog_topic
 from pipeline.domain.timeutil import format_ts, parse_ts
 from pipeline.kafka_io import REPO, WorkerProcess, make_producer, produce_events
 from pipeline.synthetic import SyntheticSpec, generate
 from sipledger.stack.kafka_broker import create_topics
+from sipledger.topic_reader import read_to_end
 
 PARTITIONS = 2
 OPEN_CAP_S = 3600
@@ -110,6 +113,10 @@ def test_calls_lists_the_workers_open_calls_and_drops_ended_ones(setup: Setup) -
             assert c["timer_mode"] == "no_timer" and c["answer_ms"] == answered[cid]
             # what the worker's deadline queue holds: the cap plus the grace period
             assert c["next_deadline_ms"] == answered[cid] + (OPEN_CAP_S + GRACE_S) * 1000
+        # The ended call was set up and closed within the worker's first fetch: it never needed a
+        # changelog record (nor a tombstone); the open ones have theirs.
+        written = {orjson.loads(r.key) for r in read_to_end(s.bootstrap, changelog_topic(s.worker.app_id))}
+        assert open_ids <= written and not ended_ids & written
 
         gone = sorted(open_ids)[0]
         seq = sum(1 for e in opened if e["call_id"] == gone) + 1
