@@ -368,8 +368,9 @@ class KafkaPipeline:
         # deliveries (overlapping the next fold); between: outside the handler (fetching).
         self.prof: dict[str, float] = {"fold": 0.0, "wait": 0.0, "outputs+store": 0.0, "state": 0.0,
                                        "between": 0.0}
-        self._in_flight: asyncio.Future[None] | None = None
-        self._flights: deque[asyncio.Future[None]] = deque()  # deliveries in flight, oldest first
+        # Deliveries in flight, oldest first; they complete in this order, so the last one is the
+        # one to wait for.
+        self._flights: deque[asyncio.Future[None]] = deque()
         self._copartitioned_topics: set[str] | None = None
         self._prof_last = time.monotonic()
         self._t_out: float | None = None
@@ -534,17 +535,16 @@ class KafkaPipeline:
             flights.popleft()
         if len(flights) >= MAX_IN_FLIGHT:
             await flights.popleft()  # completes only after every delivery before it
-        previous = self._in_flight
+        previous = flights[-1] if flights else None
         delivered = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws, previous)))
         flights.append(delivered)
-        self._in_flight = delivered
         return delivered
 
     async def _drain(self) -> None:
         """Wait for the deliveries in flight (before a revocation, before declaring caught up); the last
         one completes only after the one before it."""
-        if self._in_flight is not None:
-            await self._in_flight
+        if self._flights:
+            await self._flights[-1]
 
     async def _process_records(self, batch: Records) -> asyncio.Future[None]:
         async with self.lock:
