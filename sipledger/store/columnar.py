@@ -171,8 +171,9 @@ def _strings(values: ColumnValues) -> tuple[np.ndarray | Sequence[Any], np.ndarr
 
 def _ints(name: str, values: ColumnValues, kind: _Kind) -> tuple[np.ndarray, np.ndarray | None]:
     # Most columns hold no None: numpy's own type inference says so, without a scan for None first.
-    data, nulls = (values, None) if isinstance(values, np.ma.MaskedArray) else (np.asarray(values), None)
-    if data.dtype == object or isinstance(data, np.ma.MaskedArray):  # None (or a mask): fill, infer again
+    data = None if isinstance(values, np.ma.MaskedArray) else np.asarray(values)
+    nulls = None
+    if data is None or data.dtype == object:  # a mask, or None among the values: fill, infer again
         filled, nulls = _nulls_of(values)
         data = np.asarray(filled)
     # Only integers (and bools as 0/1): numpy would silently truncate floats and parse strings.
