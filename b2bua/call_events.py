@@ -42,11 +42,16 @@ class CallEventFactory:
             del self._seq[call_id]
         return event
 
-    def heartbeat(self, active_calls: int) -> dict[str, Any]:
+    def heartbeat(self, active_calls: int, address: str | None = None) -> dict[str, Any]:
+        """``address``: host:port this node answers SIP OPTIONS at over UDP, where the pipeline probes it
+        before calling it lost when its heartbeats stop (schema_version 2)."""
         self._hb_seq += 1
         event = {"event_id": uuid.uuid4().hex, "call_id": f"node:{self.node}", "seq": self._hb_seq,
                  "type": "node.heartbeat", "ts": format_ts(self.clock()), "node": self.node,
                  "schema_version": 1, "active_calls": active_calls}
+        if address:
+            event["schema_version"] = 2
+            event["address"] = address
         validate_event(event)
         # Every pipeline partition must see every node's heartbeat to judge its calls orphaned or not.
         self.publisher.publish(event, broadcast=True)

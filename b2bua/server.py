@@ -23,7 +23,7 @@ from b2bua.actions import Action, Address, CancelTimer, Emit, Log, Send, SetTime
 from b2bua.admission import Admission
 from b2bua.call_events import CallEventFactory
 from b2bua.commands_in import FileCommandFollower, KafkaCommandFollower
-from b2bua.core import B2BUACore, CoreConfig
+from b2bua.core import B2BUACore, CoreConfig, contact_host
 from b2bua.routing import RouteTable
 from b2bua.sip.parser import ParserLimits
 from b2bua.transport import Incoming, TimerTask, Transports
@@ -140,10 +140,17 @@ class B2BUAServer:
             # Readers follow the journal live (the embedded pipeline, tests): write lines out now.
             self.publisher.flush()
 
+    def probe_address(self) -> str | None:
+        """Where the pipeline can probe this node (UDP OPTIONS), as written into its heartbeats."""
+        if "udp" not in self.cfg.sip.transports or self.transports is None:
+            return None
+        return f"{contact_host(self.cfg)}:{self.port}"
+
     async def _heartbeats(self) -> None:
+        address = self.probe_address()
         while True:
             try:
-                self.factory.heartbeat(self.core.active_calls if self.core is not None else 0)
+                self.factory.heartbeat(self.core.active_calls if self.core is not None else 0, address)
                 if isinstance(self.publisher, FileJournal):
                     self.publisher.flush()
             except Exception:

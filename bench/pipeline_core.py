@@ -12,7 +12,6 @@ import json
 import time
 
 from pipeline.domain import Policy, apply
-from pipeline.domain.timeutil import parse_ts
 from pipeline.processor import Processor
 from pipeline.synthetic import SyntheticSpec, generate
 
@@ -48,13 +47,8 @@ def main() -> None:
     def run_processor_validated() -> float:
         p = Processor(policy)
         t = time.perf_counter()
-        last = 0
         for r in raw:
-            e = p.feed_raw(r)
-            ts = parse_ts(e["ts"])
-            if ts - last >= 1000:
-                p.tick(ts)
-                last = ts
+            p.feed_raw(r)  # deadlines are judged on the nodes' clocks as each event is folded
             p.take()
         return time.perf_counter() - t
 

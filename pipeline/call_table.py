@@ -13,12 +13,19 @@ Records of the changelog topic ``<app id>-call-state-changelog`` (faust's json c
   a record including the JSON encoding).
 * key ``"<call_id>"``, value ``{"p": partition, "s": {field: value}}``: the same state by field name,
   as workers wrote it before layouts existed; still read.
-* key ``"~liveness/<p>"``, value ``{"p": p, "live": {node: last seen ms}}``: a partition's node liveness.
+* key ``"~liveness/<p>"``, value ``{"p": p, "clocks": {node: [clock, candidate, clamped]}, "beats":
+  {node: newest heartbeat ms}, "addresses": {node: "host:port"}}``: a partition's node clocks (written
+  before per-node clocks as ``{"p": p, "live": {node: last seen ms}}``, still read).
+* key ``"~closed/<p>/<tag>"``, value ``{"p": p, "c": base64 of closed-call records}``: calls of partition
+  ``p`` dropped from the table at one eviction (pipeline/domain/closed_calls.py records: a key digest and
+  the close time each), remembered so a late redelivery changes nothing. Written before the calls'
+  tombstones, on the same partition.
 * a null value: the call was closed, its CDR committed, and it was dropped (a tombstone).
 """
 
 from __future__ import annotations
 
+import base64
 import operator
 from collections.abc import Iterable
 from typing import Any, Final
@@ -30,6 +37,7 @@ from pipeline.domain import CallState
 DEFAULT_APP_ID: Final = "sipledger-pipeline"
 TABLE_NAME: Final = "call-state"
 LIVENESS_PREFIX: Final = "~liveness/"
+CLOSED_PREFIX: Final = "~closed/"
 
 # Field orders ever written, by layout number. Never change an entry: a new CallState field needs a new
 # layout (tests/pipeline/test_call_table.py fails until there is one), so changelogs written by an older
@@ -41,6 +49,14 @@ LAYOUTS: Final[dict[int, tuple[str, ...]]] = {
         "refresh_count", "last_proof_ms", "session_expiry_ms", "setup_ts", "ring_ts", "answer_ts",
         "end_ts", "last_proof_ts", "end_reason", "ended_by", "sip_status", "terminate_issued",
         "alerts_raised", "next_seq", "held", "pending_since_ms", "scheduled_at_ms"),
+    # 2: who closed the call and its exposure (CDR schema_version 2).
+    2: ("call_id", "phase", "node", "account", "caller", "callee", "source_ip", "vendor", "gateway",
+        "route_attempt", "setup_ms", "ring_ms", "answer_ms", "end_ms", "last_event_ms", "timer_mode",
+        "session_expires", "refresher_caller", "refresher_carrier", "effective_limit_s", "limit_source",
+        "refresh_count", "last_proof_ms", "session_expiry_ms", "setup_ts", "ring_ts", "answer_ts",
+        "end_ts", "last_proof_ts", "end_reason", "ended_by", "sip_status", "terminate_issued",
+        "alerts_raised", "next_seq", "held", "pending_since_ms", "scheduled_at_ms", "closed_by",
+        "exposure_end_ms", "exposure_open"),
 }
 CURRENT_LAYOUT: Final = max(LAYOUTS)
 _FIELDS = LAYOUTS[CURRENT_LAYOUT]
@@ -56,6 +72,22 @@ def changelog_topic(app_id: str) -> str:
 
 def liveness_key(partition: int) -> str:
     return f"{LIVENESS_PREFIX}{partition}"
+
+
+def closed_key(partition: int, tag: str) -> str:
+    return f"{CLOSED_PREFIX}{partition}/{tag}"
+
+
+def closed_value(partition: int, records: bytes) -> dict[str, Any]:
+    return {"p": partition, "c": base64.b64encode(records).decode()}
+
+
+def is_closed(value: Any) -> bool:
+    return isinstance(value, dict) and "c" in value
+
+
+def closed_records(value: dict[str, Any]) -> bytes:
+    return base64.b64decode(value["c"])
 
 
 def state_value(partition: int, state: CallState) -> dict[str, Any]:
@@ -99,7 +131,7 @@ def fold_changelog(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict
             call_id = orjson.loads(key) if key is not None else None
         except orjson.JSONDecodeError:
             continue  # not written by a worker: faust's json codec encodes every key
-        if not isinstance(call_id, str) or call_id.startswith(LIVENESS_PREFIX):
+        if not isinstance(call_id, str) or call_id.startswith("~"):
             continue
         if value is None:
             last.pop(call_id, None)

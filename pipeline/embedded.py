@@ -6,12 +6,26 @@ to the commands journal (the B2BUA follows it), alerts to the alerts journal and
 webhook, and refused input to the dead-letter file. The checkpoint (offset + call
 state snapshot) is saved only after the store acknowledged the rows, so a crash
 re-reads at most the last unacknowledged stretch and the store's FINAL folds repeats.
+
+The store never stalls decisions: while it refuses rows they stay buffered (up to
+``MAX_PENDING_ROWS``, then reading pauses) and reading, folding, commands and alerts go on.
+Deadlines are judged on the nodes' own clocks, so nothing is decided from the wall clock
+that ran meanwhile. Node liveness (``NodeWatch``) counts silence only while this runner is
+caught up with the journal, probes a silent node, and writes a node.lost verdict into the
+journal itself, where the Processor reads it back like any event (and replay will too).
+
+Closed calls are dropped from the snapshot at each checkpoint into the closed-call memory,
+persisted append-only beside the checkpoint (``pipeline-closed-calls.<gen>.bin``, the
+checkpoint holding its generation and valid length), so a late redelivery is recognised
+across restarts for ``pipeline.closed_call_retention``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.dead_letter import DeadLetterFile
+from pipeline.domain.closed_calls import RECORD
 from pipeline.gc_policy import settle_after_startup
+from pipeline.node_watch import NodeWatch
 from pipeline.processor import Outputs, Processor, save_json_atomic
 from pipeline.query_server import QueryServer
 from pipeline.store_sink import StoreSink
@@ -34,6 +50,10 @@ log = logging.getLogger("sipledger.pipeline")
 # Rows are stored (and the input position committed) at least this often, and checkpoints written.
 FLUSH_INTERVAL_S = 0.5
 CHECKPOINT_INTERVAL_S = 2.0
+# Rows held for a store that refuses them before reading pauses (memory bound; reading resumes with it).
+MAX_PENDING_ROWS = 2_000_000
+# The closed-call file is rewritten (expired records dropped) once it holds this many times the live ones.
+CLOSED_REWRITE_FACTOR = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +73,9 @@ class EmbeddedPaths:
         d = events.parent
         return cls(events, d / "commands.jsonl", d / "alerts.jsonl", d / "dead-letter.jsonl",
                    d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json")
+
+    def closed_calls(self, gen: int) -> Path:
+        return self.checkpoint.parent / f"pipeline-closed-calls.{gen}.bin"
 
 
 def call_view(state: Any, now_ms: int, next_due: int | None) -> dict[str, Any]:
@@ -81,7 +104,14 @@ class EmbeddedPipeline:
         self.dead = DeadLetterFile(self.paths.dead_letter)
         self.webhook = (WebhookNotifier(cfg.pipeline.webhook_url, self.paths.webhook_dead_letter)
                         if cfg.pipeline.webhook_url else None)
+        p = cfg.pipeline
+        self.watch = NodeWatch(p.node_timeout, f"embedded:{socket.gethostname()}:{os.getpid()}",
+                               p.probe_attempts, p.probe_timeout)
+        # Verdicts are written into the events journal, where this runner reads them back.
+        self.verdicts = FileJournal(self.paths.events)
         self.offset = 0
+        self._closed_gen = 0
+        self._closed_bytes = 0
         self._load_checkpoint()
         self.read_offset = self.offset
         self._last_flush = 0.0
@@ -97,12 +127,45 @@ class EmbeddedPipeline:
             return
         self.offset = int(cp["offset"])
         self.processor.restore(cp["snapshot"])
-        log.info("resuming at byte %d of %s with %d open calls", self.offset, self.paths.events,
-                 len(self.processor.states))
+        self._closed_gen = int(cp.get("closed_gen", 0))
+        self._closed_bytes = int(cp.get("closed_bytes", 0))
+        path = self.paths.closed_calls(self._closed_gen)
+        if self._closed_bytes:
+            try:
+                with open(path, "r+b") as fh:
+                    self.processor.closed.load(fh.read(self._closed_bytes))
+                    # Records past the checkpoint belong to calls re-read from its offset: drop them.
+                    fh.truncate(self._closed_bytes)
+            except FileNotFoundError:
+                log.error("%s is missing: late redeliveries of calls closed before this checkpoint will "
+                          "not be recognised", path)
+                self._closed_bytes = 0
+        log.info("resuming at byte %d of %s with %d open calls and %d closed calls remembered", self.offset,
+                 self.paths.events, len(self.processor.states), len(self.processor.closed))
 
     def _save_checkpoint(self) -> None:
-        snap = {"offset": self.offset, "snapshot": self.processor.snapshot()}
+        closed = self.processor.closed
+        size = self._closed_bytes
+        if size > CLOSED_REWRITE_FACTOR * RECORD * max(len(closed), 1) and size > 1 << 20:
+            # Mostly expired records: start a new generation with the live ones only.
+            old = self.paths.closed_calls(self._closed_gen)
+            self._closed_gen += 1
+            data = closed.entries()
+            closed.take_new()
+            self.paths.closed_calls(self._closed_gen).write_bytes(data)
+            self._closed_bytes = len(data)
+        else:
+            old = None
+            new = closed.take_new()
+            if new:
+                with open(self.paths.closed_calls(self._closed_gen), "ab") as fh:
+                    fh.write(new)
+                self._closed_bytes += len(new)
+        snap = {"offset": self.offset, "snapshot": self.processor.snapshot(),
+                "closed_gen": self._closed_gen, "closed_bytes": self._closed_bytes}
         save_json_atomic(self.paths.checkpoint, snap)
+        if old is not None:
+            old.unlink(missing_ok=True)
         self._last_checkpoint = self.clock()
 
     # -- serving ------------------------------------------------------------------------------------
@@ -123,7 +186,7 @@ class EmbeddedPipeline:
 
     # -- the loop -----------------------------------------------------------------------------------
     def step(self, max_events: int = 20_000, force_flush: bool = False) -> int:
-        """Read what is new, process it, enforce what is due, store, checkpoint. Returns events read.
+        """Read what is new, process it, watch the nodes, store, checkpoint. Returns events read.
 
         Commands and alerts go out at once (they are what stops a zombie). Rows are stored in
         batches; the checkpoint is written only right after everything read so far is stored, so
@@ -131,15 +194,21 @@ class EmbeddedPipeline:
         """
         n = 0
         with self.lock:
-            for pos, raw in read_journal(self.paths.events, self.read_offset):
-                event = self.processor.feed_raw(raw, source=str(self.paths.events))
-                if event is not None:
-                    self.sink.add_event(event, raw)
-                self.read_offset = pos
-                n += 1
-                if n >= max_events:
-                    break
-            self.processor.tick(int(self.clock() * 1000))
+            caught_up = self.sink.pending() < MAX_PENDING_ROWS
+            if caught_up:
+                wall_ms = int(self.clock() * 1000)
+                for pos, raw in read_journal(self.paths.events, self.read_offset):
+                    event = self.processor.feed_raw(raw, source=str(self.paths.events))
+                    if event is not None:
+                        if event["type"] == "node.heartbeat":
+                            self.watch.heard(event, wall_ms)
+                        self.sink.add_event(event, raw)
+                    self.read_offset = pos
+                    n += 1
+                    if n >= max_events:
+                        caught_up = False  # more may be waiting
+                        break
+            self._watch_nodes(caught_up)
             self._publish(self.processor.take())
             self.stats["events"] += n
             now = self.clock()
@@ -149,9 +218,16 @@ class EmbeddedPipeline:
             self._last_flush = now
             self.offset = self.read_offset
             if force_flush or now - self._last_checkpoint >= CHECKPOINT_INTERVAL_S:
-                self._save_checkpoint()
                 self.processor.evict_closed()
+                self._save_checkpoint()
         return n
+
+    def _watch_nodes(self, caught_up: bool) -> None:
+        verdicts = self.watch.step(int(self.clock() * 1000), caught_up, self.processor.node_calls.nodes())
+        for event in verdicts:
+            self.verdicts.publish(event)
+        if verdicts:
+            self.verdicts.flush()
 
     def _publish(self, out: Outputs) -> None:
         for cdr in out.cdrs:
@@ -168,6 +244,8 @@ class EmbeddedPipeline:
         for source, raw, err in out.dead_letters:
             self.dead.put(source, raw, err)
             log.warning("dead letter from %s: %s", source, err)
+        for notice in out.notices:
+            log.warning("%s", notice)
         self.commands.flush()
         self.alerts.flush()
         self.stats["cdrs"] += len(out.cdrs)
@@ -187,6 +265,7 @@ class EmbeddedPipeline:
             self.server.stop()
         if self.webhook is not None:
             self.webhook.close()
-        for j in (self.commands, self.alerts, self.dead):
+        self.watch.close()
+        for j in (self.commands, self.alerts, self.dead, self.verdicts):
             j.close()
         self.store.close()

@@ -84,8 +84,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +108,7 @@ from pipeline.call_table import DEFAULT_APP_ID, TABLE_NAME
 from pipeline.dead_letter import dead_letter_record
 from pipeline.domain import CallState
 from pipeline.gc_policy import settle_after_startup
+from pipeline.node_watch import NodeWatch
 from pipeline.processor import Outputs, Processor, load_decks, policy_from_config
 from pipeline.store_writer import StoreWriterProcess
 from sipledger import config as config_mod
@@ -332,7 +335,7 @@ class PartitionRuntime:
     # (offset of the batch that closed it, or None for "closed before this assignment", call_id)
     closed: deque[tuple[int | None, str]] = field(default_factory=deque)
     closed_ids: set[str] = field(default_factory=set)
-    live_written: dict[str, int] = field(default_factory=dict)
+    live_written: dict[str, Any] = field(default_factory=dict)
 
 
 class KafkaPipeline:
@@ -374,6 +377,9 @@ class KafkaPipeline:
         self._copartitioned_topics: set[str] | None = None
         self._prof_last = time.monotonic()
         self._t_out: float | None = None
+        p = cfg.pipeline
+        self.watch = NodeWatch(p.node_timeout, f"{app.conf.id}@{socket.gethostname()}:{os.getpid()}",
+                               p.probe_attempts, p.probe_timeout)
 
     # -- resources ----------------------------------------------------------------------------------
     async def _producer(self) -> AIOKafkaProducer:
@@ -421,7 +427,8 @@ class KafkaPipeline:
     def _restore(self, partitions: Iterable[int]) -> None:
         wanted = set(partitions)
         states: dict[int, dict[str, CallState]] = {p: {} for p in wanted}
-        live: dict[int, dict[str, int]] = {p: {} for p in wanted}
+        live: dict[int, dict[str, Any]] = {p: {} for p in wanted}
+        closed: dict[int, list[bytes]] = {p: [] for p in wanted}
         for value in self.table.data.values():
             if not isinstance(value, dict) or value.get("p") not in wanted:
                 continue
@@ -429,14 +436,18 @@ class KafkaPipeline:
             if call_table.is_state(value):
                 st = call_table.state_of(value)
                 states[p][st.call_id] = st
-            elif "live" in value:
-                live[p] = value["live"]
+            elif call_table.is_closed(value):
+                closed[p].append(call_table.closed_records(value))
+            elif "live" in value or "clocks" in value:
+                live[p] = value
         for p in wanted:
             proc = self._new_processor()
-            proc.restore({"states": states[p], "liveness": {"last_seen": live[p], "calls": {}}})
-            for st in proc.states.values():
-                proc.liveness.track(st)  # which open calls each node owns: derived, not persisted
-            rt = PartitionRuntime(proc, live_written=dict(live[p]))
+            rec = live[p]
+            proc.restore({"states": states[p], "clocks": rec.get("clocks", rec.get("live", {})),
+                          "heartbeats": rec.get("beats", {}), "addresses": rec.get("addresses", {})})
+            for records in closed[p]:
+                proc.closed.load(records)
+            rt = PartitionRuntime(proc, live_written={k: v for k, v in live[p].items() if k != "p"})
             for cid, st in proc.states.items():
                 if st.closed:
                     rt.closed.append((None, cid))
@@ -557,6 +568,7 @@ class KafkaPipeline:
             keep_raw = raws.append if self.store_events else None
             source = self.topic
             n = 0
+            wall_ms = int(time.time() * 1000)
             for tp, recs in batch.items():
                 p = tp.partition
                 rt = self._runtime(p)
@@ -569,8 +581,12 @@ class KafkaPipeline:
                     event = feed(raw, source)
                     if event is None:
                         continue
-                    if event["type"] == "node.heartbeat":
+                    etype = event["type"]
+                    if etype == "node.heartbeat":
                         beat = True
+                        self.watch.heard(event, wall_ms)
+                        continue
+                    if etype == "node.lost":
                         continue
                     add_id(event["call_id"])
                     if keep_raw is not None:
@@ -598,19 +614,37 @@ class KafkaPipeline:
             # Under the lock: "caught up" (and the ready file) must never be decided while a batch's
             # outputs and state are still in flight.
             await self._update_catch_up()
-            now_ms = int(time.time() * 1000)
-            work: list[tuple[int, Outputs]] = []
-            for p, rt in self.runtimes.items():
-                if rt.caught_up:
-                    rt.processor.tick(now_ms)
-                    out = rt.processor.take()
-                    if out:
-                        work.append((p, out))
-            if work:
-                await self._chain(work, self._state_messages(work, {}, set()), [])
+            # Deadlines are judged on the nodes' clocks as events are folded; the wall clock only
+            # counts node silence, and only while every partition of this worker is read to its end.
+            nodes = {n for rt in self.runtimes.values() for n in rt.processor.node_calls.nodes()}
+            verdicts = self.watch.step(int(time.time() * 1000), self._reading_live(), nodes)
+            if verdicts:
+                await self._publish_verdicts(verdicts)
             if time.monotonic() - self._last_evict >= EVICT_INTERVAL:
                 self._last_evict = time.monotonic()
                 await self._evict()
+
+    def _reading_live(self) -> bool:
+        """Every assigned partition caught up since assignment and folded up to its last known highwater."""
+        if not self.runtimes:
+            return False
+        consumer = self.app.consumer
+        for p, rt in self.runtimes.items():
+            if not rt.caught_up:
+                return False
+            hw = consumer.highwater(TP(self.topic, p))
+            if hw is not None and rt.last_offset + 1 < hw:
+                return False
+        return True
+
+    async def _publish_verdicts(self, verdicts: list[dict[str, Any]]) -> None:
+        """node.lost events go into the events topic, to every partition like heartbeats: each partition's
+        processor closes that node's calls when it reads them (as replay will)."""
+        producer = await self._producer()
+        await producer.client._wait_on_metadata(self.topic)
+        parts = sorted(producer.client.cluster.partitions_for_topic(self.topic) or ())
+        await self._publish([(self.topic, p, v["call_id"].encode(), _dumps(v))
+                             for v in verdicts for p in parts])
 
     # -- output -------------------------------------------------------------------------------------
     async def _deliver(self, work: list[tuple[int, Outputs]], state: list[Message],
@@ -673,6 +707,8 @@ class KafkaPipeline:
                 value = _dumps(cdr)
                 cdrs.append(value)
                 append((k.topic_cdrs, to_cdr, cdr["call_id"].encode(), value))
+            for notice in out.notices:
+                log.warning("partition %d: %s", p, notice)
             for source, raw, err in out.dead_letters:
                 append((k.topic_dead_letter, None, None, _dumps(dead_letter_record(source, raw, err))))
                 log.warning("dead letter from %s: %s", source, err)
@@ -765,19 +801,22 @@ class KafkaPipeline:
             rt = self.runtimes.get(p)
             if rt is None:
                 continue
-            seen = rt.processor.liveness.to_dict()["last_seen"]
+            proc = rt.processor
+            seen = {"clocks": proc.clocks.to_dict(), "beats": dict(proc.heartbeats),
+                    "addresses": dict(proc.addresses)}
             if seen != rt.live_written:
                 key = call_table.liveness_key(p)
-                value = {"p": p, "live": seen}
+                value = {"p": p, **seen}
                 data[key] = value
                 messages.append(self._changelog(p, key, value))
-                rt.live_written = dict(seen)
+                rt.live_written = seen
         return messages
 
     async def _evict(self) -> None:
         """Drop closed calls whose closing batch is committed (no re-delivery can reach them now)."""
         committed = self.app.consumer._committed_offset
         data = self.table.data
+        messages: list[Message] = []
         tombstones: list[Message] = []
         for p, rt in self.runtimes.items():
             done = committed.get(TP(self.topic, p))
@@ -795,10 +834,20 @@ class KafkaPipeline:
                 if st is None or not st.closed:
                     continue
                 del states[cid]
+                rt.processor.closed.add(cid, st.end_ms or 0)
                 if cid in data:  # else never written (see _state_messages): nothing to tombstone
                     del data[cid]
                     tombstones.append(self._changelog(p, cid, None))
-        await self._publish(tombstones)
+            new = rt.processor.closed.take_new()
+            if new:
+                # The closed-call memory before the tombstones, on the same partition: a restart never
+                # finds a call neither in the table nor in the memory.
+                tag = f"{done}-{uuid.uuid4().hex[:8]}"
+                key = call_table.closed_key(p, tag)
+                messages.append(self._changelog(p, key, call_table.closed_value(p, new)))
+            messages += tombstones
+            tombstones = []
+        await self._publish(messages)
 
 
 def _brokers(bootstrap: str) -> list[str]:

@@ -1,9 +1,13 @@
 """The one pipeline loop, shared by every driver (faust worker, embedded runner, replay).
 
-It validates raw events (refusals become dead letters), folds them into per-call state
-with the pure domain core, keeps deadlines in a heap and node liveness, and turns the
-core's effects into contract messages: rated CDRs, alerts, terminate commands. Drivers
-only move bytes in and messages out and decide what "now" is.
+It validates raw events (refusals become dead letters), folds them into per-call state with the pure
+domain core and turns the core's effects into contract messages: rated CDRs, alerts, terminate
+commands. Time is the log's: every event moves its node's clock (``NodeClocks``) and the deadlines of
+that node's calls are judged on it right after the event is folded, so a Processor decides the same
+whatever wall clock its driver runs on and however long it stopped reading. It never judges a node
+lost from silence: it closes a node's calls only when it reads a node.lost verdict in the log (the live
+drivers' ``LivenessWatch`` writes those). Closed calls are dropped by ``evict_closed`` into a compact
+memory (``ClosedCalls``) so that a late event of one is counted and changes nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import orjson
 
 from pipeline.domain import (
     CallState,
+    ClosedCalls,
     DeadlineQueue,
     EmitCdr,
     IssueTerminate,
-    NodeLiveness,
+    NodeCalls,
+    NodeClocks,
     Policy,
     RaiseAlert,
     RateDeck,
@@ -33,6 +39,7 @@ from pipeline.domain import (
     rerate,
 )
 from pipeline.domain.effects import Effect
+from pipeline.domain.timeutil import format_ts, parse_ts
 from schemas.validation import ContractError, decode_event, validate_event
 from sipledger.config import Config
 
@@ -47,9 +54,11 @@ class Outputs:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[tuple[str, bytes | str, ContractError]] = field(default_factory=list)
+    # What the operator should know but nothing downstream consumes (clamped clocks, stale verdicts).
+    notices: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.cdrs or self.alerts or self.commands or self.dead_letters)
+        return bool(self.cdrs or self.alerts or self.commands or self.dead_letters or self.notices)
 
 
 def policy_from_config(cfg: Config) -> Policy:
@@ -57,7 +66,9 @@ def policy_from_config(cfg: Config) -> Policy:
     return Policy(max_call_duration=t.max_call_duration, no_timer_max_duration=t.no_timer_max_duration,
                   session_timeout_early_hangup=t.session_timeout_early_hangup,
                   grace_period_s=round(p.grace_period), node_timeout_s=round(p.node_timeout),
-                  unknown_call_timeout_s=round(p.unknown_call_timeout))
+                  unknown_call_timeout_s=round(p.unknown_call_timeout),
+                  max_event_lead_s=round(p.max_event_lead),
+                  closed_call_retention_s=round(p.closed_call_retention))
 
 
 def load_decks(cfg: Config) -> tuple[RateDeck | None, RateDeck | None]:
@@ -80,9 +91,20 @@ class Processor:
         self.issued_by = issued_by
         self.states: dict[str, CallState] = {}
         self.deadlines = DeadlineQueue()
-        self.liveness = NodeLiveness()
+        self.clocks = NodeClocks(policy.max_event_lead_s * 1000)
+        # Newest node.heartbeat ts per node, and the address each node answers probes at.
+        self.heartbeats: dict[str, int] = {}
+        self.addresses: dict[str, str] = {}
+        self.node_calls = NodeCalls()
+        self.closed = ClosedCalls(policy.closed_call_retention_s * 1000)
         self.out = Outputs()
         self.events_seen = 0
+        # Events of calls already closed and dropped (late redeliveries); they change nothing.
+        self.late_events = 0
+        # Events held back from moving their node's clock (dated too far ahead), and node.lost
+        # verdicts ignored because a newer heartbeat of the node had been read.
+        self.clamped_events = 0
+        self.stale_verdicts = 0
 
     @classmethod
     def from_config(cls, cfg: Config) -> Processor:
@@ -112,34 +134,85 @@ class Processor:
 
     def _apply(self, event: dict[str, Any]) -> None:
         self.events_seen += 1
-        if event["type"] == "node.heartbeat":
-            self.liveness.observe(event)
+        etype = event["type"]
+        node = event["node"]
+        ts = parse_ts(event["ts"])
+        if etype == "node.heartbeat":
+            if ts > self.heartbeats.get(node, -1):
+                self.heartbeats[node] = ts
+            address = event.get("address")
+            if address:
+                self.addresses[node] = address
+            self._advance(node, ts)
+            self._enforce(node, 0)
             return
-        state, effects = apply(self.states.get(event["call_id"]), event, self.policy)
-        self.states[state.call_id] = state
-        self.liveness.track(state)
-        self._carry_out(effects)
+        if etype == "node.lost":
+            self._node_lost(event)
+            return
+        call_id = event["call_id"]
+        state = self.states.get(call_id)
+        if state is None and call_id in self.closed:
+            self.late_events += 1
+            return
+        # The node's time moves to this event's first: a deadline it passed strictly before the event
+        # is enforced before the event is folded (a call.terminated dated after a deadline plus grace
+        # is late, whichever other events of the node came first); one due at the event's very
+        # instant only if the event did not end the call.
+        self._advance(node, ts)
+        self._enforce(node, -1)
+        if state is not None and (due := self.deadlines.at(call_id)) is not None and due < ts:
+            # The event is its call's own evidence even when it is dated too far ahead to move the
+            # node's clock (a sparse stream without heartbeats): a BYE after the deadline is late.
+            state, effects = on_deadline(state, ts, self.policy)
+            self._carry_out(effects)
+        state, effects = apply(state, event, self.policy)
+        self.states[call_id] = state
+        self.node_calls.track(state)
+        if effects:
+            self._carry_out(effects)
+        self._enforce(node, 0)
 
-    # -- time --------------------------------------------------------------------------------------
-    def tick(self, now_ms: int) -> None:
-        """Enforce what is due at ``now_ms``: missed deadlines, lost nodes."""
-        for call_id in self.deadlines.pop_due(now_ms):
+    def _advance(self, node: str, ts: int) -> None:
+        """Move ``node``'s clock with one of its events (clamped when far ahead: see NodeClocks)."""
+        clocks = self.clocks
+        if clocks.advance(node, ts) is None and clocks.is_clamped(node, ts):
+            self.clamped_events += 1
+            self.out.notices.append(
+                f"event of {node} dated {format_ts(ts)} is more than {self.policy.max_event_lead_s} s "
+                f"ahead of the node's clock {format_ts(clocks.now(node) or ts)}: clamped until confirmed")
+
+    def _enforce(self, node: str, slack: int) -> None:
+        """Enforce ``node``'s deadlines due at or before its clock + ``slack`` ms (-1: strictly before)."""
+        now = self.clocks.now(node)
+        if now is None:
+            return
+        for call_id in self.deadlines.pop_due(now + slack, node):
             state = self.states.get(call_id)
             if state is None:
                 continue
-            state, effects = on_deadline(state, now_ms, self.policy)
+            state, effects = on_deadline(state, now, self.policy)
+            self.node_calls.track(state)
             self._carry_out(effects)
-        for node in self.liveness.lost_nodes(now_ms, self.policy.node_timeout_s * 1000):
-            for call_id in list(self.liveness.calls_of(node)):
-                state = self.states.get(call_id)
-                if state is None or state.closed:
-                    continue
-                state, effects = on_node_lost(state, now_ms)
-                self.liveness.track(state)
-                self._carry_out(effects)
 
-    def next_due(self) -> int | None:
-        return self.deadlines.peek()
+    def _node_lost(self, event: dict[str, Any]) -> None:
+        node = event["node"]
+        last = event["last_heartbeat"]
+        last_ms = parse_ts(last) if last is not None else None
+        seen = self.heartbeats.get(node)
+        if seen is not None and (last_ms is None or seen > last_ms):
+            # The verdict was based on older news than this log holds: the node heart-beat since.
+            self.stale_verdicts += 1
+            self.out.notices.append(f"node.lost of {node} by {event['detected_by']} ignored: a heartbeat "
+                                    f"of {format_ts(seen)} is newer than its {last}")
+            return
+        detected = parse_ts(event["ts"])
+        for call_id in self.node_calls.calls_of(node):
+            state = self.states.get(call_id)
+            if state is None or state.closed:
+                continue
+            state, effects = on_node_lost(state, detected, event["probe"])
+            self.node_calls.track(state)
+            self._carry_out(effects)
 
     # -- output ------------------------------------------------------------------------------------
     def _carry_out(self, effects: Iterable[Effect]) -> None:
@@ -156,34 +229,53 @@ class Processor:
         out, self.out = self.out, Outputs()
         return out
 
+    def next_due(self, node: str) -> int | None:
+        return self.deadlines.peek(node)
+
     # -- state -------------------------------------------------------------------------------------
     def active_calls(self) -> Iterator[CallState]:
         return (s for s in self.states.values() if not s.closed)
 
     def evict_closed(self, ended_before_ms: int | None = None) -> int:
-        """Forget closed calls (their CDRs are out), or only those that ended before a time.
+        """Drop the full state of closed calls (their CDRs are out), or only of those that ended before
+        a time, into the closed-call memory; expire that memory by the log's time. Returns how many.
 
-        Keeping recently closed calls a while lets a redelivered duplicate be recognised as one
-        instead of opening a new, unknown call. Returns how many were dropped.
+        Call once no redelivery of the input that closed them can reach them (its position is
+        committed): from then on a late event of one is recognised by ``closed`` alone.
         """
-        closed = [cid for cid, s in self.states.items()
+        closed = [(cid, s.end_ms or 0) for cid, s in self.states.items()
                   if s.closed and (ended_before_ms is None or (s.end_ms or 0) < ended_before_ms)]
-        for cid in closed:
+        for cid, end in closed:
             del self.states[cid]
+            self.closed.add(cid, end)
+        log_time = self.clocks.log_time()
+        if log_time is not None and closed:
+            self.closed.expire(log_time)
         return len(closed)
 
     def snapshot(self) -> dict[str, Any]:
+        """Call states, node clocks and heartbeats as JSON-ready data (the closed-call memory is the
+        driver's to persist: see ``ClosedCalls.take_new``)."""
         return {"states": {cid: s.to_dict() for cid, s in self.states.items()},
-                "liveness": self.liveness.to_dict(), "events_seen": self.events_seen}
+                "clocks": self.clocks.to_dict(), "heartbeats": dict(self.heartbeats),
+                "addresses": dict(self.addresses), "events_seen": self.events_seen,
+                "late_events": self.late_events}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
         # States as dicts (checkpoints) or already decoded (the faust worker's table).
         self.states = {cid: d if isinstance(d, CallState) else CallState.from_dict(d)
                        for cid, d in snap.get("states", {}).items()}
-        self.liveness = NodeLiveness.from_dict(snap["liveness"]) if "liveness" in snap else NodeLiveness()
+        clocks = snap.get("clocks")
+        if clocks is None and "liveness" in snap:  # checkpoints written before per-node clocks
+            clocks = snap["liveness"].get("last_seen", {})
+        self.clocks = NodeClocks.from_dict(clocks or {}, self.policy.max_event_lead_s * 1000)
+        self.heartbeats = {n: int(v) for n, v in snap.get("heartbeats", {}).items()}
+        self.addresses = dict(snap.get("addresses", {}))
         self.events_seen = int(snap.get("events_seen", 0))
-        # The heap is derived state: rebuilt, never persisted.
+        self.late_events = int(snap.get("late_events", 0))
+        # Derived state: rebuilt, never persisted.
         self.deadlines = DeadlineQueue.rebuild(self.states, self.policy)
+        self.node_calls = NodeCalls.of(self.states.values())
 
 
 def save_json_atomic(path: Path, data: Any) -> None:

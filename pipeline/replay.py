@@ -1,11 +1,11 @@
 """`sipledger replay`: rebuild every CDR from the event log into a fresh table.
 
-The log is the truth. Replay folds it with the same ``Processor`` as the live
-pipeline, with time taken from the log itself (each event's ts) so deadlines and
-node losses are decided where they were decided live, then once more at ``end_ms``
-(default: now) for what the live pipeline would have decided since. CDRs of calls
-that ended in the log are identical to the live ones, field for field; with a new
-rate deck only the money fields differ.
+The log is the truth and the only clock. Replay folds it with the same ``Processor`` as the
+live pipeline, so deadlines are judged on each node's own clock exactly as they were live, and
+calls are orphaned exactly where the log holds a node.lost verdict. Nothing is decided from the
+wall clock: a call still open at the end of the log stays open (it is counted, not closed). CDRs
+are identical to the live ones, field for field, whatever the order or duplication of delivery;
+with a new rate deck only the money fields differ.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from urllib.parse import urlparse
 import orjson
 
 from pipeline.domain import RateDeck
-from pipeline.domain.timeutil import parse_ts
 from pipeline.gc_policy import settle_after_startup
 from pipeline.processor import Processor
 from pipeline.store_sink import StoreSink
@@ -30,8 +29,8 @@ from sipledger.eventlog.publisher import file_url_path
 from sipledger.store import Store, StoreError, migrate
 from sipledger.topic_reader import end_offsets, read_to_end
 
-# Closed calls are forgotten this long (log time) after their end; redeliveries come sooner.
-EVICT_AFTER_MS = 300_000
+# Closed calls drop their full state into the closed-call memory this often (events read).
+EVICT_EVERY = 100_000
 
 
 @dataclass(slots=True)
@@ -40,6 +39,7 @@ class ReplayResult:
     invalid: int
     cdrs: int
     open_calls: int
+    late_events: int = 0  # events of calls already closed (redeliveries): they changed nothing
 
 
 def read_file_log(path: Path) -> Iterator[bytes]:
@@ -80,8 +80,8 @@ def open_log(source: str, cfg: Config) -> Iterator[bytes]:
     raise ValueError(f"--from must be kafka, kafka://host:port or file:///path, not {source!r}")
 
 
-def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, end_ms: int,
-           replace: bool = False, progress: Callable[[int], None] | None = None) -> ReplayResult:
+def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, replace: bool = False,
+           progress: Callable[[int], None] | None = None) -> ReplayResult:
     migrate(store)
     existing = store.query("SELECT count() AS n FROM cdrs")[0]["n"]
     if existing and not replace:
@@ -93,7 +93,6 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, end_
     n = 0
     sink = StoreSink(store, batch_size=50_000, store_events=False)
     settle_after_startup()
-    last_tick = -1
     for raw in raw_events:
         try:
             event = decode_event(raw)
@@ -101,29 +100,25 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, end_
             invalid += 1
             continue
         n += 1
-        ts = parse_ts(event["ts"])
-        if ts // 1000 != last_tick:  # once per second of log time is as fine as enforcement gets
-            processor.tick(ts)
-            last_tick = ts // 1000
         processor.feed(event, validated=True)
         if processor.out:  # most events emit nothing: don't allocate fresh outputs for them
             for cdr in processor.take().cdrs:
-                sink.add_cdr(cdr, version=1)
+                sink.add_cdr(cdr, wall_ms=0)
         if sink.should_flush() and not sink.flush():
             raise StoreError(f"store write failed: {sink.lag().last_error}")
-        if n % 100_000 == 0:
-            processor.evict_closed(ended_before_ms=ts - EVICT_AFTER_MS)
+        if n % EVICT_EVERY == 0:
+            # Everything read so far is final in a replay: closed calls keep only their memory.
+            processor.evict_closed()
         if progress and n % 10_000 == 0:
             progress(n)
-    processor.tick(end_ms)
     for cdr in processor.take().cdrs:
-        sink.add_cdr(cdr, version=1)
+        sink.add_cdr(cdr, wall_ms=0)
     if not sink.flush():
         raise StoreError(f"store write failed: {sink.lag().last_error}")
     if progress:
         progress(n)
-    return ReplayResult(n, invalid, sink.written["cdrs"],
-                        sum(1 for _ in processor.active_calls()))
+    return ReplayResult(n, invalid, sink.written["cdrs"], sum(1 for _ in processor.active_calls()),
+                        processor.late_events)
 
 
 def deck_from(path: str | None) -> RateDeck | None:

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipledger.store import Store, StoreError
-from sipledger.store.tables import ColumnBuffer, alert_buffer, cdr_buffer, event_buffer, event_payload
+from sipledger.store.tables import (
+    ColumnBuffer,
+    alert_buffer,
+    cdr_buffer,
+    cdr_version,
+    event_buffer,
+    event_payload,
+    upgrade_cdr,
+)
 
 log = logging.getLogger("sipledger.sink")
 
@@ -61,9 +69,13 @@ class StoreSink:
         if self._oldest is None:
             self._oldest = self._clock()
 
-    def add_cdr(self, cdr: dict[str, Any], version: int | None = None) -> None:
-        # Version orders re-rated rows of one call; wall time in ms is not part of the CDR itself.
-        self._cdrs.add(cdr, version if version is not None else int(time.time() * 1000))
+    def add_cdr(self, cdr: dict[str, Any], version: int | None = None, wall_ms: int | None = None) -> None:
+        """``version``: the row version as given (tests); else ``cdr_version`` of the CDR and ``wall_ms``
+        (default now): a node-closed record outranks a verdict, then the later write wins."""
+        cdr = upgrade_cdr(cdr)
+        if version is None:
+            version = cdr_version(cdr, int(time.time() * 1000) if wall_ms is None else wall_ms)
+        self._cdrs.add(cdr, version)
         self._mark()
 
     def add_alert(self, alert: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.domain.liveness import Verdict, node_lost_event
 from pipeline.domain.timeutil import format_ts
 
 KINDS = ("caller_bye", "callee_bye", "busy", "cancel", "timer_refreshed", "timer_expired",
@@ -103,8 +104,13 @@ def _call(spec: SyntheticSpec, rng: random.Random, i: int, kind: str) -> _Call:
     return c
 
 
-def generate(spec: SyntheticSpec, mix: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
-    """All events in timestamp order, node heartbeats included (the dead node's stop early)."""
+def generate(spec: SyntheticSpec, mix: dict[str, int] | None = None,
+             verdict_after_ms: int | None = None) -> Iterator[dict[str, Any]]:
+    """All events in timestamp order, node heartbeats included (the dead node's stop early).
+
+    ``verdict_after_ms``: also the node.lost verdict a live pipeline writes for the dead node that long
+    after its last heartbeat (what its orphaned calls are closed by); None = the nodes' events only.
+    """
     rng = random.Random(spec.seed)
     weights = mix or DEFAULT_MIX
     kinds = list(weights)
@@ -115,12 +121,18 @@ def generate(spec: SyntheticSpec, mix: dict[str, int] | None = None) -> Iterator
     last = max(e["ts"] for e in events) if events else format_ts(spec.t0_ms)
     end_ms = int(_ms(last)) + spec.heartbeat_ms
     dead_until = spec.t0_ms + spec.calls * spec.spacing_ms + 2_000
+    last_beat = spec.t0_ms
     for node in (*spec.nodes, spec.dead_node):
         stop = dead_until if node == spec.dead_node else end_ms
         for k, at in enumerate(range(spec.t0_ms, stop + 1, spec.heartbeat_ms), start=1):
             events.append({"event_id": f"hb-{spec.seed}-{node}-{k}", "call_id": f"node:{node}", "seq": k,
                            "type": "node.heartbeat", "ts": format_ts(at), "node": node,
                            "schema_version": 1, "active_calls": 0})
+            if node == spec.dead_node:
+                last_beat = at
+    if verdict_after_ms is not None:
+        events.append(node_lost_event(Verdict(spec.dead_node, last_beat, "synthetic: the node died"),
+                                      last_beat + verdict_after_ms, "synthetic"))
     events.sort(key=lambda e: (e["ts"], e["call_id"], e["seq"]))
     return iter(events)
 

@@ -53,7 +53,7 @@ def _registry() -> Registry:
 EVENT_TYPES: tuple[str, ...] = (
     "call.setup", "call.routed", "call.progress", "call.answered", "session.refreshed",
     "session.refresh_failed", "liveness.probe_succeeded", "liveness.probe_failed",
-    "call.terminated", "node.heartbeat",
+    "call.terminated", "node.heartbeat", "node.lost",
 )
 
 

@@ -385,40 +385,40 @@ def pipeline_cmd(cfg: Config, log_level: str) -> None:
 @click.option("--to", "target", required=True, help="Store URL to rebuild the CDRs into")
 @click.option("--rates", default=None, help="Sell-side rate deck CSV (default: pipeline.sell_rates)")
 @click.option("--buy-rates", default=None, help="Buy-side rate deck CSV (default: pipeline.buy_rates)")
-@click.option("--at", "at", default=None, help="Decide open calls as of this UTC time (default: now)")
 @click.option("--replace", is_flag=True, help="Empty the target's cdrs table first")
 @with_config
 def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rates: str | None,
-               at: str | None, replace: bool) -> None:
-    """Rebuild every CDR from the event log into a fresh table (optionally re-rated)."""
-    import time
+               replace: bool) -> None:
+    """Rebuild every CDR from the event log into a fresh table (optionally re-rated).
 
+    The log is the only clock: deadlines are judged on each node's own events and calls are orphaned
+    where the log holds a node.lost verdict, exactly as live; calls still open at its end stay open.
+    """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from pipeline.processor import Processor, load_decks, policy_from_config
     from pipeline.replay import deck_from, open_log, replay
 
     from .store import StoreError, open_store
-    from .store.cdr_export import utc_ms
     from .topic_reader import TopicReadError
 
     sell, buy = load_decks(cfg)
     sell = deck_from(rates) or sell
     buy = deck_from(buy_rates) or buy
     proc = Processor(policy_from_config(cfg), sell, buy, {a.name: a.bill_mode for a in cfg.accounts})
-    end_ms = utc_ms(at, "--at") if at else int(time.time() * 1000)
     try:
         log_iter = open_log(source, cfg)
         with open_store(target, str(cfg.base_dir)) as store, Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                 transient=True, disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("replaying", total=None)
-            res = replay(log_iter, proc, store, end_ms, replace=replace,
+            res = replay(log_iter, proc, store, replace=replace,
                          progress=lambda n: bar.update(task, description=f"replayed {n:,} events"))
     except (StoreError, TopicReadError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"replayed {res.events} events ({res.invalid} invalid skipped) into {target}: "
-               f"{res.cdrs} CDRs, {res.open_calls} calls still open")
+    click.echo(f"replayed {res.events} events ({res.invalid} invalid skipped, {res.late_events} late "
+               f"events of closed calls ignored) into {target}: {res.cdrs} CDRs, {res.open_calls} calls "
+               "still open")
 
 
 @main.command("calls")

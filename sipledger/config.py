@@ -119,9 +119,16 @@ class StoreConfig:
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     grace_period: float = opt(5.0, "Seconds past a deadline before the pipeline enforces it itself", lo=0)
-    node_timeout: float = opt(30.0, "Seconds without node.heartbeat before a node's calls are orphaned",
-                              lo=1)
+    node_timeout: float = opt(30.0, "Seconds without node.heartbeat (counted only while the pipeline is "
+                              "caught up with the log) before a node is probed; if it does not answer, its "
+                              "calls are orphaned", lo=1)
     unknown_call_timeout: float = opt(60.0, "Seconds an event may wait for its call.setup", lo=1)
+    max_event_lead: float = opt(10.0, "An event dated more than this many seconds ahead of its node's clock "
+                                "moves the clock only once a second event confirms it", lo=1)
+    closed_call_retention: float = opt(86_400.0, "Seconds (of log time) a closed call is remembered, so "
+                                       "a late redelivered event of it changes nothing", lo=60)
+    probe_attempts: int = opt(3, "SIP OPTIONS sent to a silent node before it is called lost", lo=1, hi=20)
+    probe_timeout: float = opt(1.0, "Seconds to wait for the answer to each node probe", lo=0.05)
     sell_rates: str = opt("", "Rate deck CSV of the sell side (accounts); empty = unrated")
     buy_rates: str = opt("", "Rate deck CSV of the buy side (vendors); empty = unrated")
     webhook_url: str = opt("", "HTTP endpoint that receives each zombie alert as JSON (empty = off)")

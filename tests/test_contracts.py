@@ -49,7 +49,7 @@ def test_valid_events_pass(event: dict) -> None:
     (lambda e: e.update(ts="2026-11-25 10:00:00"), "ts"),
     (lambda e: e.update(timer_supported="yes"), "timer_supported"),
     (lambda e: e.update(surprise=1), "surprise"),
-    (lambda e: e.update(schema_version=2), "schema_version"),
+    (lambda e: e.update(schema_version=3), "schema_version"),
     (lambda e: e.update(type="call.exploded"), "type"),
 ])
 def test_invalid_event_is_rejected_with_the_field_named(mutate, field: str) -> None:

@@ -33,7 +33,8 @@ def make_cdr(call_id: str, account: str = "acme", duration_ms: int = 65_400, zom
         "ended_by": "system" if zombie else "caller", "sip_status": None, "zombie": zombie,
         "sell_rate": "0.010000", "sell_cost": sell_cost, "buy_rate": "0.006000", "buy_cost": "0.006600",
         "margin": str(Decimal(sell_cost) - Decimal("0.006600")), "currency": "USD",
-        "rate_deck_version": "2026-11", "schema_version": 1,
+        "exposure_ms": duration_ms if zombie else 0, "exposure_open": False, "closed_by": "node",
+        "rate_deck_version": "2026-11", "schema_version": 2,
     }
     validate_cdr(cdr)
     return cdr

@@ -1,25 +1,34 @@
 """Pure domain core of the sipledger billing/CDR pipeline.
 
-No I/O, no clocks, no globals: drivers (faust agents, the embedded JSON-lines runner, replay) feed events
-and "now" in, and carry out the returned effects. See each module's docstring for its rules.
+No I/O, no clocks, no globals: drivers (faust workers, the embedded JSON-lines runner, replay) feed events
+in and carry out the returned effects. Time is the log's own: each node's events move that node's clock
+(``node_clocks``), and deadlines are judged on it. See each module's docstring for its rules.
+
+Layers (each imports only those below it): plain data (``phase``, ``end_reasons``, ``policy``,
+``effects``, ``timeutil``, ``state``) and ``rating``; then ``alerts`` and ``cdr``; ``closing``;
+``rules``; ``fold`` (``apply``); and beside them the indexes a driver keeps (``deadlines``,
+``node_clocks``, ``node_calls``, ``closed_calls``, ``liveness``).
 """
 
 from __future__ import annotations
 
 from .alerts import alert_id, build_alert
-from .call_state import CallState, apply, drain_held
 from .cdr import build_cdr, cdr_fields, rerate
+from .closed_calls import ClosedCalls
 from .commands import build_command
 from .deadlines import DeadlineQueue
 from .effects import CancelDeadline, Effect, EmitCdr, IssueTerminate, RaiseAlert, ScheduleDeadline
-from .node_liveness import NodeLiveness
+from .fold import apply, drain_held
+from .node_calls import NodeCalls
+from .node_clocks import NodeClocks
 from .policy import Policy
 from .rating import Rate, RateDeck, billed_seconds
 from .rules import due_at, next_deadline, on_deadline, on_node_lost
+from .state import CallState
 
 __all__ = [
-    "CallState", "CancelDeadline", "DeadlineQueue", "Effect", "EmitCdr", "IssueTerminate", "NodeLiveness",
-    "Policy", "RaiseAlert", "Rate", "RateDeck", "ScheduleDeadline", "alert_id", "apply", "billed_seconds",
-    "build_alert", "build_cdr", "build_command", "cdr_fields", "drain_held", "due_at", "next_deadline",
-    "on_deadline", "on_node_lost", "rerate",
+    "CallState", "CancelDeadline", "ClosedCalls", "DeadlineQueue", "Effect", "EmitCdr", "IssueTerminate",
+    "NodeCalls", "NodeClocks", "Policy", "RaiseAlert", "Rate", "RateDeck", "ScheduleDeadline", "alert_id",
+    "apply", "billed_seconds", "build_alert", "build_cdr", "build_command", "cdr_fields", "drain_held",
+    "due_at", "next_deadline", "on_deadline", "on_node_lost", "rerate",
 ]

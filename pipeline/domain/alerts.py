@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from .effects import Effect, RaiseAlert
 from .rating import NO_CURRENCY, RateDeck, money_str, quantize_money
+from .state import CallState
 from .timeutil import format_ts
-
-if TYPE_CHECKING:
-    from .call_state import CallState
 
 ALERT_KINDS: Final = frozenset({
     "limit_reached", "refresh_failed", "probe_failed", "orphaned", "enforcement_missed", "unknown_call",

@@ -16,6 +16,15 @@ Duration semantics (all integer ms):
   every session.refreshed / liveness.probe_succeeded, and for a party's BYE the end itself (so a normal
   hang-up has verified == duration).
 * ``unverified_ms`` = duration - verified: time billed on faith.
+* ``exposure_ms`` = from the last proof of life to the instant the call stopped running on the wire as
+  far as the log knows: the BYE its node sent (its call.terminated), or, when nobody ended it, the
+  pipeline's detection (node.lost). 0 for unanswered calls and for a party's BYE (the BYE is proof).
+  For calls a node ended it equals ``unverified_ms``; for an orphan the customer is billed only up to
+  the last proof (end = last proof) while the exposure runs on to the detection, and
+  ``exposure_open`` says nobody has ended it at the carrier, which may still be billing.
+* ``closed_by``: ``node`` when the call's own node reported its end (call.terminated), ``pipeline``
+  when a verdict closed it (node.lost). The store keeps a node-closed record over a pipeline-closed one
+  of the same call (sipledger/store/tables.py ``cdr_version``).
 
 Money: the sell side rates the account's deck on the callee, in the account's bill mode (``full`` bills
 duration_ms, ``verified`` bills verified_ms only). The buy side rates the vendor's deck and always
@@ -31,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from .end_reasons import ZOMBIE_REASONS
 from .rating import (
@@ -44,11 +53,11 @@ from .rating import (
     money_str,
     quantize_money,
 )
+from .state import CLOSED_BY_NODE, CallState
 from .timeutil import format_ts, parse_ts
 
-if TYPE_CHECKING:
-    from .call_state import CallState
-
+# 2: exposure_ms, exposure_open and closed_by (version 1 CDRs read as 0 / false / node).
+CDR_SCHEMA_VERSION: Final = 2
 MONEY_FIELDS: Final = ("sell_rate", "sell_cost", "buy_rate", "buy_cost", "margin", "currency",
                        "rate_deck_version", "billed_seconds")
 _ZERO: Final = "0.000000"
@@ -71,7 +80,7 @@ def cdr_fields(state: CallState) -> dict[str, Any]:
     first_response = state.ring_ms if state.ring_ms is not None else answer
     pdd = None if first_response is None else max(0, first_response - setup)
     if answer is None:
-        duration = verified = 0
+        duration = verified = exposure = 0
         proof = proof_ts = None
         timer_mode = "none"
         session_expires = effective_limit = None
@@ -82,6 +91,8 @@ def cdr_fields(state: CallState) -> dict[str, Any]:
         else:
             proof, proof_ts = answer, state.answer_ts
         verified = min(duration, max(0, proof - answer))
+        exposure_end = state.exposure_end_ms if state.exposure_end_ms is not None else end
+        exposure = max(0, exposure_end - max(proof, answer))
         timer_mode = state.timer_mode or "none"
         session_expires = state.session_expires
         effective_limit = state.effective_limit_s
@@ -112,6 +123,9 @@ def cdr_fields(state: CallState) -> dict[str, Any]:
         "ended_by": state.ended_by,
         "sip_status": state.sip_status,
         "zombie": state.end_reason in ZOMBIE_REASONS,
+        "exposure_ms": exposure,
+        "exposure_open": state.exposure_open,
+        "closed_by": state.closed_by or CLOSED_BY_NODE,
         "sell_rate": None,
         "sell_cost": _ZERO,
         "buy_rate": None,
@@ -119,7 +133,7 @@ def cdr_fields(state: CallState) -> dict[str, Any]:
         "margin": _ZERO,
         "currency": NO_CURRENCY,
         "rate_deck_version": "",
-        "schema_version": 1,
+        "schema_version": CDR_SCHEMA_VERSION,
     }
 
 

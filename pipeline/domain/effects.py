@@ -55,11 +55,13 @@ class RaiseAlert:
 
 @dataclass(slots=True)
 class ScheduleDeadline:
-    """(Re)arm the call's single timer: call ``rules.on_deadline`` at ``at_ms`` (replaces any earlier one)."""
+    """(Re)arm the call's single timer: call ``rules.on_deadline`` once ``node``'s clock reaches ``at_ms``
+    (replaces any earlier one)."""
 
     call_id: str
     at_ms: int
     why: str
+    node: str = ""
 
 
 @dataclass(slots=True)

@@ -21,13 +21,20 @@ class Policy:
     session_timeout_early_hangup: int = 0
     # How late the B2BUA may be in enforcing a deadline before the pipeline steps in.
     grace_period_s: int = 5
-    # A node silent (no heartbeat) this long is considered lost and its calls orphaned.
+    # A node silent (no heartbeat read while the pipeline is caught up) this long is suspected and
+    # probed; if it does not answer either, a node.lost verdict orphans its calls.
     node_timeout_s: int = 30
     # Events of a call whose call.setup has not arrived are reported after this long.
     unknown_call_timeout_s: int = 60
+    # An event dated more than this ahead of its node's clock moves it only once a second event of
+    # the node confirms the jump (node_clocks).
+    max_event_lead_s: int = 10
+    # Closed calls are remembered this long (log time) so a late event of one changes nothing.
+    closed_call_retention_s: int = 86_400
 
     def __post_init__(self) -> None:
         for name in ("max_call_duration", "no_timer_max_duration", "session_timeout_early_hangup",
-                     "grace_period_s", "node_timeout_s", "unknown_call_timeout_s"):
+                     "grace_period_s", "node_timeout_s", "unknown_call_timeout_s", "max_event_lead_s",
+                     "closed_call_retention_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -11,12 +11,20 @@ An answered call has up to two deadlines:
   one leg's bookkeeping), initially ``answer + session_expires``.
 
 The B2BUA itself should hang up at the deadline. The pipeline is the watchdog: if no call.terminated has
-arrived ``grace_period_s`` after the deadline, it issues a call.terminate to the owning node and raises
-an ``enforcement_missed`` alert - once per call (the command id is deterministic, so the node dedups
-re-deliveries; the pipeline does not re-issue).
+arrived by the time the owning node's own clock (the newest time of its events read so far, see
+``node_clocks``) is ``grace_period_s`` past the deadline, it issues a call.terminate to the node and
+raises an ``enforcement_missed`` alert - once per call (the command id is deterministic, so the node
+dedups re-deliveries; the pipeline does not re-issue). Judged on the node's clock and never on a wall
+clock, a verdict is one the log justifies: the node's own stream, read in its order, went past the
+deadline without ending the call. A pipeline that is behind, or that stopped reading, judges nothing.
 
 A call still PENDING (events without their call.setup) has one deadline too: ``pending_since +
-unknown_call_timeout_s``, when an ``unknown_call`` alert is raised (no grace: nothing was missed).
+unknown_call_timeout_s`` on the clock of the node of its events, when an ``unknown_call`` alert is
+raised (no grace: nothing was missed).
+
+Orphaning is not decided here from silence: a node is lost only when a node.lost verdict is read
+from the log (the live drivers write one after the node's silence was confirmed, see ``liveness``),
+so every driver, replay included, orphans exactly the calls the log says.
 
 "Due" time = deadline + grace (or the pending deadline): that is what ScheduleDeadline carries and what
 the DeadlineQueue orders by.
@@ -24,17 +32,15 @@ the DeadlineQueue orders by.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from . import phase
 from .alerts import raise_once
 from .closing import close_call
 from .effects import CancelDeadline, Effect, IssueTerminate, ScheduleDeadline
 from .policy import Policy
+from .state import CLOSED_BY_PIPELINE, CallState
 from .timeutil import format_ts
-
-if TYPE_CHECKING:
-    from .call_state import CallState
 
 UNKNOWN_CALL: Final = "unknown_call"
 SESSION_EXPIRED: Final = "session_expired"
@@ -103,11 +109,11 @@ def sync_deadline(state: CallState, policy: Policy, effects: list[Effect]) -> No
     due = at if why == UNKNOWN_CALL else at + policy.grace_period_s * 1000
     if due != state.scheduled_at_ms:
         state.scheduled_at_ms = due
-        effects.append(ScheduleDeadline(state.call_id, due, why))
+        effects.append(ScheduleDeadline(state.call_id, due, why, state.node))
 
 
 def on_deadline(state: CallState, now_ms: int, policy: Policy) -> tuple[CallState, list[Effect]]:
-    """Timer callback. Enforces what is overdue at ``now_ms`` and re-arms the timer.
+    """Timer callback: ``now_ms`` is the owning node's clock. Enforces what is overdue and re-arms.
 
     Safe to call at any time (a stale or early timer just re-arms). Mutates and returns ``state``.
     """
@@ -115,26 +121,31 @@ def on_deadline(state: CallState, now_ms: int, policy: Policy) -> tuple[CallStat
     nd = next_deadline(state, policy)
     if nd is not None:
         at, why = nd
+        # Alerts and commands carry the due time, not ``now_ms``: the instant the log shows the node was
+        # late is a fact of the log, while when a driver noticed it depends on how the log was cut
+        # into partitions and batches. So every driver emits the same messages, byte for byte.
         if why == UNKNOWN_CALL:
             if now_ms >= at:
-                raise_once(state, UNKNOWN_CALL, now_ms,
+                raise_once(state, UNKNOWN_CALL, at,
                            f"events without call.setup since {format_ts(state.pending_since_ms or at)}",
                            effects)
-        elif now_ms >= at + policy.grace_period_s * 1000:
+        elif now_ms >= (due := at + policy.grace_period_s * 1000):
             state.terminate_issued = True
-            effects.append(IssueTerminate(state.call_id, state.node, why, at, now_ms))
-            raise_once(state, "enforcement_missed", now_ms,
+            effects.append(IssueTerminate(state.call_id, state.node, why, at, due))
+            raise_once(state, "enforcement_missed", due,
                        f"{why} deadline {format_ts(at)} passed without call.terminated from {state.node}",
                        effects)
     sync_deadline(state, policy, effects)
     return state, effects
 
 
-def on_node_lost(state: CallState, now_ms: int) -> tuple[CallState, list[Effect]]:
-    """The call's node stopped heart-beating: close the call as ``orphaned`` (ended_by system).
+def on_node_lost(state: CallState, detected_ms: int, why: str = "") -> tuple[CallState, list[Effect]]:
+    """A node.lost verdict for the call's node: close the call as ``orphaned`` (ended_by system).
 
-    End time = last proof of life (for an unanswered call: the last event seen), so nothing after the
-    last proof is billed. Raises an ``orphaned`` alert (ts = ``now_ms``) and emits the CDR. No-op for
+    The customer is billed up to the last proof of life (end = last proof; for an unanswered call, the
+    last event seen), so nothing after it is billed on faith. The exposure, what the carrier may go on
+    billing, runs from that proof to the detection (``detected_ms``, the verdict's ts) and stays open:
+    no node sent a BYE. Raises an ``orphaned`` alert at the detection and emits the CDR. No-op for
     calls that are already closed or still pending. Mutates and returns ``state``.
     """
     effects: list[Effect] = []
@@ -142,12 +153,16 @@ def on_node_lost(state: CallState, now_ms: int) -> tuple[CallState, list[Effect]
         return state, effects
     end_ts: str | None = None
     if state.answer_ms is None:
-        end = state.last_event_ms if state.last_event_ms is not None else now_ms
-    elif state.last_proof_ms is not None:
-        end, end_ts = state.last_proof_ms, state.last_proof_ts
+        end = state.last_event_ms if state.last_event_ms is not None else detected_ms
+        exposure_end = end
     else:
-        end, end_ts = state.answer_ms, state.answer_ts
-    raise_once(state, "orphaned", now_ms, f"node {state.node} lost; call closed at last proof of life",
-               effects)
-    close_call(state, end, "orphaned", "system", None, effects, end_ts)
+        if state.last_proof_ms is not None:
+            end, end_ts = state.last_proof_ms, state.last_proof_ts
+        else:
+            end, end_ts = state.answer_ms, state.answer_ts
+        exposure_end = max(end, detected_ms)
+    raise_once(state, "orphaned", detected_ms,
+               f"node {state.node} lost{f' ({why})' if why else ''}; no BYE was sent, exposure open", effects)
+    close_call(state, end, "orphaned", "system", None, effects, end_ts, closed_by=CLOSED_BY_PIPELINE,
+               exposure_end_ms=exposure_end, exposure_open=True)
     return state, effects

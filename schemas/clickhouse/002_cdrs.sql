@@ -3,6 +3,10 @@
 -- Idempotent under redelivery: the sort key is call_id, ReplacingMergeTree keeps the row of
 -- the highest `version`, and every report reads with FINAL, so a CDR inserted twice (a
 -- crash between insert and offset commit, a replay) shows once.
+-- Which record of a call wins (sipledger/store/tables.py cdr_version): a CDR closed by the
+-- call's own node (closed_by = 'node', from its call.terminated) always outranks one closed
+-- by a pipeline verdict (closed_by = 'pipeline', node.lost); within a rank the later write
+-- wins (a re-rating). So a verdict record can never replace the node's own account of a call.
 CREATE TABLE IF NOT EXISTS cdrs
 (
     call_id String,
@@ -36,6 +40,9 @@ CREATE TABLE IF NOT EXISTS cdrs
     ended_by Enum8('caller' = 1, 'callee' = 2, 'system' = 3),
     sip_status Nullable(UInt16),
     zombie UInt8,
+    exposure_ms UInt64 DEFAULT 0,
+    exposure_open UInt8 DEFAULT 0,
+    closed_by Enum8('node' = 1, 'pipeline' = 2) DEFAULT 'node',
     sell_rate Nullable(Decimal(18, 6)),
     sell_cost Decimal(18, 6),
     buy_rate Nullable(Decimal(18, 6)),

@@ -13,8 +13,8 @@ CDR_FIELDS = ("call_id", "node", "account", "caller", "callee", "source_ip", "ve
               "setup_ts", "ring_ts", "answer_ts", "end_ts", "pdd_ms", "duration_ms", "verified_ms",
               "unverified_ms", "billed_seconds", "timer_mode", "session_expires", "effective_limit_s",
               "refresh_count", "last_proof_of_life", "end_reason", "ended_by", "sip_status", "zombie",
-              "sell_rate", "sell_cost", "buy_rate", "buy_cost", "margin", "currency", "rate_deck_version",
-              "schema_version")
+              "exposure_ms", "exposure_open", "closed_by", "sell_rate", "sell_cost", "buy_rate", "buy_cost",
+              "margin", "currency", "rate_deck_version", "schema_version")
 
 
 def fetch_cdrs(store: Store, since: str | None = None, until: str | None = None,

@@ -1,10 +1,18 @@
-"""Apply the DDL in schemas/clickhouse/ (idempotent: every statement is IF NOT EXISTS)."""
+"""Apply the DDL in schemas/clickhouse/ (idempotent: every statement is IF NOT EXISTS).
+
+``ALTER TABLE t ADD COLUMN IF NOT EXISTS c ...`` is applied by checking ``system.columns`` first and
+running it without ``IF NOT EXISTS`` only where the column is missing: ClickHouse 18.16 refuses that
+clause (measured: code 62, syntax error), and the check works the same on every version.
+"""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 from .base import Store
+
+_ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+(\w+)\s", re.I)
 
 
 def ddl_statements() -> list[tuple[str, str]]:
@@ -24,6 +32,14 @@ def migrate(store: Store) -> list[str]:
     """Create what is missing; returns the files applied."""
     applied = []
     for name, stmt in ddl_statements():
+        m = _ADD_COLUMN.match(stmt)
+        if m is not None:
+            table, column = m.group(1), m.group(2)
+            found = store.query("SELECT count() AS n FROM system.columns WHERE database = currentDatabase() "
+                                "AND table = %(t)s AND name = %(c)s", {"t": table, "c": column})
+            if int(found[0]["n"]):
+                continue
+            stmt = re.sub(r"\s+IF\s+NOT\s+EXISTS", "", stmt, count=1, flags=re.I)
         store.execute(store.render(stmt))
         if name not in applied:
             applied.append(name)

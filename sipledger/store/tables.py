@@ -26,8 +26,9 @@ CDR_COLUMNS: tuple[str, ...] = (
     "call_id", "node", "account", "caller", "callee", "source_ip", "vendor", "gateway",
     "setup_ms", "ring_ms", "answer_ms", "end_ms", "pdd_ms", "duration_ms", "verified_ms", "unverified_ms",
     "billed_seconds", "timer_mode", "session_expires", "effective_limit_s", "refresh_count",
-    "last_proof_of_life_ms", "end_reason", "ended_by", "sip_status", "zombie", "sell_rate", "sell_cost",
-    "buy_rate", "buy_cost", "margin", "currency", "rate_deck_version", "version",
+    "last_proof_of_life_ms", "end_reason", "ended_by", "sip_status", "zombie", "exposure_ms", "exposure_open",
+    "closed_by", "sell_rate", "sell_cost", "buy_rate", "buy_cost", "margin", "currency", "rate_deck_version",
+    "version",
 )
 ALERT_COLUMNS: tuple[str, ...] = (
     "alert_id", "kind", "call_id", "node", "account", "vendor", "ran_ms", "unverified_ms",
@@ -56,13 +57,39 @@ _ROW_MAKERS = tuple(
     (lambda cdr, version: version) if col == "version"
     else (lambda cdr, version, f=_TS_COLUMN_FIELD[col]: _ms_or_none(cdr[f])) if col in _TS_COLUMN_FIELD
     else (lambda cdr, version, c=col: _money(cdr[c])) if col in CDR_MONEY_FIELDS
-    else (lambda cdr, version: 1 if cdr["zombie"] else 0) if col == "zombie"
+    else (lambda cdr, version, c=col: 1 if cdr[c] else 0) if col in ("zombie", "exposure_open")
     else (lambda cdr, version, c=col: cdr[c])
     for col in CDR_COLUMNS
 )
 
 
+# Row versions: the rank of the record above the write time in ms (< 2**44 until the year 2527).
+_RANK_SHIFT = 44
+_RANK = {"node": 2, "pipeline": 1}
+
+
+def cdr_version(cdr: dict[str, Any], wall_ms: int) -> int:
+    """The ReplacingMergeTree version of a CDR row: which record of a call the store keeps.
+
+    A record closed by the call's own node (``closed_by`` = node) outranks one closed by a pipeline
+    verdict, whatever was written last; within a rank the later write wins (a re-rated copy).
+    """
+    return (_RANK.get(cdr.get("closed_by", "node"), 1) << _RANK_SHIFT) | wall_ms
+
+
+# What a schema_version 1 CDR (from an older worker, a CDR topic written before) recorded, in v2 terms.
+CDR_V1_DEFAULTS = {"exposure_ms": 0, "exposure_open": False, "closed_by": "node"}
+
+
+def upgrade_cdr(cdr: dict[str, Any]) -> dict[str, Any]:
+    """A CDR with every v2 field: a v1 CDR gets the defaults (it is returned as is when complete)."""
+    if "exposure_ms" in cdr:
+        return cdr
+    return {**cdr, **{k: v for k, v in CDR_V1_DEFAULTS.items() if k not in cdr}}
+
+
 def cdr_to_row(cdr: dict[str, Any], version: int) -> tuple[Any, ...]:
+    cdr = upgrade_cdr(cdr)
     return tuple(make(cdr, version) for make in _ROW_MAKERS)
 
 
@@ -83,14 +110,14 @@ def row_to_cdr(row: dict[str, Any]) -> dict[str, Any]:
             cdr[_TS_COLUMN_FIELD[col]] = ms_to_ts(None if v is None else int(v))
         elif col in CDR_MONEY_FIELDS:
             cdr[col] = _money_text(v)
-        elif col == "zombie":
+        elif col in ("zombie", "exposure_open"):
             cdr[col] = bool(v)
         elif col in ("pdd_ms", "duration_ms", "verified_ms", "unverified_ms", "billed_seconds",
-                     "session_expires", "effective_limit_s", "refresh_count", "sip_status"):
+                     "session_expires", "effective_limit_s", "refresh_count", "sip_status", "exposure_ms"):
             cdr[col] = None if v is None else int(v)
         else:
             cdr[col] = v
-    cdr["schema_version"] = 1
+    cdr["schema_version"] = 2
     return cdr
 
 

@@ -15,8 +15,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 
 from domain_eventgen import CallBuilder  # noqa: E402
 
-from pipeline.domain.call_state import CallState, apply  # noqa: E402
+from pipeline.domain.fold import apply  # noqa: E402
 from pipeline.domain.policy import Policy  # noqa: E402
+from pipeline.domain.state import CallState  # noqa: E402
 
 
 def make_events(n_calls: int) -> list[dict[str, Any]]:

@@ -72,3 +72,12 @@ def normal_call(call_id: str = "c1", talk_ms: int = 65_400, **kw: Any) -> list[d
 def heartbeat(node: str, at: int, seq: int = 1, t0: int = T0) -> dict[str, Any]:
     return {"event_id": f"hb-{node}-{seq}", "call_id": f"node:{node}", "seq": seq, "type": "node.heartbeat",
             "ts": format_ts(t0 + at), "node": node, "schema_version": 1, "active_calls": 1}
+
+
+def node_lost(node: str, at: int, last_heartbeat_at: int | None, t0: int = T0,
+              by: str = "test") -> dict[str, Any]:
+    """A node.lost verdict written at ``t0 + at`` from a last heartbeat at ``t0 + last_heartbeat_at``."""
+    return {"event_id": f"lost-{node}-{last_heartbeat_at}", "call_id": f"node:{node}", "seq": 1,
+            "type": "node.lost", "ts": format_ts(t0 + at), "node": node, "schema_version": 2,
+            "last_heartbeat": None if last_heartbeat_at is None else format_ts(t0 + last_heartbeat_at),
+            "detected_by": by, "probe": "3 OPTIONS to udp:192.0.2.9:5060 unanswered in 3.0 s"}

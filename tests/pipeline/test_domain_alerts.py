@@ -3,9 +3,9 @@ from __future__ import annotations
 from domain_eventgen import T0, CallBuilder
 
 from pipeline.domain.alerts import alert_id, build_alert
-from pipeline.domain.call_state import apply
 from pipeline.domain.commands import build_command, command_id
 from pipeline.domain.effects import IssueTerminate, RaiseAlert
+from pipeline.domain.fold import apply
 from pipeline.domain.policy import Policy
 from pipeline.domain.rating import RateDeck
 from pipeline.domain.rules import on_node_lost

@@ -6,10 +6,11 @@ from typing import Any
 import pytest
 from domain_eventgen import CallBuilder, normal_call
 
-from pipeline.domain.call_state import CallState, apply
 from pipeline.domain.cdr import MONEY_FIELDS, build_cdr, cdr_fields, rerate
+from pipeline.domain.fold import apply
 from pipeline.domain.policy import Policy
 from pipeline.domain.rating import RateDeck
+from pipeline.domain.state import CallState
 from schemas.validation import validate_cdr
 
 HEADER = ("party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,"

@@ -8,13 +8,14 @@ from domain_eventgen import CallBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.domain.call_state import CallState, apply
 from pipeline.domain.cdr import build_cdr
 from pipeline.domain.deadlines import DeadlineQueue
 from pipeline.domain.effects import EmitCdr, RaiseAlert
+from pipeline.domain.fold import apply
 from pipeline.domain.policy import Policy
 from pipeline.domain.rating import RateDeck
 from pipeline.domain.rules import on_node_lost
+from pipeline.domain.state import CallState
 from schemas.validation import validate_cdr
 
 P = Policy()

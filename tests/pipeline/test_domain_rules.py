@@ -5,11 +5,12 @@ from typing import Any
 from domain_eventgen import T0, CallBuilder
 
 from pipeline.domain import phase
-from pipeline.domain.call_state import CallState, apply
 from pipeline.domain.commands import build_command
 from pipeline.domain.effects import CancelDeadline, EmitCdr, IssueTerminate, RaiseAlert, ScheduleDeadline
+from pipeline.domain.fold import apply
 from pipeline.domain.policy import Policy
 from pipeline.domain.rules import due_at, effective_limit, next_deadline, on_deadline, on_node_lost
+from pipeline.domain.state import CallState
 from schemas.validation import validate_cdr, validate_command
 
 P = Policy()
@@ -41,7 +42,7 @@ def test_no_timer_call_past_cap_gets_terminate_and_enforcement_missed_after_grac
     st, fx = fold(CallBuilder().setup().routed().answered(2000, "no_timer").events)
     cap = T0 + 2000 + 7200 * 1000
     assert next_deadline(st, P) == (cap, "no_timer_limit")
-    assert fx[-1] == ScheduleDeadline("c1", cap + 5000, "no_timer_limit")
+    assert fx[-1] == ScheduleDeadline("c1", cap + 5000, "no_timer_limit", "b2b-1")
     # at the cap and within the grace nothing happens: the B2BUA is expected to hang up itself
     for now in (cap, cap + 4999):
         st, out = on_deadline(st, now, P)
@@ -76,7 +77,7 @@ def test_session_timer_deadline_moves_with_each_refresh() -> None:
     assert next_deadline(st, pol) == (T0 + 2000 + 90_000 - 32_000, "session_expired")
     st, fx = apply(st, b.refreshed(47_000, session_expires=90).events[-1], pol)
     assert next_deadline(st, pol) == (T0 + 47_000 + 90_000 - 32_000, "session_expired")
-    assert fx == [ScheduleDeadline("c1", T0 + 47_000 + 58_000 + 5000, "session_expired")]
+    assert fx == [ScheduleDeadline("c1", T0 + 47_000 + 58_000 + 5000, "session_expired", "b2b-1")]
     # a stale timer firing at the old time just re-arms
     st, out = on_deadline(st, T0 + 2000 + 58_000 + 5000, pol)
     assert out == []
@@ -114,7 +115,7 @@ def test_unknown_call_alert_after_timeout_once() -> None:
     assert st.phase == phase.ACTIVE and st.ring_ms == T0 + 500
 
 
-def test_orphaned_call_ends_at_last_proof_of_life_and_is_zombie() -> None:
+def test_orphaned_call_bills_to_last_proof_and_records_the_exposure_to_detection() -> None:
     b = CallBuilder().setup().routed().answered(2000).refreshed(902_000)
     st, _ = fold(b.events)
     now = T0 + 3_000_000
@@ -128,7 +129,29 @@ def test_orphaned_call_ends_at_last_proof_of_life_and_is_zombie() -> None:
     assert cdr["end_ts"] == cdr["last_proof_of_life"] == "2026-11-25T10:15:02.000Z"
     assert cdr["zombie"] and cdr["end_reason"] == "orphaned"
     assert cdr["duration_ms"] == cdr["verified_ms"] == 900_000 and cdr["unverified_ms"] == 0
+    # ... but it did not cost nothing: it ran unverified from the last refresh to the detection, and
+    # nobody ended it at the carrier
+    assert cdr["exposure_ms"] == now - (T0 + 902_000) == alert.unverified_ms
+    assert cdr["exposure_open"] is True and cdr["closed_by"] == "pipeline"
     assert CancelDeadline("c1") in out
+
+
+def test_no_timer_orphan_without_probes_is_exposed_from_its_answer() -> None:
+    st, _ = fold(CallBuilder().setup().answered(2000, "no_timer").events)
+    st, out = on_node_lost(st, T0 + 37_000)
+    (cdr,) = [e.cdr_fields for e in out if isinstance(e, EmitCdr)]
+    assert cdr["duration_ms"] == 0 and cdr["exposure_ms"] == 35_000 and cdr["exposure_open"]
+
+
+def test_calls_a_node_ended_record_their_unverified_tail_as_closed_exposure() -> None:
+    _, out = fold(CallBuilder().setup().answered(2000, "no_timer").terminated(62_000, "no_timer_limit",
+                                                                               "system").events)
+    (cdr,) = [e.cdr_fields for e in out if isinstance(e, EmitCdr)]
+    assert cdr["exposure_ms"] == cdr["unverified_ms"] == 60_000
+    assert cdr["exposure_open"] is False and cdr["closed_by"] == "node"
+    _, out = fold(CallBuilder().setup().answered(2000).terminated(62_000).events)
+    (cdr,) = [e.cdr_fields for e in out if isinstance(e, EmitCdr)]
+    assert cdr["exposure_ms"] == 0 and cdr["verified_ms"] == cdr["duration_ms"]
 
 
 def test_first_close_wins_late_terminated_emits_no_second_cdr() -> None:
@@ -150,6 +173,7 @@ def test_orphaned_unanswered_call_ends_at_last_event() -> None:
     (cdr,) = [e.cdr_fields for e in out if isinstance(e, EmitCdr)]
     validate_cdr(cdr)
     assert cdr["end_ts"] == "2026-11-25T10:00:00.700Z" and cdr["duration_ms"] == 0 and cdr["zombie"]
+    assert cdr["exposure_ms"] == 0 and cdr["exposure_open"]  # nobody ended it: the carrier may answer yet
 
 
 def test_pending_call_is_not_orphaned() -> None:

@@ -8,9 +8,10 @@ import pytest
 from domain_eventgen import T0, CallBuilder, heartbeat, normal_call
 
 from pipeline.domain import phase
-from pipeline.domain.call_state import CallState, apply, drain_held
 from pipeline.domain.effects import CancelDeadline, EmitCdr, RaiseAlert, ScheduleDeadline
+from pipeline.domain.fold import apply, drain_held
 from pipeline.domain.policy import Policy
+from pipeline.domain.state import CallState
 from schemas.validation import validate_cdr, validate_event
 
 P = Policy()
@@ -79,10 +80,10 @@ def test_events_before_setup_are_pending_with_pending_since() -> None:
     events = normal_call()
     st, fx = apply(None, events[2], P)
     assert st.phase == phase.PENDING and st.pending_since_ms == T0 + 500 and st.node == "b2b-1"
-    assert fx == [ScheduleDeadline("c1", T0 + 500 + 60_000, "unknown_call")]
+    assert fx == [ScheduleDeadline("c1", T0 + 500 + 60_000, "unknown_call", "b2b-1")]
     st, fx = apply(st, events[1], P)  # an earlier ts lowers pending_since (order-independent)
     assert st.pending_since_ms == T0 + 10
-    assert fx == [ScheduleDeadline("c1", T0 + 10 + 60_000, "unknown_call")]
+    assert fx == [ScheduleDeadline("c1", T0 + 10 + 60_000, "unknown_call", "b2b-1")]
     st, fx = apply(st, events[0], P)  # setup arrives: the call starts, the unknown_call timer goes
     assert st.phase == phase.ACTIVE and st.pending_since_ms is None and st.held == {}
     assert fx == [CancelDeadline("c1")]

@@ -1,4 +1,4 @@
-"""Per-call state and the event fold ``apply``.
+"""The event fold ``apply``: one call's events into its state (pipeline.domain.state.CallState).
 
 Ordering and duplicates. ``seq`` is per call, from 1, without gaps, so the state only needs
 ``next_seq`` (all seqs below it are applied) and ``held`` (events that arrived early, keyed by seq):
@@ -15,13 +15,12 @@ not depend on arrival order); ``rules`` reports it as ``unknown_call`` after ``u
 A gap after setup simply holds later events; the driver can force them in with :func:`drain_held`.
 
 ``apply`` MUTATES ``state`` and returns the same object (``None`` -> a new one). No I/O, no clock: every
-time comes from the events. node.heartbeat is not a call event; route it to ``NodeLiveness``.
+time comes from the events. node.heartbeat and node.lost are not call events: the processor routes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final
 
@@ -33,76 +32,11 @@ from .end_reasons import PARTY_BYE_REASONS
 from .phase import ACTIVE, ANSWERED, ENDED, PENDING
 from .policy import Policy
 from .rules import effective_limit, sync_deadline
+from .state import CallState
 from .timeutil import EPOCH_UTC, ONE_MS, parse_ts
 
 _fromisoformat = datetime.fromisoformat
 
-
-@dataclass(slots=True)
-class CallState:
-    call_id: str
-    phase: str = phase.PENDING
-    # Owning node (the node of call.setup; of the first event while pending).
-    node: str = ""
-    account: str = ""
-    caller: str = ""
-    callee: str = ""
-    source_ip: str = ""
-    vendor: str = ""  # latest call.routed
-    gateway: str = ""
-    route_attempt: int = 0
-    setup_ms: int | None = None
-    ring_ms: int | None = None  # first call.progress
-    answer_ms: int | None = None
-    end_ms: int | None = None
-    last_event_ms: int | None = None  # latest ts applied; end time of an orphaned unanswered call
-    timer_mode: str | None = None  # session_timer | no_timer (set on answer)
-    session_expires: int | None = None
-    refresher_caller: str | None = None
-    refresher_carrier: str | None = None
-    effective_limit_s: int | None = None
-    limit_source: str = "none"
-    refresh_count: int = 0
-    last_proof_ms: int | None = None
-    session_expiry_ms: int | None = None
-    # The event ts strings behind setup/ring/answer/end/last_proof_ms, kept so a CDR needs no formatting
-    # (formatting is ~2 us a timestamp in Python, as much as folding an event). None -> format the ms.
-    setup_ts: str | None = None
-    ring_ts: str | None = None
-    answer_ts: str | None = None
-    end_ts: str | None = None
-    last_proof_ts: str | None = None
-    end_reason: str | None = None
-    ended_by: str | None = None
-    sip_status: int | None = None
-    terminate_issued: bool = False
-    alerts_raised: set[str] = field(default_factory=set)
-    next_seq: int = 1
-    held: dict[int, dict[str, Any]] = field(default_factory=dict)
-    pending_since_ms: int | None = None
-    # Due time of the last ScheduleDeadline handed out (None: no timer armed); avoids redundant effects.
-    scheduled_at_ms: int | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.phase == phase.ENDED
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable snapshot (held events as a seq-sorted list, alert kinds sorted)."""
-        d = {f: getattr(self, f) for f in _FIELD_NAMES}
-        d["alerts_raised"] = sorted(self.alerts_raised)
-        d["held"] = [self.held[s] for s in sorted(self.held)]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CallState:
-        kw = {f: d[f] for f in _FIELD_NAMES if f in d}
-        kw["alerts_raised"] = set(d.get("alerts_raised", ()))
-        kw["held"] = {e["seq"]: e for e in d.get("held", ())}
-        return cls(**kw)
-
-
-_FIELD_NAMES: Final = tuple(f.name for f in fields(CallState))
 
 Handler = Callable[[CallState, dict[str, Any], int, Policy, list[Effect]], None]
 
