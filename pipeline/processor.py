@@ -138,12 +138,13 @@ class Processor:
         node = event["node"]
         ts = parse_ts(event["ts"])
         if etype == "node.heartbeat":
-            if ts > self.heartbeats.get(node, -1):
+            # A heartbeat clamped as dated too far ahead is no news of the node: it neither moves the
+            # clock nor makes a node.lost verdict look stale.
+            if self._advance(node, ts) and ts > self.heartbeats.get(node, -1):
                 self.heartbeats[node] = ts
             address = event.get("address")
             if address:
                 self.addresses[node] = address
-            self._advance(node, ts)
             self._enforce(node, 0)
             return
         if etype == "node.lost":
@@ -154,11 +155,14 @@ class Processor:
         if state is None and call_id in self.closed:
             self.late_events += 1
             return
-        # The node's time moves to this event's first: a deadline it passed strictly before the event
-        # is enforced before the event is folded (a call.terminated dated after a deadline plus grace
-        # is late, whichever other events of the node came first); one due at the event's very
-        # instant only if the event did not end the call.
-        self._advance(node, ts)
+        # A node that heart-beats moves its clock with its heartbeats only: they reach every partition
+        # alike, so a worker that sees a quarter of the calls judges them on the same clock as replay
+        # reading all of them (a call event of another partition would otherwise move one and not the
+        # other). A node without heartbeats (another switch's stream) moves it with every event.
+        # The clock moves first: a deadline passed strictly before the event is enforced before the
+        # event is folded; one due at the event's very instant only if the event did not end the call.
+        if node not in self.heartbeats:
+            self._advance(node, ts)
         self._enforce(node, -1)
         if state is not None and (due := self.deadlines.at(call_id)) is not None and due < ts:
             # The event is its call's own evidence even when it is dated too far ahead to move the
@@ -172,14 +176,16 @@ class Processor:
             self._carry_out(effects)
         self._enforce(node, 0)
 
-    def _advance(self, node: str, ts: int) -> None:
-        """Move ``node``'s clock with one of its events (clamped when far ahead: see NodeClocks)."""
+    def _advance(self, node: str, ts: int) -> bool:
+        """Move ``node``'s clock with one of its events; False when it was clamped as too far ahead."""
         clocks = self.clocks
         if clocks.advance(node, ts) is None and clocks.is_clamped(node, ts):
             self.clamped_events += 1
             self.out.notices.append(
                 f"event of {node} dated {format_ts(ts)} is more than {self.policy.max_event_lead_s} s "
                 f"ahead of the node's clock {format_ts(clocks.now(node) or ts)}: clamped until confirmed")
+            return False
+        return True
 
     def _enforce(self, node: str, slack: int) -> None:
         """Enforce ``node``'s deadlines due at or before its clock + ``slack`` ms (-1: strictly before)."""

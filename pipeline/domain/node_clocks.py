@@ -2,10 +2,12 @@
 
 A node stamps its events with its own clock and publishes them in that order (one ordered spool per
 node; Kafka keeps a producer's order within a partition; a journal keeps a writer's order). So the
-newest ts read from node X, heartbeats included, is a watermark: every event X published before it
-has been read. A deadline of one of X's calls is judged against X's clock (``rules``), never against a
-wall clock that may have run while the pipeline was not reading, and never against another node's
-clock: node-2's spool flushing before node-1's cannot make node-1 look late.
+newest ts read from node X is a watermark: every event X published before it has been read. The
+Processor feeds a node's heartbeats here once it has seen one (they are broadcast to every partition,
+so every partition's clock of X is the same), and every event of a node that sends none. A deadline
+of one of X's calls is judged against X's clock (``rules``), never against a wall clock that may have
+run while the pipeline was not reading, and never against another node's clock: node-2's spool
+flushing before node-1's cannot make node-1 look late.
 
 Events dated ahead. An event more than ``max_lead_ms`` ahead of its node's clock does not move it on
 its own: it is clamped (counted, reported) and kept as a candidate. A second event of the same node
