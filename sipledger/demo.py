@@ -4,10 +4,12 @@ Two B2BUA nodes run as processes on loopback. Simulated callers of three account
 127.0.0.1, .2 and .3, admitted by source IP) call through them to two simulated carriers: timer
 callers that refresh and timer callers that go silent, legacy callers that hang up and legacy
 callers that vanish without BYE; carriers that answer, hang up, ring out, are busy or fail.
-Midway, node-2 is killed with SIGKILL while its calls are up: the pipeline's second line of
-defence enforces their caps it can no longer reach (terminate commands, `enforcement_missed`)
-and, once the node's heartbeat is gone, closes them as `orphaned`. The embedded pipeline
-builds rated CDRs in chDB; at the end the runaway-cost report, the alerts and an HTML report.
+Midway, node-2 is killed with SIGKILL while its calls are up. Its heartbeats stop; once the
+pipeline has been caught up with the journal for `node_timeout` and node-2 does not answer a SIP
+OPTIONS probe either, the pipeline writes a node.lost verdict into the journal and closes the
+node's calls as `orphaned`, billed to their last proof of life, with their exposure (from that
+proof to the detection) recorded as still open at the carrier. The embedded pipeline builds
+rated CDRs in chDB; at the end the runaway-cost report, the alerts and an HTML report.
 """
 
 from __future__ import annotations
