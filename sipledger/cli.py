@@ -421,6 +421,57 @@ def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rat
                "still open")
 
 
+@main.command("audit")
+@click.option("--from", "source", default=None,
+              help="The event log: kafka, kafka://host:port or file:///path (default: events.log)")
+@click.option("--store", "store_url", default=None, help="Store URL (default: store.url)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--show", default=50, show_default=True, help="Discrepancies listed in the table output")
+@with_config
+def audit_cmd(cfg: Config, source: str | None, store_url: str | None, fmt: str, show: int) -> None:
+    """Reconcile the CDR store with the event log, call by call (exit 1 on any discrepancy).
+
+    Every call the log ends has exactly one CDR with its end reason and times; every call a node.lost
+    verdict orphans has one orphaned CDR with its exposure; calls the log leaves open have none; no
+    CDR exists without events.
+    """
+    from pipeline.replay import open_log
+
+    from .audit import KINDS, audit_store
+    from .store import StoreError
+    from .store.remote import open_reader
+    from .topic_reader import TopicReadError
+
+    src = source or cfg.events.log
+    try:
+        with open_reader(store_url or cfg.store.url, str(cfg.base_dir)) as store:
+            res = audit_store(open_log(src, cfg), store)
+    except (StoreError, TopicReadError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    counts = res.counts()
+    if fmt == "json":
+        click.echo(json.dumps({"ok": res.ok, "events": res.events, "invalid_events": res.invalid,
+                               "calls": res.calls, "cdrs": res.cdrs, "ended": res.ended,
+                               "orphaned": res.orphaned, "open": res.open, "discrepancies": dict(counts),
+                               "details": [{"kind": d.kind, "call_id": d.call_id, "detail": d.detail}
+                                           for d in res.discrepancies]}, indent=2))
+    else:
+        click.echo(f"log {src}: {res.events} events ({res.invalid} invalid), {res.calls} calls: "
+                   f"{res.ended} ended by their node, {res.orphaned} orphaned by a verdict, {res.open} open")
+        click.echo(f"store: {res.cdrs} CDRs")
+        for kind in KINDS:
+            if counts[kind]:
+                click.echo(f"  {counts[kind]:6d}  {kind}")
+        for d in res.discrepancies[:show]:
+            click.echo(f"  {d.kind}: {d.call_id}: {d.detail}")
+        if len(res.discrepancies) > show:
+            click.echo(f"  ... {len(res.discrepancies) - show} more (--format json lists them all)")
+        click.echo("audit passed: the store matches the log" if res.ok else
+                   f"audit FAILED: {len(res.discrepancies)} discrepancies")
+    if not res.ok:
+        sys.exit(1)
+
+
 @main.command("calls")
 @click.option("--store", "store_url", default=None, help="Store URL of the running embedded pipeline")
 @click.option("--app-id", default=None,
