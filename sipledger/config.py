@@ -96,7 +96,9 @@ class EventsConfig:
     log: str = opt("file://.sipledger/events.jsonl",
                    "Where events go: file:///path (embedded JSON-lines journal) or kafka://host:port")
     spool_dir: str = opt(".sipledger/spool", "Local spool for events while Kafka is unreachable")
-    heartbeat_interval: float = opt(5.0, "Seconds between node.heartbeat events", lo=0.1)
+    heartbeat_interval: float = opt(1.0, "Seconds between node.heartbeat events; the pipeline judges a "
+                                    "node's deadlines on its heartbeats, so this bounds how late its second "
+                                    "line acts after grace", lo=0.1)
 
 
 @dataclass(frozen=True, slots=True)
