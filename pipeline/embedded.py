@@ -106,7 +106,7 @@ class EmbeddedPipeline:
                         if cfg.pipeline.webhook_url else None)
         p = cfg.pipeline
         self.watch = NodeWatch(p.node_timeout, f"embedded:{socket.gethostname()}:{os.getpid()}",
-                               p.probe_attempts, p.probe_timeout)
+                               p.probe_attempts, p.probe_timeout, takeover=p.takeover)
         # Verdicts are written into the events journal, where this runner reads them back.
         self.verdicts = FileJournal(self.paths.events)
         self.offset = 0

@@ -379,7 +379,7 @@ class KafkaPipeline:
         self._t_out: float | None = None
         p = cfg.pipeline
         self.watch = NodeWatch(p.node_timeout, f"{app.conf.id}@{socket.gethostname()}:{os.getpid()}",
-                               p.probe_attempts, p.probe_timeout)
+                               p.probe_attempts, p.probe_timeout, takeover=p.takeover)
 
     # -- resources ----------------------------------------------------------------------------------
     async def _producer(self) -> AIOKafkaProducer:

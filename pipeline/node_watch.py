@@ -25,11 +25,13 @@ Prober = Callable[[str, int, float], ProbeResult]
 
 class NodeWatch:
     def __init__(self, node_timeout_s: float, detected_by: str, probe_attempts: int = 3,
-                 probe_timeout: float = 1.0, stall_s: float = 2.0, prober: Prober = probe) -> None:
+                 probe_timeout: float = 1.0, stall_s: float = 2.0, prober: Prober = probe,
+                 takeover: bool = True) -> None:
         self.watch = LivenessWatch(round(node_timeout_s * 1000), round(stall_s * 1000))
         self.detected_by = detected_by
         self.probe_attempts = probe_attempts
         self.probe_timeout = probe_timeout
+        self.takeover = takeover
         self._prober = prober
         self._pool: ThreadPoolExecutor | None = None
         self._probes: dict[str, Future[ProbeResult]] = {}
@@ -57,7 +59,8 @@ class NodeWatch:
                 self.verdicts += 1
                 log.error("node %s lost: silent for %.0f s while the pipeline was caught up, and %s; "
                           "its open calls are orphaned", node, watch.node_timeout_ms / 1000, result.detail)
-                out.append(node_lost_event(verdict, wall_ms, self.detected_by))
+                takers = watch.alive(wall_ms) if self.takeover else []
+                out.append(node_lost_event(verdict, wall_ms, self.detected_by, takers))
             elif watch.state(node) == DISCONNECTED:
                 log.warning("node %s: no heartbeat in the log for %.0f s, but %s: disconnected from the "
                             "log, not dead; its calls are left alone", node, watch.node_timeout_ms / 1000,

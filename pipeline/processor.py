@@ -25,6 +25,8 @@ from pipeline.domain import (
     ClosedCalls,
     DeadlineQueue,
     EmitCdr,
+    IssueRelease,
+    IssueTakeover,
     IssueTerminate,
     NodeCalls,
     NodeClocks,
@@ -34,11 +36,14 @@ from pipeline.domain import (
     apply,
     build_alert,
     build_command,
+    build_release,
+    build_takeover,
     on_deadline,
     on_node_lost,
     rerate,
 )
 from pipeline.domain.effects import Effect
+from pipeline.domain.rules import close_orphan
 from pipeline.domain.timeutil import format_ts, parse_ts
 from schemas.validation import ContractError, decode_event, validate_event
 from sipledger.config import Config
@@ -68,7 +73,8 @@ def policy_from_config(cfg: Config) -> Policy:
                   grace_period_s=round(p.grace_period), node_timeout_s=round(p.node_timeout),
                   unknown_call_timeout_s=round(p.unknown_call_timeout),
                   max_event_lead_s=round(p.max_event_lead),
-                  closed_call_retention_s=round(p.closed_call_retention))
+                  closed_call_retention_s=round(p.closed_call_retention),
+                  takeover=p.takeover, takeover_timeout_s=round(p.takeover_timeout))
 
 
 def load_decks(cfg: Config) -> tuple[RateDeck | None, RateDeck | None]:
@@ -105,6 +111,10 @@ class Processor:
         # verdicts ignored because a newer heartbeat of the node had been read.
         self.clamped_events = 0
         self.stale_verdicts = 0
+        # Calls taken over from a lost node, by that node: (taker, the heartbeat the verdict was based
+        # on, detection ms). If the node heart-beats again after that, it was cut off, not dead, and is
+        # told to forget them (call.release) instead of running calls another node has ended.
+        self.taken_over: dict[str, dict[str, tuple[str, int | None, int]]] = {}
 
     @classmethod
     def from_config(cls, cfg: Config) -> Processor:
@@ -142,6 +152,8 @@ class Processor:
             # clock nor makes a node.lost verdict look stale.
             if self._advance(node, ts) and ts > self.heartbeats.get(node, -1):
                 self.heartbeats[node] = ts
+                if node in self.taken_over:
+                    self._release(node, ts)
             address = event.get("address")
             if address:
                 self.addresses[node] = address
@@ -212,13 +224,32 @@ class Processor:
                                     f"of {format_ts(seen)} is newer than its {last}")
             return
         detected = parse_ts(event["ts"])
+        takers = event.get("takeover_by") or () if self.policy.takeover else ()
         for call_id in self.node_calls.calls_of(node):
             state = self.states.get(call_id)
             if state is None or state.closed:
                 continue
-            state, effects = on_node_lost(state, detected, event["probe"])
+            state, effects = on_node_lost(state, detected, event["probe"], takers, self.policy)
+            self.node_calls.track(state)
+            if state.takeover_node is not None and not state.closed:
+                self.taken_over.setdefault(node, {})[call_id] = (state.takeover_node, last_ms, detected)
+            self._carry_out(effects)
+        # Takeovers this node was doing die with it: those calls stay with their exposure open.
+        for state in [s for s in self.states.values() if s.takeover_node == node and not s.closed]:
+            effects = []
+            close_orphan(state, detected, effects)
             self.node_calls.track(state)
             self._carry_out(effects)
+
+    def _release(self, node: str, ts: int) -> None:
+        """``node`` heart-beat after a verdict: release the calls taken over from it since."""
+        calls = self.taken_over[node]
+        for call_id, (taker, verdict_hb, _) in sorted(calls.items()):
+            if verdict_hb is None or ts > verdict_hb:
+                self._carry_out([IssueRelease(call_id, node, taker, ts)])
+                del calls[call_id]
+        if not calls:
+            del self.taken_over[node]
 
     # -- output ------------------------------------------------------------------------------------
     def _carry_out(self, effects: Iterable[Effect]) -> None:
@@ -230,6 +261,10 @@ class Processor:
                 self.out.alerts.append(build_alert(e, self.sell_deck))
             elif isinstance(e, IssueTerminate):
                 self.out.commands.append(build_command(e, self.issued_by))
+            elif isinstance(e, IssueTakeover):
+                self.out.commands.append(build_takeover(e, self.issued_by))
+            elif isinstance(e, IssueRelease):
+                self.out.commands.append(build_release(e, self.issued_by))
 
     def take(self) -> Outputs:
         out, self.out = self.out, Outputs()
@@ -257,6 +292,13 @@ class Processor:
         log_time = self.clocks.log_time()
         if log_time is not None and closed:
             self.closed.expire(log_time)
+            horizon = log_time - self.closed.retention_ms
+            for node in list(self.taken_over):  # nodes that never came back
+                calls = {c: v for c, v in self.taken_over[node].items() if v[2] >= horizon}
+                if calls:
+                    self.taken_over[node] = calls
+                else:
+                    del self.taken_over[node]
         return len(closed)
 
     def snapshot(self) -> dict[str, Any]:
@@ -265,7 +307,9 @@ class Processor:
         return {"states": {cid: s.to_dict() for cid, s in self.states.items()},
                 "clocks": self.clocks.to_dict(), "heartbeats": dict(self.heartbeats),
                 "addresses": dict(self.addresses), "events_seen": self.events_seen,
-                "late_events": self.late_events}
+                "late_events": self.late_events,
+                "taken_over": {n: {c: list(v) for c, v in calls.items()}
+                               for n, calls in self.taken_over.items()}}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
         # States as dicts (checkpoints) or already decoded (the faust worker's table).
@@ -279,6 +323,8 @@ class Processor:
         self.addresses = dict(snap.get("addresses", {}))
         self.events_seen = int(snap.get("events_seen", 0))
         self.late_events = int(snap.get("late_events", 0))
+        self.taken_over = {n: {c: (v[0], v[1], v[2]) for c, v in calls.items()}
+                           for n, calls in snap.get("taken_over", {}).items()}
         # Derived state: rebuilt, never persisted.
         self.deadlines = DeadlineQueue.rebuild(self.states, self.policy)
         self.node_calls = NodeCalls.of(self.states.values())

@@ -38,7 +38,9 @@ def _load(name: str) -> dict[str, Any]:
 
 
 _SCHEMA_FILES: tuple[str, ...] = ("common.json", "cdr.json", "alert.zombie.json",
-                                  "command.call.terminate.json", "dead_letter.json")
+                                  "command.call.terminate.json", "command.call.takeover.json",
+                                  "command.call.release.json", "dead_letter.json")
+COMMAND_TYPES: tuple[str, ...] = ("call.terminate", "call.takeover", "call.release")
 
 
 def _documents() -> list[dict[str, Any]]:
@@ -111,7 +113,13 @@ def validate_event(obj: Any) -> None:
 
 
 def validate_command(obj: Any) -> None:
-    _check("command.call.terminate.json", obj)
+    """Raise ContractError unless ``obj`` is a valid command of a known type."""
+    if not isinstance(obj, Mapping):
+        raise ContractError("command must be a JSON object")
+    ctype = obj.get("type")
+    if ctype not in COMMAND_TYPES:
+        raise ContractError(f"unknown command type {ctype!r}", "type")
+    _check(f"command.{ctype}.json", obj)
 
 
 def validate_alert(obj: Any) -> None:

@@ -131,6 +131,10 @@ class PipelineConfig:
                                        "a late redelivered event of it changes nothing", lo=60)
     probe_attempts: int = opt(3, "SIP OPTIONS sent to a silent node before it is called lost", lo=1, hi=20)
     probe_timeout: float = opt(1.0, "Seconds to wait for the answer to each node probe", lo=0.05)
+    takeover: bool = opt(True, "A lost node's answered calls are ended on both legs by a surviving node "
+                         "(call.takeover); needs more than one node, every node reachable by the carriers")
+    takeover_timeout: float = opt(45.0, "Seconds (on the taking-over node's clock) its report may take "
+                                  "before the call is closed with its exposure open", lo=1)
     sell_rates: str = opt("", "Rate deck CSV of the sell side (accounts); empty = unrated")
     buy_rates: str = opt("", "Rate deck CSV of the buy side (vendors); empty = unrated")
     webhook_url: str = opt("", "HTTP endpoint that receives each zombie alert as JSON (empty = off)")

@@ -15,9 +15,18 @@ from __future__ import annotations
 from .alerts import alert_id, build_alert
 from .cdr import build_cdr, cdr_fields, rerate
 from .closed_calls import ClosedCalls
-from .commands import build_command
+from .commands import build_command, build_release, build_takeover
 from .deadlines import DeadlineQueue
-from .effects import CancelDeadline, Effect, EmitCdr, IssueTerminate, RaiseAlert, ScheduleDeadline
+from .effects import (
+    CancelDeadline,
+    Effect,
+    EmitCdr,
+    IssueRelease,
+    IssueTakeover,
+    IssueTerminate,
+    RaiseAlert,
+    ScheduleDeadline,
+)
 from .fold import apply, drain_held
 from .node_calls import NodeCalls
 from .node_clocks import NodeClocks
@@ -27,8 +36,9 @@ from .rules import due_at, next_deadline, on_deadline, on_node_lost
 from .state import CallState
 
 __all__ = [
-    "CallState", "CancelDeadline", "ClosedCalls", "DeadlineQueue", "Effect", "EmitCdr", "IssueTerminate",
-    "NodeCalls", "NodeClocks", "Policy", "RaiseAlert", "Rate", "RateDeck", "ScheduleDeadline", "alert_id",
-    "apply", "billed_seconds", "build_alert", "build_cdr", "build_command", "cdr_fields", "drain_held",
-    "due_at", "next_deadline", "on_deadline", "on_node_lost", "rerate",
+    "CallState", "CancelDeadline", "ClosedCalls", "DeadlineQueue", "Effect", "EmitCdr", "IssueRelease",
+    "IssueTakeover", "IssueTerminate", "NodeCalls", "NodeClocks", "Policy", "RaiseAlert", "Rate", "RateDeck",
+    "ScheduleDeadline", "alert_id", "apply", "billed_seconds", "build_alert", "build_cdr", "build_command",
+    "build_release", "build_takeover", "cdr_fields", "drain_held", "due_at", "next_deadline", "on_deadline",
+    "on_node_lost", "rerate",
 ]

@@ -19,6 +19,7 @@ from .timeutil import format_ts
 
 ALERT_KINDS: Final = frozenset({
     "limit_reached", "refresh_failed", "probe_failed", "orphaned", "enforcement_missed", "unknown_call",
+    "takeover_failed",
 })
 
 # Fixed namespace: alert ids must be identical across workers, restarts and replays.

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from .effects import CancelDeadline, Effect, ScheduleDeadline
 from .policy import Policy
-from .rules import due_at
+from .rules import deadline_node, due_at
 from .state import CallState
 
 _COMPACT_MIN = 1024
@@ -114,5 +114,5 @@ class DeadlineQueue:
             st = states[call_id]
             at = due_at(st, policy)
             if at is not None:
-                q.schedule(call_id, at, st.node)
+                q.schedule(call_id, at, deadline_node(st))
         return q

@@ -34,6 +34,28 @@ class IssueTerminate:
 
 
 @dataclass(slots=True)
+class IssueTakeover:
+    """Tell a surviving node to end a lost node's call on both legs (``commands.build_takeover``)."""
+
+    call_id: str
+    node: str  # the node that takes it over
+    dead_node: str
+    seq: int  # the seq of the call.terminated it reports
+    dialogs: dict[str, Any]
+    detected_ms: int  # the node.lost verdict's time (also the command's ts)
+
+
+@dataclass(slots=True)
+class IssueRelease:
+    """Tell a node that came back to forget a call another node took over, sending nothing."""
+
+    call_id: str
+    node: str
+    taken_over_by: str
+    ts_ms: int  # the heartbeat of the returning node that prompted it
+
+
+@dataclass(slots=True)
 class RaiseAlert:
     """Raise one alert (at most one per call and kind); ``alerts.build_alert`` makes the dict.
 
@@ -71,4 +93,5 @@ class CancelDeadline:
     call_id: str
 
 
-Effect = EmitCdr | IssueTerminate | RaiseAlert | ScheduleDeadline | CancelDeadline
+Effect = (EmitCdr | IssueTerminate | IssueTakeover | IssueRelease | RaiseAlert | ScheduleDeadline
+          | CancelDeadline)

@@ -38,6 +38,27 @@ from .timeutil import EPOCH_UTC, ONE_MS, parse_ts
 _fromisoformat = datetime.fromisoformat
 
 
+def _taken_over(st: CallState, ev: dict[str, Any], ts: int, takeover: dict[str, Any],
+                fx: list[Effect]) -> None:
+    """A surviving node ended a lost node's call (its BYE on each leg). Billed like any orphan, up to the
+    last proof of life; the exposure ran until that BYE, and stays open only if the carrier leg's BYE got
+    no answer (a 481 means the carrier had already dropped the dialog: nothing more to bill)."""
+    if st.answer_ms is not None and st.last_proof_ms is not None:
+        end, end_ts = st.last_proof_ms, st.last_proof_ts
+    elif st.answer_ms is not None:
+        end, end_ts = st.answer_ms, st.answer_ts
+    else:
+        end, end_ts = ts, ev["ts"]
+    carrier = takeover["legs"]["carrier"]["outcome"]
+    still_open = carrier in ("timeout", "not_sent")
+    raise_once(st, "orphaned", ts, f"node {takeover['dead_node']} lost; taken over by {ev['node']}", fx)
+    if still_open or takeover["legs"]["caller"]["outcome"] in ("timeout", "not_sent"):
+        legs = ", ".join(f"{leg} {v['outcome']}" for leg, v in sorted(takeover["legs"].items()))
+        raise_once(st, "takeover_failed", ts, f"takeover by {ev['node']}: BYE {legs}", fx)
+    close_call(st, end, "orphaned", "system", None, fx, end_ts, exposure_end_ms=max(end, ts),
+               exposure_open=still_open)
+
+
 Handler = Callable[[CallState, dict[str, Any], int, Policy, list[Effect]], None]
 
 
@@ -79,12 +100,33 @@ def _on_answered(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx:
         ev["effective_limit_s"], ev["limit_source"], mode, policy)
     if mode == "session_timer" and se:
         st.session_expiry_ms = ts + se * 1000
+    dialogs = ev.get("dialogs")
+    if dialogs:
+        # Copies: refreshes and probes advance them, and the event itself stays as the log has it.
+        st.dialogs = {leg: dict(d) for leg, d in dialogs.items()}
     sync_deadline(st, policy, fx)
+
+
+def _advance_dialog(st: CallState, ev: dict[str, Any]) -> None:
+    """A request the node sent on a leg advanced that leg's CSeq (and a target refresh its target)."""
+    dialogs = st.dialogs
+    if not dialogs:
+        return
+    d = dialogs.get(ev["leg"])
+    if d is None:
+        return
+    cseq = ev.get("local_cseq")
+    if cseq is not None and cseq > d["local_cseq"]:
+        d["local_cseq"] = cseq
+    target = ev.get("remote_target")
+    if target:
+        d["remote_target"] = target
 
 
 def _on_refreshed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
     if st.phase != ANSWERED:
         return
+    _advance_dialog(st, ev)
     st.refresh_count += 1
     if st.last_proof_ms is None or ts > st.last_proof_ms:
         st.last_proof_ms = ts
@@ -97,18 +139,23 @@ def _on_refreshed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx
 
 def _on_refresh_failed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
     if st.phase == ANSWERED:
+        _advance_dialog(st, ev)
         msg = f"session refresh failed on the {ev['leg']} leg ({ev['cause']}, status {ev['status']})"
         raise_once(st, "refresh_failed", ts, msg, fx)
 
 
 def _on_probe_ok(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
-    if st.phase == ANSWERED and (st.last_proof_ms is None or ts > st.last_proof_ms):
+    if st.phase != ANSWERED:
+        return
+    _advance_dialog(st, ev)
+    if st.last_proof_ms is None or ts > st.last_proof_ms:
         st.last_proof_ms = ts
         st.last_proof_ts = ev["ts"]
 
 
 def _on_probe_failed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
     if st.phase == ANSWERED:
+        _advance_dialog(st, ev)
         raise_once(st, "probe_failed", ts,
                    f"liveness probe failed on the {ev['leg']} leg ({ev['cause']}, status {ev['status']})", fx)
 
@@ -116,6 +163,10 @@ def _on_probe_failed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy,
 def _on_terminated(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
     reason = ev["reason"]
     initiator = ev["initiator"]
+    takeover = ev.get("takeover")
+    if takeover is not None:
+        _taken_over(st, ev, ts, takeover, fx)
+        return
     if st.phase == ANSWERED and reason in PARTY_BYE_REASONS and initiator != "system":
         # A party's BYE proves the call was alive until the end: verified == duration.
         st.last_proof_ms = ts

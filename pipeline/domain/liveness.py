@@ -139,6 +139,15 @@ class LivenessWatch:
         w.verdict_heartbeat_ms = w.last_heartbeat_ms
         return Verdict(node, w.last_heartbeat_ms, detail)
 
+    def alive(self, wall_ms: int) -> list[str]:
+        """Nodes whose heartbeats are being read now (heard within the timeout, while caught up): the
+        ones a lost node's calls can be handed to."""
+        if self._caught_up_since is None:
+            return []
+        return [n for n, w in sorted(self._nodes.items())
+                if w.state == ALIVE and w.last_heartbeat_ms is not None
+                and wall_ms - w.heard_wall_ms <= self.node_timeout_ms]
+
     # -- reporting -----------------------------------------------------------------------------------
     def state(self, node: str) -> str | None:
         w = self._nodes.get(node)
@@ -151,14 +160,18 @@ class LivenessWatch:
 _LOST_NS: Final = uuid.UUID("0b7f3a52-6c1e-5d9a-8f24-3e6b1c9d7a15")
 
 
-def node_lost_event(verdict: Verdict, detected_ms: int, detected_by: str) -> dict[str, Any]:
+def node_lost_event(verdict: Verdict, detected_ms: int, detected_by: str,
+                    takeover_by: Iterable[str] = ()) -> dict[str, Any]:
     """The node.lost event of a verdict (schemas/events/node.lost.json).
 
     Its id is derived from the node and the heartbeat the verdict was based on, so two workers (or a
-    retried write) reaching the same verdict write the same event, and readers see one verdict.
+    retried write) reaching the same verdict write the same event, and readers see one verdict (two
+    workers may name different live nodes: each partition follows the first verdict it reads).
+    ``takeover_by``: the live nodes the lost node's calls may be handed to.
     """
     last = None if verdict.last_heartbeat_ms is None else format_ts(verdict.last_heartbeat_ms)
-    return {
+    takers = sorted(n for n in set(takeover_by) if n != verdict.node)
+    event: dict[str, Any] = {
         "event_id": uuid.uuid5(_LOST_NS, f"{verdict.node}\x1f{last}").hex,
         "call_id": f"node:{verdict.node}",
         "seq": 1,
@@ -170,3 +183,6 @@ def node_lost_event(verdict: Verdict, detected_ms: int, detected_by: str) -> dic
         "detected_by": detected_by[:128],
         "probe": verdict.why[:512],
     }
+    if takers:
+        event["takeover_by"] = takers[:64]
+    return event

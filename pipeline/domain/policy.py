@@ -31,10 +31,15 @@ class Policy:
     max_event_lead_s: int = 10
     # Closed calls are remembered this long (log time) so a late event of one changes nothing.
     closed_call_retention_s: int = 86_400
+    # A lost node's answered calls are ended on the wire by a surviving node (call.takeover).
+    takeover: bool = True
+    # How long (on the taking-over node's clock) its report may take before the call is closed with
+    # its exposure open: a BYE's transaction times out after 64 x T1 (32 s) at the latest.
+    takeover_timeout_s: int = 45
 
     def __post_init__(self) -> None:
         for name in ("max_call_duration", "no_timer_max_duration", "session_timeout_early_hangup",
                      "grace_period_s", "node_timeout_s", "unknown_call_timeout_s", "max_event_lead_s",
-                     "closed_call_retention_s"):
+                     "closed_call_retention_s", "takeover_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

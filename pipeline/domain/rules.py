@@ -32,18 +32,23 @@ the DeadlineQueue orders by.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import Final
 
 from . import phase
 from .alerts import raise_once
 from .closing import close_call
-from .effects import CancelDeadline, Effect, IssueTerminate, ScheduleDeadline
+from .effects import CancelDeadline, Effect, IssueTakeover, IssueTerminate, ScheduleDeadline
 from .policy import Policy
 from .state import CLOSED_BY_PIPELINE, CallState
 from .timeutil import format_ts
 
 UNKNOWN_CALL: Final = "unknown_call"
 SESSION_EXPIRED: Final = "session_expired"
+TAKEOVER: Final = "takeover"
+# Deadlines with no grace added: nothing was missed by a node when they pass.
+_NO_GRACE: Final = frozenset({UNKNOWN_CALL, TAKEOVER})
 # limit_source -> the end_reason a terminate for that limit carries.
 _LIMIT_REASON: Final = {"no_timer_max_duration": "no_timer_limit", "max_call_duration": "max_duration_limit"}
 
@@ -72,6 +77,9 @@ def next_deadline(state: CallState, policy: Policy) -> tuple[int, str] | None:
     """
     ph = state.phase
     if ph == phase.ANSWERED:
+        if state.takeover_node is not None and state.lost_ms is not None:
+            # Its node is lost; the only question left is whether the takeover reports in time.
+            return state.lost_ms + policy.takeover_timeout_s * 1000, TAKEOVER
         if state.terminate_issued:
             return None
         best: tuple[int, str] | None = None
@@ -94,7 +102,12 @@ def due_at(state: CallState, policy: Policy) -> int | None:
     if nd is None:
         return None
     at, why = nd
-    return at if why == UNKNOWN_CALL else at + policy.grace_period_s * 1000
+    return at if why in _NO_GRACE else at + policy.grace_period_s * 1000
+
+
+def deadline_node(state: CallState) -> str:
+    """Whose clock the call's deadline is judged on: its node's, or during a takeover the taker's."""
+    return state.takeover_node or state.node
 
 
 def sync_deadline(state: CallState, policy: Policy, effects: list[Effect]) -> None:
@@ -106,10 +119,10 @@ def sync_deadline(state: CallState, policy: Policy, effects: list[Effect]) -> No
             effects.append(CancelDeadline(state.call_id))
         return
     at, why = nd
-    due = at if why == UNKNOWN_CALL else at + policy.grace_period_s * 1000
+    due = at if why in _NO_GRACE else at + policy.grace_period_s * 1000
     if due != state.scheduled_at_ms:
         state.scheduled_at_ms = due
-        effects.append(ScheduleDeadline(state.call_id, due, why, state.node))
+        effects.append(ScheduleDeadline(state.call_id, due, why, deadline_node(state)))
 
 
 def on_deadline(state: CallState, now_ms: int, policy: Policy) -> tuple[CallState, list[Effect]]:
@@ -129,6 +142,10 @@ def on_deadline(state: CallState, now_ms: int, policy: Policy) -> tuple[CallStat
                 raise_once(state, UNKNOWN_CALL, at,
                            f"events without call.setup since {format_ts(state.pending_since_ms or at)}",
                            effects)
+        elif why == TAKEOVER:
+            if now_ms >= at:
+                close_orphan(state, state.lost_ms or at, effects)
+                return state, effects
         elif now_ms >= (due := at + policy.grace_period_s * 1000):
             state.terminate_issued = True
             effects.append(IssueTerminate(state.call_id, state.node, why, at, due))
@@ -139,18 +156,57 @@ def on_deadline(state: CallState, now_ms: int, policy: Policy) -> tuple[CallStat
     return state, effects
 
 
-def on_node_lost(state: CallState, detected_ms: int, why: str = "") -> tuple[CallState, list[Effect]]:
-    """A node.lost verdict for the call's node: close the call as ``orphaned`` (ended_by system).
+def takeover_target(call_id: str, candidates: Iterable[str]) -> str | None:
+    """The node that takes a call over: rendezvous hashing of the call id over the live nodes, so every
+    worker (and replay) picks the same one, and a node joining or leaving moves only its own share."""
+    best: tuple[bytes, str] | None = None
+    for node in candidates:
+        score = hashlib.blake2b(f"{call_id}\x1f{node}".encode(), digest_size=8).digest()
+        if best is None or score > best[0]:
+            best = (score, node)
+    return None if best is None else best[1]
 
-    The customer is billed up to the last proof of life (end = last proof; for an unanswered call, the
-    last event seen), so nothing after it is billed on faith. The exposure, what the carrier may go on
-    billing, runs from that proof to the detection (``detected_ms``, the verdict's ts) and stays open:
-    no node sent a BYE. Raises an ``orphaned`` alert at the detection and emits the CDR. No-op for
-    calls that are already closed or still pending. Mutates and returns ``state``.
+
+def on_node_lost(state: CallState, detected_ms: int, why: str = "", takeover_by: Iterable[str] = (),
+                 policy: Policy | None = None) -> tuple[CallState, list[Effect]]:
+    """A node.lost verdict for the call's node.
+
+    An answered call with its dialog state and a live node to hand it to is taken over: the chosen
+    node (``takeover_target``) is told to send BYE on both legs as the dead node's dialog and report
+    the outcome as this call's call.terminated; if no report arrives within ``takeover_timeout_s`` on
+    that node's clock, the call is closed as below. Any other call is closed at once as ``orphaned``
+    (ended_by system): the customer is billed up to the last proof of life (end = last proof; for an
+    unanswered call, the last event seen), so nothing after it is billed on faith, while the exposure,
+    what the carrier may go on billing, runs from that proof to the detection (``detected_ms``, the
+    verdict's ts) and stays open: no node sent a BYE. Raises an ``orphaned`` alert at the detection.
+    No-op for calls that are already closed or still pending, or already being taken over.
+    Mutates and returns ``state``.
     """
     effects: list[Effect] = []
-    if state.phase not in phase.OPEN_PHASES:
+    if state.phase not in phase.OPEN_PHASES or state.takeover_node is not None:
         return state, effects
+    dead = state.node
+    target = None
+    if (policy is None or policy.takeover) and state.phase == phase.ANSWERED and state.dialogs:
+        target = takeover_target(state.call_id, (n for n in takeover_by if n != dead))
+    detail = f" ({why})" if why else ""
+    if target is not None and policy is not None:
+        state.takeover_node = target
+        state.lost_ms = detected_ms
+        effects.append(IssueTakeover(state.call_id, target, dead, state.next_seq, state.dialogs or {},
+                                     detected_ms))
+        raise_once(state, "orphaned", detected_ms,
+                   f"node {dead} lost{detail}; taken over by {target}: BYE on both legs", effects)
+        sync_deadline(state, policy, effects)
+        return state, effects
+    raise_once(state, "orphaned", detected_ms,
+               f"node {dead} lost{detail}; no BYE was sent, exposure open", effects)
+    close_orphan(state, detected_ms, effects)
+    return state, effects
+
+
+def close_orphan(state: CallState, detected_ms: int, effects: list[Effect]) -> None:
+    """Close a lost node's call that nobody ended on the wire: billed to the last proof, exposure open."""
     end_ts: str | None = None
     if state.answer_ms is None:
         end = state.last_event_ms if state.last_event_ms is not None else detected_ms
@@ -161,8 +217,8 @@ def on_node_lost(state: CallState, detected_ms: int, why: str = "") -> tuple[Cal
         else:
             end, end_ts = state.answer_ms, state.answer_ts
         exposure_end = max(end, detected_ms)
-    raise_once(state, "orphaned", detected_ms,
-               f"node {state.node} lost{f' ({why})' if why else ''}; no BYE was sent, exposure open", effects)
+    if state.takeover_node is not None:
+        raise_once(state, "takeover_failed", detected_ms, f"takeover by {state.takeover_node} reported "
+                   "nothing in time; exposure open", effects)
     close_call(state, end, "orphaned", "system", None, effects, end_ts, closed_by=CLOSED_BY_PIPELINE,
                exposure_end_ms=exposure_end, exposure_open=True)
-    return state, effects

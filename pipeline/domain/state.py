@@ -69,6 +69,13 @@ class CallState:
     exposure_end_ms: int | None = None
     # True when no node is known to have ended the call on the wire: the carrier may still bill it.
     exposure_open: bool = False
+    # Dialog state of both legs ({"caller": {...}, "carrier": {...}}, schemas/common.json dialog_leg),
+    # from call.answered, with local_cseq and remote_target kept current by refreshes and probes: what
+    # a surviving node needs to end the call if its node dies.
+    dialogs: dict[str, Any] | None = None
+    # A takeover under way: the node told to end the call, and the node.lost verdict's time.
+    takeover_node: str | None = None
+    lost_ms: int | None = None
 
     @property
     def closed(self) -> bool:

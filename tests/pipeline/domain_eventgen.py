@@ -37,16 +37,24 @@ class CallBuilder:
         return self._ev("call.progress", at, status=status)
 
     def answered(self, at: int = 2000, timer_mode: str = "session_timer", session_expires: int | None = 1800,
-                 effective_limit_s: int | None = None, limit_source: str = "none") -> CallBuilder:
+                 effective_limit_s: int | None = None, limit_source: str = "none",
+                 dialogs: bool = False) -> CallBuilder:
         refresher = ({"caller": "peer", "carrier": "b2bua"} if timer_mode == "session_timer"
                      else {"caller": None, "carrier": None})
+        extra: dict[str, Any] = {}
+        if dialogs:
+            extra = {"dialogs": {leg: dialog_leg(self.call_id, leg) for leg in ("caller", "carrier")},
+                     "schema_version": 2}
         return self._ev("call.answered", at, timer_mode=timer_mode,
                         session_expires=session_expires if timer_mode == "session_timer" else None,
-                        refresher=refresher, effective_limit_s=effective_limit_s, limit_source=limit_source)
+                        refresher=refresher, effective_limit_s=effective_limit_s, limit_source=limit_source,
+                        **extra)
 
-    def refreshed(self, at: int, session_expires: int = 1800, leg: str = "caller") -> CallBuilder:
+    def refreshed(self, at: int, session_expires: int = 1800, leg: str = "caller",
+                  local_cseq: int | None = None) -> CallBuilder:
+        extra: dict[str, Any] = {} if local_cseq is None else {"local_cseq": local_cseq}
         return self._ev("session.refreshed", at, leg=leg, method="UPDATE", session_expires=session_expires,
-                        expires_at=format_ts(self.t0 + at + session_expires * 1000))
+                        expires_at=format_ts(self.t0 + at + session_expires * 1000), **extra)
 
     def refresh_failed(self, at: int, leg: str = "caller") -> CallBuilder:
         return self._ev("session.refresh_failed", at, leg=leg, method="UPDATE", status=None, cause="timeout")
@@ -81,3 +89,24 @@ def node_lost(node: str, at: int, last_heartbeat_at: int | None, t0: int = T0,
             "type": "node.lost", "ts": format_ts(t0 + at), "node": node, "schema_version": 2,
             "last_heartbeat": None if last_heartbeat_at is None else format_ts(t0 + last_heartbeat_at),
             "detected_by": by, "probe": "3 OPTIONS to udp:192.0.2.9:5060 unanswered in 3.0 s"}
+
+
+def dialog_leg(call_id: str, leg: str, cseq: int = 1) -> dict[str, Any]:
+    """The dialog state of one leg as the B2BUA puts it into call.answered (schemas dialog_leg)."""
+    peer = "10.0.0.1:5060" if leg == "caller" else "192.0.2.1:5060"
+    return {"call_id": f"{call_id}-{leg}", "local_tag": f"lt-{leg}", "remote_tag": f"rt-{leg}",
+            "local_uri": "<sip:b2bua@192.0.2.10>", "remote_uri": f"<sip:{leg}@{peer}>",
+            "remote_target": f"sip:{leg}@{peer}", "route_set": [], "transport": "udp",
+            "destination": peer, "local_cseq": cseq}
+
+
+def taken_over(call_id: str, seq: int, node: str, dead_node: str, at: int, carrier: str = "ended",
+               caller: str = "ended", t0: int = T0) -> dict[str, Any]:
+    """The call.terminated a taking-over node reports after its BYEs."""
+    status = {"ended": 200, "gone": 481, "timeout": None, "not_sent": None}
+    return {"event_id": f"{call_id}-takeover", "call_id": call_id, "seq": seq, "type": "call.terminated",
+            "ts": format_ts(t0 + at), "node": node, "schema_version": 2, "reason": "orphaned",
+            "initiator": "system", "sip_status": None,
+            "takeover": {"dead_node": dead_node, "command_id": "c",
+                         "legs": {"caller": {"status": status[caller], "outcome": caller},
+                                  "carrier": {"status": status[carrier], "outcome": carrier}}}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain_eventgen import CallBuilder, heartbeat, node_lost
+from domain_eventgen import CallBuilder, heartbeat, node_lost, taken_over
 
 from pipeline.domain.policy import Policy
 from pipeline.processor import Outputs, Processor
@@ -141,3 +141,81 @@ def test_the_closed_call_memory_survives_a_snapshot() -> None:
     _, out = run(events[:1], back)
     assert out.cdrs == [] and back.late_events == 1 and back.states == {}
     assert back.clocks.now("node-1") == proc.clocks.now("node-1")
+
+
+# -- takeover: a surviving node ends a lost node's calls on both legs --------------------------------
+
+def _lost_with_calls(takers: list[str] | None) -> tuple[Processor, Outputs]:
+    calls = [CallBuilder(f"t{i}", "node-2").setup(100 * i).answered(2_000 + 100 * i, "no_timer", dialogs=True)
+             .refreshed(10_000, leg="carrier", local_cseq=7).events for i in range(6)]
+    stream = by_ts(*calls, beats("node-1", 0, 20_000), beats("node-2", 0, 20_000), beats("node-3", 0, 20_000))
+    proc, _ = run(stream)
+    verdict = node_lost("node-2", 55_000, 20_000)
+    if takers is not None:
+        verdict["takeover_by"] = takers
+    return run([verdict], proc)
+
+
+def test_a_lost_nodes_calls_are_handed_to_live_nodes_deterministically() -> None:
+    proc, out = _lost_with_calls(["node-1", "node-3"])
+    assert out.cdrs == []  # not closed yet: the takeover reports first
+    takes = sorted(out.commands, key=lambda c: c["call_id"])
+    assert [c["type"] for c in takes] == ["call.takeover"] * 6
+    assert {c["node"] for c in takes} == {"node-1", "node-3"}  # spread over the live nodes
+    assert all(c["dead_node"] == "node-2" and c["seq"] == 4 for c in takes)
+    assert all(c["dialogs"]["carrier"]["local_cseq"] == 7 for c in takes)  # the refresh advanced it
+    assert all("taken over by" in a["message"] for a in out.alerts)
+    # the same verdict from another worker: nothing new
+    _, again = run([node_lost("node-2", 56_000, 20_000, by="w2")], proc)
+    assert again.commands == [] and again.cdrs == []
+    # the same choice on a fresh processor (another partition, replay)
+    _, other = _lost_with_calls(["node-3", "node-1"])
+    assert sorted(other.commands, key=lambda c: c["call_id"]) == takes
+
+
+def test_a_reported_takeover_closes_the_call_with_its_exposure_to_the_bye() -> None:
+    proc, out = _lost_with_calls(["node-1", "node-3"])
+    cmd = next(c for c in out.commands if c["call_id"] == "t0")
+    _, done = run([taken_over("t0", cmd["seq"], cmd["node"], "node-2", 58_000)], proc)
+    (cdr,) = done.cdrs
+    assert cdr["end_reason"] == "orphaned" and cdr["closed_by"] == "node" and not cdr["exposure_open"]
+    assert cdr["end_ts"] == "2026-11-25T10:00:10.000Z"  # billed to the last proof (the refresh)
+    assert cdr["exposure_ms"] == 48_000  # from that proof to the BYE
+    cmd1 = next(c for c in out.commands if c["call_id"] == "t1")
+    _, half = run([taken_over("t1", cmd1["seq"], cmd1["node"], "node-2", 58_000, carrier="timeout")], proc)
+    (cdr,) = half.cdrs
+    assert cdr["exposure_open"] and [a["kind"] for a in half.alerts] == ["takeover_failed"]
+
+
+def test_a_takeover_that_never_reports_closes_the_call_open_on_the_takers_clock() -> None:
+    proc, out = _lost_with_calls(["node-1"])
+    assert {c["node"] for c in out.commands} == {"node-1"}
+    _, later = run(beats("node-1", 25_000, 95_000, seq0=100), proc)
+    assert later.cdrs == []  # 55 s + 45 s not yet passed on node-1's clock
+    _, late = run(beats("node-1", 100_000, 105_000, seq0=200), proc)
+    assert len(late.cdrs) == 6 and all(c["exposure_open"] and c["closed_by"] == "pipeline" for c in late.cdrs)
+    assert {a["kind"] for a in late.alerts} == {"takeover_failed"}
+
+
+def test_without_a_live_node_the_calls_close_at_once() -> None:
+    _, out = _lost_with_calls(None)
+    assert len(out.cdrs) == 6 and out.commands == [] and all(c["exposure_open"] for c in out.cdrs)
+
+
+def test_a_node_that_comes_back_is_told_to_release_what_was_taken_over() -> None:
+    proc, out = _lost_with_calls(["node-1"])
+    for c in out.commands:
+        run([taken_over(c["call_id"], c["seq"], "node-1", "node-2", 57_000)], proc)
+    # its first heartbeat after 50 s of silence is a jump that a second one must confirm
+    assert run([heartbeat("node-2", 70_000, seq=500)], proc)[1].commands == []
+    _, back = run([heartbeat("node-2", 71_000, seq=501)], proc)
+    rel = sorted(back.commands, key=lambda c: c["call_id"])
+    assert [c["type"] for c in rel] == ["call.release"] * 6
+    assert all(c["node"] == "node-2" and c["taken_over_by"] == "node-1" for c in rel)
+    assert run([heartbeat("node-2", 72_000, seq=502)], proc)[1].commands == []  # once
+
+
+def test_calls_a_dying_taker_was_ending_stay_open_at_the_carrier() -> None:
+    proc, _ = _lost_with_calls(["node-1"])
+    _, out = run([node_lost("node-1", 60_000, 20_000)], proc)
+    assert len(out.cdrs) == 6 and all(c["exposure_open"] for c in out.cdrs)
