@@ -39,7 +39,9 @@ buy_rates = "{RATES}/buy.csv"
 name = "initech"
 bill_mode = "verified"
 """)
-    events = list(generate(SyntheticSpec(calls=600, seed=21, no_timer_cap_s=60)))
+    # With the node.lost verdict a live pipeline writes for the dead node: replay takes verdicts only from
+    # the log (it has no end-of-log clock any more), and the orphans it closes carry open exposure.
+    events = list(generate(SyntheticSpec(calls=600, seed=21, no_timer_cap_s=60), verdict_after_ms=30_000))
     j = FileJournal(tmp / "events.jsonl")
     for e in events:
         j.publish(e)
@@ -54,8 +56,6 @@ bill_mode = "verified"
             f"file://{tmp}/events.jsonl",
             "--to",
             f"chdb://{tmp}/store",
-            "--at",
-            events[-1]["ts"][:19],
         ],
     )
     assert res.exit_code == 0, res.output
