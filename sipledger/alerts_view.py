@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from .config import Config
+
+# Alerts already in journals and topics were written by pipelines that put a missing SIP status into
+# the message as Python's None ("timeout, status None"); they are permanent, so they are read as the
+# current pipeline words it.
+_NO_STATUS = re.compile(r"\bstatus None\b")
+
+
+def message_text(message: str) -> str:
+    """An alert's message as a person reads it: a missing status is "no response", not "status None"."""
+    return _NO_STATUS.sub("no response", message)
 
 
 def describe(alert: dict[str, Any]) -> str:
@@ -17,7 +28,7 @@ def describe(alert: dict[str, Any]) -> str:
     cost = Decimal(alert["estimated_cost"]).quantize(Decimal("0.0001"))
     return (f"{alert['ts']} {alert['kind']:<19} call {alert['call_id']} account {alert['account'] or '-'} "
             f"vendor {alert['vendor'] or '-'} ran {ran:,.0f}s unverified {unverified:,.0f}s "
-            f"cost {cost} {alert['currency']}: {alert['message']}")
+            f"cost {cost} {alert['currency']}: {message_text(alert['message'])}")
 
 
 def tail_alerts(cfg: Config, follow: bool, fmt: str, echo: Callable[[str], None]) -> None:

@@ -244,9 +244,11 @@ def report_group() -> None:
 @with_config
 def report_runaway(cfg: Config, store_url: str | None, since: str | None, until: str | None, by: str,
                    prefix_len: int, top: int, fmt: str, output: str | None) -> None:
-    """Calls, zombies, unverified minutes and their cost, calls ended at a limit, top offenders."""
+    """Calls, zombies, exposure (minutes, sell and buy cost, calls still open at the carrier),
+    unverified minutes, calls ended at a limit, top offenders."""
     from .report import render
     from .report.runaway import runaway_cost
+    from .report.what_if import configured_cap
     from .store import StoreError
 
     period = _period(since, until)
@@ -255,7 +257,8 @@ def report_runaway(cfg: Config, store_url: str | None, since: str | None, until:
             rep = runaway_cost(store, by, period, prefix_len, top)
             if fmt == "html":
                 path = Path(output or "runaway-report.html")
-                path.write_text(render.html_report(store, rep, period))
+                configured = configured_cap(cfg.timers.no_timer_max_duration, cfg.timers.max_call_duration)
+                path.write_text(render.html_report(store, rep, period, configured))
                 click.echo(f"wrote {path}")
                 return
     except (StoreError, ValueError) as exc:
@@ -280,7 +283,7 @@ def report_runaway(cfg: Config, store_url: str | None, since: str | None, until:
 @with_config
 def report_cost_impact(cfg: Config, store_url: str | None, since: str | None, until: str | None,
                        fmt: str) -> None:
-    """Zombie duration x rate -> cost per incident and per month, from your own CDRs."""
+    """Zombie exposure x rate -> cost per incident and per month, from your own CDRs."""
     from .report import render
     from .report.runaway import cost_impact
 
@@ -291,26 +294,41 @@ def report_cost_impact(cfg: Config, store_url: str | None, since: str | None, un
 
 @report_group.command("what-if")
 @report_options
-@click.option("--caps", default="900,1800,3600,5400,7200,14400", show_default=True,
-              help="Candidate no-timer caps, seconds")
+@click.option("--caps", default=None,
+              help="Candidate no-timer caps for every account, seconds, e.g. 900,1800,3600 "
+                   "(default: around each account's cap in force, e.g. 5,10,15,20,30,40 for 20 s)")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @with_config
-def report_what_if(cfg: Config, store_url: str | None, since: str | None, until: str | None, caps: str,
-                   fmt: str) -> None:
+def report_what_if(cfg: Config, store_url: str | None, since: str | None, until: str | None,
+                   caps: str | None, fmt: str) -> None:
     """For candidate no-timer caps: calls that would be cut vs exposure saved; a cap per account."""
     from .report import render
-    from .report.what_if import what_if
+    from .report.what_if import configured_cap, what_if
 
-    try:
-        cap_list = tuple(int(c) for c in caps.split(","))
-    except ValueError:
-        raise click.ClickException("--caps takes whole seconds separated by commas") from None
+    cap_list = None
+    if caps is not None:
+        try:
+            cap_list = tuple(int(c) for c in caps.split(","))
+        except ValueError:
+            raise click.ClickException("--caps takes whole seconds separated by commas") from None
+        if any(c <= 0 for c in cap_list):
+            raise click.ClickException("--caps takes caps of at least 1 s")
+    configured = configured_cap(cfg.timers.no_timer_max_duration, cfg.timers.max_call_duration)
     with _reader(cfg, store_url) as store:
-        rows, best = what_if(store, _period(since, until), cap_list)
+        rows, best = what_if(store, _period(since, until), cap_list, configured)
     render.write_rows([r.as_dict() for r in rows], fmt, sys.stdout, "No-timer cap what-if")
     if fmt == "table":
-        for account, cap in sorted(best.items()):
-            click.echo(f"recommended no-timer cap for {account}: {cap} s")
+        for rec in render.recommendations(rows, best):
+            in_force = rec["cap_in_force_s"]
+            cap = rec["recommended_no_timer_cap_s"]
+            if in_force is None:
+                why = "no cap in force known"
+            elif cap == in_force:
+                why = "keep the cap in force" if rec["net_benefit"] == 0 else "the cap in force is best"
+            else:
+                why = f"in force: {in_force} s"
+            click.echo(f"recommended no-timer cap for {rec['account']}: {cap} s ({why}; "
+                       f"net benefit {rec['net_benefit']})")
 
 
 @report_group.command("quality")

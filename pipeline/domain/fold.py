@@ -140,7 +140,8 @@ def _on_refreshed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx
 def _on_refresh_failed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
     if st.phase == ANSWERED:
         _advance_dialog(st, ev)
-        msg = f"session refresh failed on the {ev['leg']} leg ({ev['cause']}, status {ev['status']})"
+        msg = (f"session refresh failed on the {ev['leg']} leg ({ev['cause']}, "
+               f"{'no response' if ev['status'] is None else 'status ' + str(ev['status'])})")
         raise_once(st, "refresh_failed", ts, msg, fx)
 
 
@@ -157,7 +158,8 @@ def _on_probe_failed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy,
     if st.phase == ANSWERED:
         _advance_dialog(st, ev)
         raise_once(st, "probe_failed", ts,
-                   f"liveness probe failed on the {ev['leg']} leg ({ev['cause']}, status {ev['status']})", fx)
+                   f"liveness probe failed on the {ev['leg']} leg ({ev['cause']}, "
+                   f"{'no response' if ev['status'] is None else 'status ' + str(ev['status'])})", fx)
 
 
 def _on_terminated(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:
