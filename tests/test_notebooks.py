@@ -90,12 +90,12 @@ def _text(nb: nbformat.NotebookNode) -> str:
 
 def test_billing_accuracy_notebook_passes_on_pipeline_cdrs(dataset: tuple[Path, Path]) -> None:
     tmp, cfg = dataset
-    nb = _run(
-        "billing_accuracy.ipynb", {"SIPLEDGER_STORE_URL": f"chdb://{tmp}/store", "SIPLEDGER_CONFIG": str(cfg)}
-    )
+    nb = _run("billing_accuracy.ipynb", {"SIPLEDGER_STORE_URL": f"chdb://{tmp}/store",
+                                         "SIPLEDGER_CONFIG": str(cfg),
+                                         "SIPLEDGER_EVENTS_LOG": f"file://{tmp}/events.jsonl"})
     text = _text(nb)
-    assert "billing-accuracy suite passed" in text
-    assert "0 failing rows" in text
+    assert "billing-accuracy suite passed; the store matches the event log" in text
+    assert "0 failing rows" in text and "0 discrepancies" in text
 
 
 def test_runaway_cost_notebook_runs_and_plots(dataset: tuple[Path, Path]) -> None:
@@ -149,6 +149,37 @@ def test_suite_fails_loudly_on_corrupted_cdrs(dataset: tuple[Path, Path], tmp_pa
     with pytest.raises(CellExecutionError) as err:
         _run(
             "billing_accuracy.ipynb",
-            {"SIPLEDGER_STORE_URL": f"chdb://{tmp_path}/bad", "SIPLEDGER_CONFIG": str(cfg)},
+            {"SIPLEDGER_STORE_URL": f"chdb://{tmp_path}/bad", "SIPLEDGER_CONFIG": str(cfg),
+             "SIPLEDGER_EVENTS_LOG": f"file://{tmp}/events.jsonl"},
         )
     assert "failed the billing-accuracy suite" in str(err.value)
+
+
+def test_reconciliation_fails_loudly_where_every_cdr_looks_fine_alone(dataset: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """A false 0 s orphan and a missing CDR pass the per-CDR suite; the log says otherwise."""
+    tmp, cfg = dataset
+    src = open_store(f"chdb://{tmp}/store")
+    good = fetch_cdrs(src)
+    src.close()
+    victim = next(c for c in good if c["end_reason"] == "normal_caller_bye" and c["duration_ms"] > 10_000)
+    false_orphan = dict(victim, end_reason="orphaned", ended_by="system", closed_by="pipeline", zombie=True,
+                        end_ts=victim["answer_ts"], duration_ms=0, verified_ms=0, unverified_ms=0,
+                        billed_seconds=0, sell_cost="0.000000", buy_cost="0.000000", margin="0.000000",
+                        last_proof_of_life=victim["answer_ts"])
+    missing = next(c for c in good if c["end_reason"] == "busy")
+    rows = [false_orphan if c["call_id"] == victim["call_id"] else c for c in good if c is not missing]
+    bad_store = open_store(f"chdb://{tmp_path}/bad")
+    from sipledger.store import migrate
+
+    migrate(bad_store)
+    bad_store.insert("cdrs", CDR_COLUMNS, [cdr_to_row(c, 1) for c in rows])
+    bad_store.close()
+    alone = run_suite(recompute(load_cdrs(f"chdb://{tmp_path}/bad"), load_deck(RATES / "sell.csv"),
+                                {"initech": "verified"}))
+    assert alone.success  # one CDR at a time, nothing is wrong
+    with pytest.raises(CellExecutionError) as err:
+        _run("billing_accuracy.ipynb", {"SIPLEDGER_STORE_URL": f"chdb://{tmp_path}/bad",
+                                        "SIPLEDGER_CONFIG": str(cfg),
+                                        "SIPLEDGER_EVENTS_LOG": f"file://{tmp}/events.jsonl"})
+    assert "does not match the event log: 2 discrepancies" in str(err.value)
