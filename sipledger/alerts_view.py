@@ -57,17 +57,36 @@ def tail_alerts(cfg: Config, follow: bool, fmt: str, echo: Callable[[str], None]
 
 
 def _tail_kafka(cfg: Config, follow: bool, show: Callable[[dict[str, Any]], None]) -> None:
-    from kafka import KafkaConsumer
+    """Every alert on the topic up to its current end (no consumer group: nothing committed); with
+    ``follow``, then every new one as it arrives, until interrupted."""
+    from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(cfg.kafka.topic_alerts, bootstrap_servers=cfg.kafka.bootstrap,
-                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=None if follow else 3000)
+    from .topic_reader import BOOTSTRAP_TIMEOUT_MS, end_offsets, read_to_end
+
+    bootstrap, topic = cfg.kafka.bootstrap, cfg.kafka.topic_alerts
     seen: set[str] = set()
+
+    def once(value: bytes) -> None:
+        alert = json.loads(value)
+        if alert.get("alert_id") not in seen:  # a re-delivered batch may repeat one
+            seen.add(alert.get("alert_id"))
+            show(alert)
+
+    ends = end_offsets(bootstrap, topic)
+    for rec in read_to_end(bootstrap, topic, ends):
+        once(rec.value)
+    if not follow:
+        return
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
     try:
-        for msg in consumer:
-            alert = json.loads(msg.value)
-            if alert.get("alert_id") not in seen:
-                seen.add(alert.get("alert_id"))
-                show(alert)
+        parts = [TopicPartition(topic, p) for p in sorted(ends)]
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, ends[tp.partition])
+        while True:
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    once(rec.value)
     finally:
         consumer.close()

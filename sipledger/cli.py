@@ -156,14 +156,30 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.option("--probe", is_flag=True, help="Also connect to the broker and the store and say what answered")
 @with_config
-def config_check(cfg: Config) -> None:
-    """Load and validate the configuration; print the effective timer settings."""
+def config_check(cfg: Config, probe: bool) -> None:
+    """Load and validate the configuration; print the effective settings and addresses.
+
+    With --probe, connect to Kafka (when events.log is kafka://) and to the store, and exit 1 naming
+    the address that did not answer.
+    """
+    from .config_probe import effective_addresses, probe_addresses
+
     t = cfg.timers
     click.echo(f"ok: node {cfg.node.id}, {len(cfg.accounts)} accounts, {len(cfg.gateways)} gateways, "
                f"{len(cfg.routes)} routes")
     click.echo(f"timers: session_ttl={t.session_ttl}s segment={t.session_update_segment} "
                f"no_timer_max_duration={t.no_timer_max_duration}s max_call_duration={t.max_call_duration}s")
+    for what, where in effective_addresses(cfg):
+        click.echo(f"{what}: {where}")
+    if probe:
+        failed = False
+        for what, ok, detail in probe_addresses(cfg):
+            click.echo(f"{'ok' if ok else 'FAILED'}: {what}: {detail}")
+            failed |= not ok
+        if failed:
+            sys.exit(1)
 
 
 @config_group.command("keys")
@@ -527,9 +543,13 @@ def alerts_group() -> None:
 def alerts_tail(cfg: Config, follow: bool, fmt: str) -> None:
     """Print zombie alerts (from Kafka or the embedded alerts journal)."""
     from .alerts_view import tail_alerts
+    from .topic_reader import TopicReadError
 
-    with contextlib.suppress(KeyboardInterrupt):
-        tail_alerts(cfg, follow, fmt, click.echo)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            tail_alerts(cfg, follow, fmt, functools.partial(click.echo, nl=True))
+    except TopicReadError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command("demo")

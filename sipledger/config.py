@@ -103,7 +103,8 @@ class EventsConfig:
 
 @dataclass(frozen=True, slots=True)
 class KafkaConfig:
-    bootstrap: str = opt("127.0.0.1:9092", "Kafka bootstrap servers (host:port[,host:port])")
+    bootstrap: str = opt("127.0.0.1:9092", "Kafka bootstrap servers (host:port[,host:port]); "
+                         "taken from events.log when that is kafka://host:port")
     partitions: int = opt(4, "Partitions of the project's topics (calls are keyed by call id)", lo=1)
     topic_events: str = opt("call-events", "Topic of call events")
     topic_commands: str = opt("call-commands", "Topic of commands to B2BUA nodes")
@@ -316,6 +317,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def from_dict(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
     raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     _merge_vos3000(raw)
+    _one_broker_address(raw)
     kwargs: dict[str, Any] = {"base_dir": base_dir}
     for name, value in raw.items():
         if name in SECTIONS:
@@ -330,6 +332,26 @@ def from_dict(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
     cfg = Config(**kwargs)
     _check_references(cfg)
     return cfg
+
+
+def _one_broker_address(raw: dict[str, Any]) -> None:
+    """The broker is named once: ``events.log = "kafka://host:port"`` also sets ``kafka.bootstrap``
+    (used by the workers, ``calls``, ``alerts``, ``replay``); naming two different brokers is an error."""
+    log = raw.get("events", {}).get("log") if isinstance(raw.get("events"), dict) else None
+    if not isinstance(log, str) or not log.startswith("kafka://"):
+        return
+    hosts = log[len("kafka://"):].strip("/")
+    if not hosts:
+        return
+    kafka = raw.setdefault("kafka", {})
+    if not isinstance(kafka, dict):
+        return
+    given = kafka.get("bootstrap")
+    if given is None:
+        kafka["bootstrap"] = hosts
+    elif str(given).replace(" ", "") != hosts.replace(" ", ""):
+        raise ConfigError("kafka.bootstrap", f"{given!r} names another broker than events.log {log!r}: "
+                          "set one of them (events.log is enough)")
 
 
 def _check_references(cfg: Config) -> None:

@@ -118,3 +118,38 @@ def test_alerts_tail_reads_kafka(real_stack, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["alerts", "tail", "--config", str(cfg)])
     assert res.exit_code == 0, res.output
     assert "call call-42" in res.output and "enforcement_missed" in res.output
+
+
+def test_alerts_tail_follow_on_kafka_prints_an_alert_produced_after_it_started(real_stack,
+                                                                              tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from sipledger.stack.kafka_broker import create_topics
+
+    topic = f"alerts-f-{tmp_path.name[-8:]}"
+    create_topics(real_stack.kafka_bootstrap, {topic: 2})
+    cfg = tmp_path / "c.toml"
+    # only events.log names the broker: kafka.bootstrap follows it
+    cfg.write_text(f'[events]\nlog = "kafka://{real_stack.kafka_bootstrap}"\n'
+                   f'[kafka]\ntopic_alerts = "{topic}"\n')
+    out = tmp_path / "tail.out"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sipledger", "alerts", "tail", "--follow",
+                                 "--config", str(cfg)], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(4)  # it has read to the (empty) end and is following
+        assert proc.poll() is None, out.read_text()
+        producer = KafkaProducer(bootstrap_servers=real_stack.kafka_bootstrap, acks="all")
+        producer.send(topic, key=b"call-77", value=json.dumps(dict(ALERT, alert_id="late-1",
+                                                                    call_id="call-77")).encode())
+        producer.flush()
+        producer.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "call call-77" not in out.read_text():
+            time.sleep(0.2)
+        assert "call call-77" in out.read_text(), out.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
