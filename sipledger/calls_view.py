@@ -9,6 +9,7 @@ last value of each call, as a worker's table recovery would.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -106,14 +107,16 @@ def _fmt_s(ms: int | None) -> str:
 def render_calls(calls: list[dict[str, Any]]) -> None:
     now_ms = int(time.time() * 1000)
     table = Table(title=f"{len(calls)} active calls")
-    cols = ("caller", "callee", "account", "vendor", "connected", "duration", "timer", "next deadline in")
+    cols = ("call id", "node", "caller", "callee", "account", "vendor", "connected", "duration", "timer",
+            "next deadline in")
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "call id")
     for c in sorted(calls, key=lambda c: -(c["duration_ms"] or 0)):
         connected = "ringing" if not c["answer_ms"] else time.strftime("%H:%M:%S",
                                                                      time.gmtime(c["answer_ms"] / 1000))
         nxt = c.get("next_deadline_ms")
-        table.add_row(c["caller"], c["callee"], c["account"], c["vendor"], connected,
-                      _fmt_s(c["duration_ms"]), c["timer_mode"] or "-",
+        table.add_row(c["call_id"], c.get("node") or "-", c["caller"], c["callee"], c["account"], c["vendor"],
+                      connected, _fmt_s(c["duration_ms"]), c["timer_mode"] or "-",
                       _fmt_s(max(0, nxt - now_ms)) if nxt else "-")
-    Console().print(table)
+    # Piped into a file or another program, the table keeps its width instead of rich's 80 columns.
+    Console(width=None if sys.stdout.isatty() else 1000).print(table)
