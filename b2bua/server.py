@@ -82,7 +82,7 @@ class B2BUAServer:
             follower = KafkaCommandFollower(url.netloc or cfg.kafka.bootstrap, cfg.kafka.topic_commands,
                                             cfg.node.id, self.on_command)
         else:
-            from pipeline.embedded import EmbeddedPaths
+            from sipledger.eventlog.layout import EmbeddedPaths
 
             follower = FileCommandFollower(EmbeddedPaths.from_config(cfg).commands, self.on_command)
         follower.start()

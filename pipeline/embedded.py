@@ -29,8 +29,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline.dead_letter import DeadLetterFile
@@ -43,7 +41,7 @@ from pipeline.store_sink import StoreSink
 from pipeline.webhook import WebhookNotifier
 from sipledger.config import Config
 from sipledger.eventlog.journal import FileJournal, read_journal
-from sipledger.eventlog.publisher import file_url_path
+from sipledger.eventlog.layout import EmbeddedPaths
 from sipledger.store import Store, migrate, open_store
 
 log = logging.getLogger("sipledger.pipeline")
@@ -54,28 +52,6 @@ CHECKPOINT_INTERVAL_S = 2.0
 MAX_PENDING_ROWS = 2_000_000
 # The closed-call file is rewritten (expired records dropped) once it holds this many times the live ones.
 CLOSED_REWRITE_FACTOR = 2
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddedPaths:
-    events: Path
-    commands: Path
-    alerts: Path
-    dead_letter: Path
-    webhook_dead_letter: Path
-    checkpoint: Path
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> EmbeddedPaths:
-        if not cfg.events.log.startswith("file:"):
-            raise ValueError(f"embedded mode needs events.log = file:///..., not {cfg.events.log!r}")
-        events = file_url_path(cfg.events.log, cfg.base_dir).resolve()
-        d = events.parent
-        return cls(events, d / "commands.jsonl", d / "alerts.jsonl", d / "dead-letter.jsonl",
-                   d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json")
-
-    def closed_calls(self, gen: int) -> Path:
-        return self.checkpoint.parent / f"pipeline-closed-calls.{gen}.bin"
 
 
 def call_view(state: Any, now_ms: int, next_due: int | None) -> dict[str, Any]:

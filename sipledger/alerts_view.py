@@ -38,8 +38,8 @@ def tail_alerts(cfg: Config, follow: bool, fmt: str, echo: Callable[[str], None]
     if cfg.events.log.startswith("kafka:"):
         _tail_kafka(cfg, follow, show)
         return
-    from pipeline.embedded import EmbeddedPaths
     from sipledger.eventlog.journal import read_journal
+    from sipledger.eventlog.layout import EmbeddedPaths
 
     path = EmbeddedPaths.from_config(cfg).alerts
     offset = 0

@@ -85,7 +85,8 @@ def read_changelog(bootstrap: str, topic: str, app_id: str) -> Iterator[tuple[by
 
 def _from_checkpoint(cfg: Config) -> list[dict[str, Any]]:
     from pipeline.domain import CallState
-    from pipeline.embedded import EmbeddedPaths, call_view
+    from pipeline.embedded import call_view
+    from sipledger.eventlog.layout import EmbeddedPaths
 
     path = EmbeddedPaths.from_config(cfg).checkpoint
     try:

@@ -1,0 +1,38 @@
+"""Where the embedded event log keeps its files: the events journal and the files beside it.
+
+The B2BUA and the pipeline meet only in the log and the contracts: the B2BUA appends events and
+follows the commands journal, the embedded pipeline follows the events and writes commands, alerts,
+dead letters and its checkpoint. Both find those files here, and neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sipledger.config import Config
+
+from .publisher import file_url_path
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedPaths:
+    events: Path
+    commands: Path
+    alerts: Path
+    dead_letter: Path
+    webhook_dead_letter: Path
+    checkpoint: Path
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> EmbeddedPaths:
+        if not cfg.events.log.startswith("file:"):
+            raise ValueError(f"embedded mode needs events.log = file:///..., not {cfg.events.log!r}")
+        events = file_url_path(cfg.events.log, cfg.base_dir).resolve()
+        d = events.parent
+        return cls(events, d / "commands.jsonl", d / "alerts.jsonl", d / "dead-letter.jsonl",
+                   d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json")
+
+    def closed_calls(self, gen: int) -> Path:
+        """The embedded pipeline's closed-call memory, generation ``gen``."""
+        return self.checkpoint.parent / f"pipeline-closed-calls.{gen}.bin"
