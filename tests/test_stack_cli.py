@@ -62,6 +62,19 @@ def test_up_twice_reports_the_running_services_and_down_leaves_nothing(tmp_path:
         after = runner.invoke(main, ["stack", "status", *args])
         assert after.exit_code == 1
         assert "kafka: down" in after.output
+
+        # down and up twice: both services keep their ports, so the written config stays right
+        written = (stack_dir / "sipledger.toml").read_text()
+        for _ in range(2):
+            again = runner.invoke(main, ["stack", "up", *args])
+            assert again.exit_code == 0, again.output
+            assert (stack_dir / "sipledger.toml").read_text() == written
+            assert runner.invoke(main, ["stack", "down", *args]).exit_code == 0
+        up3 = runner.invoke(main, ["stack", "up", *args])
+        written_cfg = str(stack_dir / "sipledger.toml")
+        probe = runner.invoke(main, ["config", "check", "--probe", "--config", written_cfg])
+        assert probe.exit_code == 0, up3.output + probe.output
+        assert "ok: Kafka:" in probe.output and "ok: store:" in probe.output
     finally:
         runner.invoke(main, ["stack", "down", *args])
         shutil.rmtree(stack_dir, ignore_errors=True)

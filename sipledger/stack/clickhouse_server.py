@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from pathlib import Path
 
 from ..ports import free_port
-from .process import ServiceRecord, StackError, running_record, start
+from .process import ServiceRecord, StackError, port_open, running_record, start
 
 NAME = "clickhouse"
 
@@ -96,9 +97,18 @@ def up(stack_dir: Path, port: int = 0, timeout: float = 60.0) -> tuple[ServiceRe
     home = (stack_dir / "clickhouse").resolve()
     for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
         (home / sub).mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    # The ports are chosen once and kept with the stack, so every store.url written for it stays
+    # right across `stack down` / `stack up` (a configured port still wins; a taken one is replaced).
+    ports_file = home / "ports.json"
+    saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+    if saved and port in (0, saved.get("port")) and not any(port_open(saved[k]) for k in
+                                                             ("port", "http_port", "inter_port")):
+        port, http_port, inter_port = saved["port"], saved["http_port"], saved["inter_port"]
+    else:
+        port, http_port, inter_port = port or free_port(), free_port(), free_port()
+    ports_file.write_text(json.dumps({"port": port, "http_port": http_port, "inter_port": inter_port}))
     conf = home / "config.xml"
-    conf.write_text(_CONFIG.format(home=home, port=port, http_port=free_port(), inter_port=free_port()))
+    conf.write_text(_CONFIG.format(home=home, port=port, http_port=http_port, inter_port=inter_port))
     (home / "users.xml").write_text(_USERS)
     exe = binary()
     cmd = [exe, f"--config-file={conf}"] if exe.endswith("clickhouse-server") else \

@@ -13,11 +13,27 @@ __all__ = ["StackError", "down", "status", "up"]
 SERVICES = (kafka_broker.NAME, clickhouse_server.NAME)
 
 
+CONFIG_NAME = "sipledger.toml"
+
+
+def stack_config(bootstrap: str | None, store_url: str | None, partitions: int) -> str:
+    """A ready-to-use configuration for the stack's services (Kafka mode, ClickHouse store)."""
+    lines = ["# Written by `sipledger stack up` for the services of this stack; its ports stay the same",
+             "# across `stack down` / `stack up`. Use it with --config, or copy these lines into yours.", ""]
+    if bootstrap:
+        lines += ["[events]", f'log = "kafka://{bootstrap}"', "", "[kafka]", f"partitions = {partitions}", ""]
+    if store_url:
+        lines += ["[store]", f'url = "{store_url}"', ""]
+    return "\n".join(lines)
+
+
 def up(stack_dir: Path, cfg: Config, topics: dict[str, int], only: str | None = None) -> Iterator[str]:
+    bootstrap = store_url = None
     if only in (None, kafka_broker.NAME):
         rec, started = kafka_broker.up(stack_dir, cfg.stack.kafka_port)
         verb = "started" if started else "already running"
         yield f"kafka: {verb}, pid {rec.pid}, bootstrap 127.0.0.1:{rec.port}"
+        bootstrap = f"127.0.0.1:{rec.port}"
         created = kafka_broker.create_topics(f"127.0.0.1:{rec.port}", topics)
         if created:
             yield f"kafka: created topics {', '.join(created)}"
@@ -31,6 +47,11 @@ def up(stack_dir: Path, cfg: Config, topics: dict[str, int], only: str | None = 
         with open_store(url) as store:
             migrate(store)
         yield f"clickhouse: schema applied (ClickHouse {store.dialect.version})"
+        store_url = url
+    if only is None:
+        path = stack_dir / CONFIG_NAME
+        path.write_text(stack_config(bootstrap, store_url, cfg.kafka.partitions))
+        yield f"config for this stack: {path} (sipledger ... --config {path})"
 
 
 def down(stack_dir: Path) -> Iterator[str]:
