@@ -552,6 +552,179 @@ def alerts_tail(cfg: Config, follow: bool, fmt: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+# --- events: another switch's events (docs/events.md) --------------------------------------------------
+
+@main.group("events")
+def events_group() -> None:
+    """Validate, send and convert call events from your own switch (contract: docs/events.md)."""
+
+
+def _line_source(path: str) -> Any:
+    from .events_tools import LineSource
+
+    try:
+        return LineSource(path)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@events_group.command("validate")
+@click.argument("file")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="text: one line per problem and a summary; json: one document for scripts")
+def events_validate(file: str, fmt: str) -> None:
+    """Check a file of events (JSON lines, - for standard input) against the schemas and the rules
+    between events: seq per call from 1 without gaps, one node per call, nothing after
+    call.terminated, one event per event_id. Prints `line N: field F: reason` for each problem and
+    exits 1; otherwise a one-line summary."""
+    from .events_tools import check_lines
+
+    src = _line_source(file)
+    res = check_lines(src.lines())
+    if fmt == "json":
+        click.echo(json.dumps({"file": src.name, **res.as_dict()}, indent=2))
+    else:
+        for p in res.problems:
+            click.echo(str(p))
+        if res.ok:
+            click.echo(f"ok: {src.name}: {res.summary()}")
+        else:
+            click.echo(f"{len(res.problems)} problems in {src.name}: {res.summary()}")
+        for node in res.silent_nodes:
+            click.echo(f"note: node {node} sends no node.heartbeat: its clock moves with its own events, "
+                       "and a live pipeline declares it lost when it has open calls and no heartbeat for "
+                       "pipeline.node_timeout (a batch loaded with replay is fine; docs/events.md)",
+                       err=True)
+    if not res.ok:
+        sys.exit(1)
+
+
+@events_group.command("send")
+@click.argument("file")
+@click.option("--to", "target", default=None,
+              help="kafka://host:port or file:///path/events.jsonl (default: events.log)")
+@click.option("--topic", default=None, help="Kafka topic (default: kafka.topic_events)")
+@click.option("--skip-invalid", is_flag=True,
+              help="Send the rest of a file with problems: skip (and print) each bad line, and the "
+                   "whole call when leaving the line out would leave the call with a gap")
+@with_config
+def events_send(cfg: Config, file: str, target: str | None, topic: str | None, skip_invalid: bool) -> None:
+    """Validate a file of events (- for standard input), then publish it: to Kafka keyed by call id
+    (node.heartbeat and node.lost to every partition, acks=all, each call's order kept), or appended
+    to a journal file. Nothing is sent from a file with problems unless --skip-invalid."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .events_tools import SendError, check_lines, open_sink, send_lines
+
+    src = _line_source(file)
+    check = check_lines(src.lines())
+    if check.problems and not skip_invalid:
+        for p in check.problems:
+            click.echo(str(p), err=True)
+        raise click.ClickException(f"{len(check.problems)} problems in {src.name}: nothing sent (fix them, "
+                                   "or --skip-invalid to send the rest)")
+    url = target or cfg.events.log
+    try:
+        sink = open_sink(url, topic or cfg.kafka.topic_events, cfg.base_dir)
+    except (SendError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    journal = getattr(sink, "path", None)
+    if journal is not None and file != "-" and Path(journal).resolve() == Path(file).resolve():
+        sink.close()
+        raise click.ClickException(f"{file} is the journal it would be appended to")
+    try:
+        with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
+                      TimeElapsedColumn(), transient=True, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("send", total=check.lines)
+            res = send_lines(src.lines(), sink, check, skip_invalid,
+                             progress=lambda n: bar.update(task, completed=n))
+    except SendError as exc:
+        raise click.ClickException(f"{exc} (re-sending the whole file is safe: duplicate event ids are "
+                                   "dropped)") from None
+    finally:
+        sink.close()
+    for p in res.skipped:
+        click.echo(f"skipped {p}", err=True)
+    per_part = getattr(sink, "per_partition", None)
+    parts = (" (records per partition: " + ", ".join(f"{p}={n}" for p, n in sorted(per_part.items())) + ")"
+             if per_part else "")
+    click.echo(f"sent {res.events} events of {res.calls} calls ({res.broadcasts} node events to every "
+               f"partition; {res.records} records) to {sink.target}{parts}; skipped {len(res.skipped)} lines")
+
+
+@events_group.command("from-cdr")
+@click.argument("file")
+@click.option("--format", "fmt", type=click.Choice(["asterisk", "freeswitch"]), required=True,
+              help="asterisk: cdr_csv Master.csv; freeswitch: mod_cdr_csv with the default template")
+@click.option("--node", default=None, help="Node name of the switch in the events (default: the format)")
+@click.option("--tz", default="UTC", show_default=True,
+              help="Time zone of the CSV's stamps (both switches write local time; Asterisk writes UTC "
+                   "with usegmtime)")
+@click.option("--account-from", default="accountcode", show_default=True,
+              help="Column that names the billed account")
+@click.option("--default-account", default="unknown", show_default=True,
+              help="Account of rows whose account column is empty")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the events here (default: standard output)")
+def events_from_cdr(file: str, fmt: str, node: str | None, tz: str, account_from: str, default_account: str,
+                    out: str | None) -> None:
+    """Turn an Asterisk or FreeSWITCH CDR CSV (- for standard input) into call events, in time order, as
+    JSON lines: call.setup, call.routed (when the carrier is known), call.answered, call.terminated.
+    Rows that cannot be converted are named on standard error (exit 1); the others are written."""
+    from .cdr_import import Options, convert
+
+    opts = Options(fmt, node or fmt, tz, account_from, default_account)
+    try:
+        fh = sys.stdin if file == "-" else open(file, newline="", encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        res = convert(fh, opts)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if fh is not sys.stdin:
+            fh.close()
+    text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in res.events)
+    if out:
+        Path(out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    for err in res.errors:
+        click.echo(str(err), err=True)
+    click.echo(f"converted {res.calls} calls ({res.answered} answered) into {len(res.events)} events"
+               f"{' in ' + out if out else ''}; {res.duplicates} repeated rows, {len(res.errors)} rows "
+               "skipped", err=True)
+    if res.errors:
+        sys.exit(1)
+
+
+@events_group.command("doc")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the page here (e.g. docs/events.md) instead of standard output")
+@click.option("--check", is_flag=True, help="Exit 1 if --out differs from what would be written")
+def events_doc(out: str | None, check: bool) -> None:
+    """The event contract page (docs/events.md), generated from schemas/."""
+    from .contract_doc import render
+
+    page = render()
+    if check:
+        if not out:
+            raise click.ClickException("--check needs --out FILE")
+        current = Path(out).read_text() if Path(out).is_file() else None
+        if current != page:
+            click.echo(f"{out} is stale: run `sipledger events doc --out {out}`", err=True)
+            sys.exit(1)
+        click.echo(f"{out} is up to date")
+        return
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(page)
+        click.echo(f"wrote {out}")
+    else:
+        sys.stdout.write(page)
+
+
 @main.command("demo")
 @click.option("--dir", "folder", default=".sipledger/demo", show_default=True,
               help="Working folder of the demo (emptied first): its config, journal, store, report")
