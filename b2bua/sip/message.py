@@ -170,11 +170,12 @@ class Headers:
 # ---------------------------------------------------------------------------------------------
 
 
-def split_commas(value: str) -> list[str]:
+def split_commas(value: str, *, keep_empty: bool = False) -> list[str]:
     """Split a header value on commas that are outside quotes and angle brackets.
 
     Display names may contain commas inside quotes and URIs inside <> may contain anything, so a
-    naive ``str.split(",")`` breaks real Contact headers.
+    naive ``str.split(",")`` breaks real Contact headers. Empty elements are dropped unless
+    ``keep_empty`` (the parser uses it to refuse ``Via: a;;,;,,``).
     """
     parts: list[str] = []
     buf: list[str] = []
@@ -205,7 +206,7 @@ def split_commas(value: str) -> list[str]:
             continue
         buf.append(ch)
     parts.append("".join(buf).strip())
-    return [p for p in parts if p]
+    return parts if keep_empty else [p for p in parts if p]
 
 
 def is_digits(text: str) -> bool:
@@ -262,6 +263,12 @@ def parse_params(text: str) -> dict[str, str | None]:
         else:
             params[item.lower()] = None
     return params
+
+
+def has_empty_param(text: str) -> bool:
+    """``;a;;b`` or a trailing ``;``: the grammar has no empty parameter (RFC 3261 25.1)."""
+    items = _split_outside_quotes(text, ";")
+    return any(not item.strip() for item in items[1:])
 
 
 def format_params(params: dict[str, str | None]) -> str:
@@ -492,6 +499,8 @@ def parse_via(value: str) -> Via:
         rest = mm.group(2).strip()
         if rest and not rest.startswith(";"):
             raise SipSyntaxError(f"bad Via params {value!r}")
+    if has_empty_param(rest):
+        raise SipSyntaxError(f"empty Via parameter in {value!r}")
     params = parse_params(rest)
     return Via(
         transport=m.group(3).upper(),
