@@ -140,6 +140,11 @@ class Admission:
             return Admit(acc)
         if result.stale:
             return Challenge(self.digest.challenges(now, stale=True, bound_to=source_ip))
+        if result.uri_mismatch:
+            # RFC 2617 3.2.2.5: credentials for another resource (a captured header aimed at another
+            # number) are a bad request, not a password guess.
+            return Refuse(400, "Bad Request", "auth_failed", "digest uri is not the Request-URI",
+                          record=False, cause="bad_credentials")
         if not result.checked:
             # No password was tried (a nonce not issued to this address, wrong realm, missing
             # fields): a fresh challenge, nothing counted, nothing remembered.

@@ -60,6 +60,14 @@ class SipConfig:
                               "(UPDATE falls back to re-INVITE when the peer does not allow it)",
                               choices=("update", "invite"))
     udp_buffer_bytes: int = opt(4_194_304, "SO_RCVBUF/SO_SNDBUF of the UDP socket, bytes", lo=65_536)
+    tcp_max_connections: int = opt(1024, "Most inbound TCP connections at once (lowered at start to stay "
+                                   "64 below the open-file limit); when full, a connection that has not "
+                                   "sent a whole message yet is closed for a newcomer", lo=1)
+    tcp_max_connections_per_source: int = opt(32, "Most inbound TCP connections from one address", lo=1)
+    tcp_message_timeout: float = opt(10.0, "Seconds a TCP peer has to complete a message after its first "
+                                     "byte, and a new connection to send its first message", lo=0.1)
+    tcp_idle_timeout: float = opt(1800.0, "Seconds a TCP connection may stay without any byte before it is "
+                                  "closed (CRLF keep-alives count)", lo=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,6 +132,7 @@ class DigestResult:
     reason: str = ""
     replay: bool = False  # right answer, but this (nonce, nc) was accepted before
     checked: bool = False  # the response value was compared (a password was really tried)
+    uri_mismatch: bool = False  # the digest uri names another resource than the Request-URI
 
 
 def same_resource(digest_uri: str, request_uri: str) -> bool:
@@ -254,8 +255,9 @@ class DigestServer:
         if status == "invalid":
             return DigestResult(False, username=username, reason="invalid nonce")
         if request_uri is not None and not same_resource(p["uri"], request_uri):
+            # RFC 2617 3.2.2.5: answered 400, not counted as a password guess.
             return DigestResult(False, username=username, reason="digest uri is not the Request-URI",
-                                checked=True)
+                                uri_mismatch=True)
         ha1 = compute_ha1(
             username or "", self.realm, password, algorithm, nonce=p["nonce"], cnonce=p.get("cnonce", "")
         )
