@@ -113,7 +113,7 @@ class Admission:
     def _check_credentials(self, source_ip: str, call_key: str, method: str, authorization: str,
                            now: float, request_uri: str | None) -> Decision:
         try:
-            _, params = parse_auth_params(authorization)
+            scheme, params = parse_auth_params(authorization)
         except ValueError:
             return Refuse(400, "Bad Request", "auth_failed", "unparsable Authorization header",
                           record=False, cause="bad_credentials")
@@ -134,7 +134,7 @@ class Admission:
         # answers (and their timing) are those of a known name with a wrong password.
         password = acc.password if acc is not None else self._decoy_password(username)
         result = self.digest.verify(authorization, method=method, password=password, now=now,
-                                    request_uri=request_uri, bound_to=source_ip)
+                                    request_uri=request_uri, bound_to=source_ip, parsed=(scheme, params))
         if result.ok and acc is not None:
             self._failures.pop(key, None)
             return Admit(acc)

@@ -378,7 +378,8 @@ def test_unknown_source_is_refused(tmp_path: Path, b2bua: Callable[..., RunningB
     # Traffic of no account is counted, not written as calls (a spoofed flood would fill the journal).
     assert node.server is not None and node.server.core is not None
     core = node.server.core
-    assert core.refusals.by_cause == {"unknown_source": 1} and dict(core.refusals.by_source) == {"127.0.0.1": 1}
+    assert core.refusals.by_cause == {"unknown_source": 1}
+    assert dict(core.refusals.by_source) == {"127.0.0.1": 1}
     assert node.events() == []
 
 

@@ -219,12 +219,14 @@ class DigestServer:
         expected_username: str | None = None,
         request_uri: str | None = None,
         bound_to: str = "",
+        parsed: tuple[str, dict[str, str]] | None = None,
     ) -> DigestResult:
         """Check credentials. ``request_uri`` (when given) must be what the digest ``uri`` names;
         ``bound_to`` is the request's source address, which must be the one the nonce was issued to.
-        A verified answer consumes its (nonce, nc) pair."""
+        A verified answer consumes its (nonce, nc) pair. ``parsed``: the header already parsed by
+        ``parse_auth_params`` (the caller needed the user name first)."""
         try:
-            scheme, p = parse_auth_params(authorization)
+            scheme, p = parsed if parsed is not None else parse_auth_params(authorization)
         except ValueError:
             return DigestResult(False, reason="unparsable credentials")
         if scheme.lower() != "digest":
