@@ -353,15 +353,16 @@ def parse_uri(text: str) -> SipUri:
     scheme = scheme.lower()
     if scheme not in ("sip", "sips"):
         return SipUri(scheme=scheme, opaque=rest)
-    headers = ""
-    if "?" in rest:
-        rest, _, headers = rest.partition("?")
     user = password = None
-    # The user part may legally contain ';' (user params), so split on the *last* '@'.
+    # The user part may legally contain ';', '?' and '/' (RFC 3261 25.1 user-unreserved; RFC 4475
+    # intmeth), while '@' appears nowhere else unescaped: split on the *last* '@' before anything.
     if "@" in rest:
         userinfo, _, rest = rest.rpartition("@")
         user, colon, pw = userinfo.partition(":")
         password = pw if colon else None
+    headers = ""
+    if "?" in rest:
+        rest, _, headers = rest.partition("?")
     hostport, _, param_text = rest.partition(";")
     host, port = _split_hostport(hostport)
     return SipUri(
@@ -395,6 +396,9 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
+_TOKEN_WORD = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
+
+
 def parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     if text == "*":
@@ -404,8 +408,16 @@ def parse_name_addr(text: str) -> NameAddr:
         gt = text.find(">", lt)
         if gt < 0:
             raise SipSyntaxError(f"unterminated <> in {text!r}")
+        inner = text[lt + 1 : gt]
+        if inner != inner.strip():
+            # RFC 4475 3.1.2.13 badaspec: no LWS inside the angle brackets.
+            raise SipSyntaxError(f"whitespace inside <> in {text!r}")
+        shown = text[:lt].strip()
+        if shown and not shown.startswith('"') and not all(_TOKEN_WORD.fullmatch(w) for w in shown.split()):
+            # An unquoted display name is a sequence of tokens (RFC 4475 3.1.2.14 baddn: a comma).
+            raise SipSyntaxError(f"display name needs quotes in {text!r}")
         display = unquote(text[:lt]) or None
-        uri = parse_uri(text[lt + 1 : gt])
+        uri = parse_uri(inner)
         params = parse_params(text[gt + 1 :])
         return NameAddr(uri=uri, display=display, params=params)
     # addr-spec form: header params start at the first ';' (RFC 3261 20.10 -- URI params would be

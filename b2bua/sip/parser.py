@@ -148,9 +148,12 @@ def _parse_start_line(line: str) -> tuple[bool, str, str, int, str]:
         status = 505 if _VERSION_RE.match(version) else 400
         raise ParseError("unsupported SIP version", is_request=True, status=status)
     try:
-        parse_uri(uri)
+        parsed = parse_uri(uri)
     except SipSyntaxError as exc:
         raise ParseError(f"bad Request-URI: {exc}", is_request=True) from None
+    if parsed.headers:
+        # RFC 3261 19.1.5: headers are not allowed in a Request-URI (RFC 4475 3.1.2.10 escruri).
+        raise ParseError("headers in the Request-URI", is_request=True)
     return True, method, uri, 0, ""
 
 
