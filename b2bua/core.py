@@ -907,8 +907,14 @@ class B2BUACore:
         tx = self.layer.get(key)
         if tx is None:
             return
-        for name in tx.armed_timers:
-            self._out.append(CancelTimer(("tx", key, name)))
+        # Timers armed in this very step are taken back before they reach the adapter (a stateless
+        # answer then costs no timer at all, which matters under a flood); older ones are cancelled.
+        armed = {("tx", key, name) for name in tx.armed_timers}
+        kept = [a for a in self._out if not (isinstance(a, SetTimer) and a.key in armed)]
+        fresh = {a.key for a in self._out if isinstance(a, SetTimer) and a.key in armed}
+        self._out = kept
+        for timer in armed - fresh:
+            self._out.append(CancelTimer(timer))
         self.layer.transactions.pop(key, None)
         self.tx_dest.pop(key, None)
         self.tx_owner.pop(key, None)

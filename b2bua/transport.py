@@ -212,6 +212,7 @@ class Transports:
         self.stats: dict[str, int] = {"tcp_accepted": 0, "tcp_refused_per_source": 0, "tcp_refused_full": 0,
                                       "tcp_evicted": 0, "tcp_timeouts": 0, "tcp_accept_errors": 0}
         self._logged_at: dict[str, float] = {}
+        self._accept_paused = False
 
     def describe(self) -> str:
         return ", ".join(f"{k} {self.host}:{self.port}" for k in self.kinds)
@@ -289,12 +290,13 @@ class Transports:
             self._admit(sock, addr)
 
     def _pause_accepting(self, seconds: float) -> None:
-        if self._listen is None or self._loop is None:
+        if self._listen is None or self._loop is None or self._accept_paused:
             return
-        fd = self._listen.fileno()
-        self._loop.remove_reader(fd)
+        self._accept_paused = True
+        self._loop.remove_reader(self._listen.fileno())
 
         def resume() -> None:
+            self._accept_paused = False
             if self._listen is not None and self._loop is not None:
                 self._loop.add_reader(self._listen.fileno(), self._on_acceptable)
 

@@ -193,7 +193,8 @@ def test_rfc3261_8_2_checks() -> None:
         "INVITE", "soap.beep://192.0.2.103:3002", caller_invite(branch="z9hG4bKr3", call_id="r3").headers,
         b""))
     assert only(out, status=416) and not select(out, GW1)
-    assert h.events == [] and len(h.core.layer) == 0  # all answered statelessly
+    assert h.events == [] and len(h.core.layer) == 0  # all answered statelessly...
+    assert not [k for k in h.timers if k[0] == "tx"]  # ...without a timer left behind
 
 
 def test_parse_errors_answer_with_their_own_status() -> None:
