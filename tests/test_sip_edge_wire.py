@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from rfc4475 import ALL, BY_NAME, Torture
 from sip_harness.b2bua_runner import RunningB2BUA, make_config
 from sip_harness.fixtures import start_caller, start_carrier
+from sip_harness.sipp import SippProcess
 from sip_harness.wire import (
     dribble,
     invite,
@@ -235,3 +238,28 @@ def test_a_captured_authorization_replayed_is_refused_and_reaches_no_carrier(
     assert _core(node).stats["calls"] == 1
     assert len(gw.requests("INVITE", "received")) == 1
     assert _core(node).admission.digest.replays == 1  # same source, same number: the nc was used
+
+
+def test_a_tcp_carrier_whose_content_length_comes_first_is_understood(
+        tmp_path: Path, b2bua: Callable[..., RunningB2BUA]) -> None:
+    # The stream framer reads responses too: a carrier writing "l:" first must not be lost.
+    uas = SippProcess("uas_answer_cl_first", workdir=tmp_path / "carrier", transport="t1", timeout_s=20)
+    uas.start()
+    with uas:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((uas.local_ip, uas.local_port))
+                except OSError:
+                    break
+            time.sleep(0.02)
+        node = b2bua([uas.local_port], transport="tcp")
+        with start_caller("uac_basic_bye", node.address, workdir=tmp_path, service="15551230000",
+                          pause_ms=300, transport="t1", timeout_s=20) as proc:
+            caller = proc.wait()
+        gw = uas.wait(10)
+    assert caller.ok and gw.ok, caller.describe() + gw.describe()
+    events = node.wait_terminated()
+    assert [e["type"] for e in events] == ["call.setup", "call.routed", "call.progress", "call.answered",
+                                           "call.terminated"]
