@@ -209,3 +209,14 @@ def test_parse_errors_answer_with_their_own_status() -> None:
     assert resp.status == 513 and (dest.host, dest.port) == (CALLER.host, CALLER.port)
     v7 = serialize(caller_invite(branch="z9hG4bKv7")).replace(b" SIP/2.0\r\nVia", b" SIP/7.0\r\nVia")
     assert h.feed(v7)[-1][0].status == 505
+
+
+def test_sha256_digest_admits_when_it_is_the_preferred_algorithm() -> None:
+    h = Harness({**ROAMER, "admission": {"digest_algorithms": ["SHA-256", "MD5"]}})
+    out = h.feed(caller_invite())
+    challenges = only(out, status=401).headers.get_all("WWW-Authenticate")
+    assert ["algorithm=SHA-256" in c for c in challenges] == [True, False]  # RFC 8760: preferred first
+    req = _authorized(challenges[0], "s3cret", branch="z9hG4bKsha", cseq=2)
+    assert "algorithm=SHA-256" in (req.headers.get("Authorization") or "")
+    assert select(h.feed(req), GW1, method="INVITE")
+    assert h.event("call.setup")["account"] == "roamer"
