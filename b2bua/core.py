@@ -23,7 +23,9 @@ from b2bua.actions import Action, Address, CancelTimer, Emit, Log, Send, SetTime
 from b2bua.admission import Admission, Admit, Challenge, Refuse
 from b2bua.call import Attempt, Call, CallState, EndedAttempt, EndedCall, Leg, LegRole, Relay
 from b2bua.call_events import format_ts
+from b2bua.refusals import RefusalCounter
 from b2bua.routing import RouteTable, should_fail_over
+from b2bua.sip.conformance import Rejection, check_body, check_method, check_require, check_uri_scheme
 from b2bua.sip.dialog import Dialog, DialogId, DialogState, dialog_id_for_request
 from b2bua.sip.message import (
     Headers,
@@ -39,6 +41,7 @@ from b2bua.sip.message import (
     uri_host,
 )
 from b2bua.sip.parser import ParseError
+from b2bua.sip.response_route import response_address, stamp_via
 from b2bua.sip.serializer import build_response, response_from_parse_error, serialize
 from b2bua.sip.session_timer import (
     SessionTimer,
@@ -71,6 +74,7 @@ from b2bua.sip.transaction_layer import LayerAction, TransactionKey, Transaction
 from sipledger.config import Config, ConfigError
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+IMPLEMENTED = frozenset(m.strip() for m in ALLOW.split(","))
 SUPPORTED = "timer"
 END_REASONS = frozenset(
     {
@@ -191,9 +195,12 @@ class B2BUACore:
         self.tx_owner: dict[TransactionKey, _Owner] = {}
         self.relays: dict[TransactionKey, Relay] = {}
         self.stats: dict[str, int] = {
-            "calls": 0, "refused": 0, "challenged": 0, "parse_errors": 0, "internal_errors": 0,
-            "commands_applied": 0, "commands_ignored": 0, "safety_net": 0,
+            "calls": 0, "refused": 0, "refused_unadmitted": 0, "challenged": 0, "parse_errors": 0,
+            "internal_errors": 0, "commands_applied": 0, "commands_ignored": 0, "safety_net": 0,
         }  # fmt: skip
+        # Refusals of unadmitted traffic, per cause and per source (bounded); no call events for them.
+        self.refusals = RefusalCounter(admission.cfg.refusal_max_sources, admission.cfg.refusal_log_interval)
+        self._keep_tx = False
         self._commands_seen: OrderedDict[str, None] = OrderedDict()
         self._log_window: dict[str, list[float]] = {}
         self._out: list[Action] = []
@@ -368,11 +375,14 @@ class B2BUACore:
             self._log_limited("drop", "warning", f"dropped unparsable message from {source}: {err.reason}")
             return
         try:
-            dest = self._response_dest(parse_via(resp.headers.get("Via") or ""), source)
+            via: Via | None = parse_via(resp.headers.get("Via") or "")
         except SipSyntaxError:
-            dest = source
-        self._log_limited("400", "info", f"400 to {source} for a malformed request: {err.reason}")
-        self._send(resp, dest)
+            via = None
+        if via is not None:
+            _replace_top_via(resp, stamp_via(via, source))
+        self._log_limited(str(resp.status), "info",
+                          f"{resp.status} to {source} for a malformed request: {err.reason}")
+        self._send(resp, response_address(via, source))
 
     def _on_malformed(self, message: Request | Response, source: Address, exc: SipSyntaxError) -> None:
         self.stats["parse_errors"] += 1
@@ -392,27 +402,14 @@ class B2BUACore:
                 self._respond(key, message, 400, "Bad Request")
                 return
             resp = build_response(message, 400, "Bad Request", to_tag=self.layer.new_tag())
-            dest = self._response_dest(message.top_via, source)
+            dest = response_address(message.top_via, source)
         except (SipSyntaxError, ValueError, KeyError) as again:
             self._log_limited("drop", "warning", f"cannot even answer {source}: {again}")
             return
         self._send(resp, dest)
 
-    def _response_dest(self, via: Via, source: Address) -> Address:
-        """18.2.2 / RFC 3581: responses follow the top Via, corrected by received/rport."""
-        if source.transport == "tcp":
-            return source  # reuse the connection the request came in on
-        host = via.received or via.host
-        rport = via.rport
-        port = rport if isinstance(rport, int) and rport is not True else (via.port or 5060)
-        return Address(host, port, "udp")
-
     def _on_request(self, req: Request, source: Address) -> None:
-        via = req.top_via
-        if via.host != source.host:
-            via.params["received"] = source.host
-        if via.rport is True:
-            via.params["rport"] = str(source.port)
+        via = stamp_via(req.top_via, source)
         _replace_top_via(req, via)
         key = server_key(req)
         old = self.layer.get(key)
@@ -424,7 +421,7 @@ class B2BUACore:
                 return
             self._abandon_transaction(key)
         if req.method != "ACK":
-            self.tx_dest.setdefault(key, self._response_dest(via, source))
+            self.tx_dest.setdefault(key, response_address(via, source))
         reliable = source.transport == "tcp"
         self._apply(self.layer.receive_request(req, self._now, reliable=reliable))
 
@@ -433,23 +430,41 @@ class B2BUACore:
 
     def _on_tu_request(self, req: Request, key: TransactionKey | None) -> None:
         method = req.method
+        self._keep_tx = False
         if method == "ACK":
             self._on_ack(req)
-        elif method == "INVITE" and not req.to.tag:
+            return
+        initial_invite = method == "INVITE" and not req.to.tag
+        if initial_invite:
+            # 8.2.1: authentication comes first, so the INVITE's own checks run after admission.
             self._on_initial_invite(req, key)
         elif method == "CANCEL":
             self._on_cancel(req, key)
+        elif (bad := self._conformance(req)) is not None:
+            self._reject(key, req, bad)
         elif method == "OPTIONS" and not req.to.tag:
             self._respond(key, req, 200, headers=[("Allow", ALLOW), ("Supported", SUPPORTED),
                                                    ("Accept", "application/sdp")])
         elif method == "BYE":
             self._on_bye(req, key)
-        elif method in ("INVITE", "UPDATE", "INFO", "OPTIONS"):
-            self._on_in_dialog(req, key)
-        elif req.to.tag:
-            self._respond(key, req, 501, headers=[("Allow", ALLOW)])
         else:
-            self._respond(key, req, 405, headers=[("Allow", ALLOW)])
+            self._on_in_dialog(req, key)
+        if key is not None and self._current is None and not self._keep_tx:
+            # Answered without any call (a challenge, a refusal, OPTIONS, an unknown dialog): keep no
+            # transaction, as a stateless UAS (8.2.7), so unauthenticated traffic leaves no state
+            # behind; a retransmission is simply answered again.
+            self._abandon_transaction(key)
+
+    def _conformance(self, req: Request, *, with_method: bool = True) -> Rejection | None:
+        """RFC 3261 8.2 checks in order (b2bua.sip.conformance)."""
+        return ((check_method(req, IMPLEMENTED, ALLOW) if with_method else None)
+                or check_uri_scheme(req) or check_require(req, SUPPORTED.split(","))
+                or check_body(req, ("application/sdp",)))
+
+    def _reject(self, key: TransactionKey | None, req: Request, bad: Rejection) -> None:
+        self._log_limited(f"reject{bad.status}", "info",
+                          f"{bad.status} to {self._source} for {req.method[:32]}: {bad.why}")
+        self._respond(key, req, bad.status, headers=bad.headers)
 
     def _on_tu_response(self, resp: Response, key: TransactionKey | None) -> None:
         if key is None:
@@ -516,17 +531,24 @@ class B2BUACore:
             self._respond(key, req, 400, f"Bad Request ({exc})"[:100])
             return
         verdict = self.admission.identify(source.host, req.call_id or "", "INVITE",
-                                          req.headers.get("Authorization"), self._now)
+                                          req.headers.get("Authorization"), self._now, req.uri)
         if isinstance(verdict, Challenge):
             # An intermediate step of a normal call set-up: no events, billing only sees the retry.
             self.stats["challenged"] += 1
             self._respond(key, req, 401, headers=[("WWW-Authenticate", v) for v in verdict.www_authenticate])
             return
         if isinstance(verdict, Refuse):
-            self._refuse(req, key, verdict, decision, source)
+            if verdict.record:
+                self._refuse(req, key, verdict, decision, source)
+            else:
+                self._refuse_unadmitted(req, key, verdict, source)
             return
         assert isinstance(verdict, Admit)
         account = verdict.account
+        bad = self._conformance(req, with_method=False)
+        if bad is not None:
+            self._reject(key, req, bad)
+            return
         if decision.mode == "reject_422":
             self._respond(key, req, 422, headers=decision.response_headers)
             return
@@ -570,9 +592,21 @@ class B2BUACore:
             "requested_refresher": requested_ref,
         }
 
+    def _refuse_unadmitted(self, req: Request, key: TransactionKey | None, refusal: Refuse,
+                           source: Address) -> None:
+        """Refused traffic of no admitted account: answered and counted, never written as a call."""
+        self.stats["refused_unadmitted"] += 1
+        self._respond(key, req, refusal.status, refusal.reason_phrase)
+        line = self.refusals.count(source.host, refusal.cause or "refused", self._now)
+        if line is not None:
+            self._log("warning", line)
+
     def _refuse(self, req: Request, key: TransactionKey | None, refusal: Refuse, decision: UasDecision,
                 source: Address, account: str = "") -> None:
-        """A final refusal is billing-relevant (fraud, capacity): it gets a setup and a terminated."""
+        """A final refusal of an account is billing-relevant (fraud, capacity): it gets a setup and a
+        terminated event, and keeps its transaction so a retransmission is not refused (and billed)
+        twice."""
+        self._keep_tx = True
         self.stats["refused"] += 1
         self._respond(key, req, refusal.status, refusal.reason_phrase)
         call_id = self._new_call_id()
@@ -873,8 +907,14 @@ class B2BUACore:
         tx = self.layer.get(key)
         if tx is None:
             return
-        for name in tx.armed_timers:
-            self._out.append(CancelTimer(("tx", key, name)))
+        # Timers armed in this very step are taken back before they reach the adapter (a stateless
+        # answer then costs no timer at all, which matters under a flood); older ones are cancelled.
+        armed = {("tx", key, name) for name in tx.armed_timers}
+        kept = [a for a in self._out if not (isinstance(a, SetTimer) and a.key in armed)]
+        fresh = {a.key for a in self._out if isinstance(a, SetTimer) and a.key in armed}
+        self._out = kept
+        for timer in armed - fresh:
+            self._out.append(CancelTimer(timer))
         self.layer.transactions.pop(key, None)
         self.tx_dest.pop(key, None)
         self.tx_owner.pop(key, None)
@@ -1494,6 +1534,9 @@ class B2BUACore:
                 self._force_forget(call)
         self._current = None
         self._expire_tombstones()
+        line = self.refusals.flush(self._now)
+        if line is not None:
+            self._log("warning", line)
 
     def _bury(self, call: Call) -> None:
         """Replace an ended call by its tombstone everywhere late messages may look for it.
@@ -1576,7 +1619,7 @@ class B2BUACore:
                         detail=f"command {command_id} from {cmd.get('issued_by', '?')}")
 
 
-def _replace_top_via(req: Request, via: Via) -> None:
+def _replace_top_via(req: Request | Response, via: Via) -> None:
     out = Headers()
     done = False
     for name, value in req.headers:

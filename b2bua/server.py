@@ -26,7 +26,7 @@ from b2bua.commands_in import FileCommandFollower, KafkaCommandFollower
 from b2bua.core import B2BUACore, CoreConfig, contact_host
 from b2bua.routing import RouteTable
 from b2bua.sip.parser import ParserLimits
-from b2bua.transport import Incoming, TimerTask, Transports
+from b2bua.transport import Incoming, TcpLimits, TimerTask, Transports
 from sipledger.config import Config
 from sipledger.eventlog import FileJournal, Publisher, open_publisher
 
@@ -59,7 +59,8 @@ class B2BUAServer:
         self._loop = loop
         limits = ParserLimits(max_message_size=cfg.sip.max_message_bytes, max_headers=cfg.sip.max_headers)
         self.transports = Transports(cfg.sip.listen_host, cfg.sip.listen_port, cfg.sip.transports,
-                                     self.on_message, limits, udp_buffer_bytes=cfg.sip.udp_buffer_bytes)
+                                     self.on_message, limits, udp_buffer_bytes=cfg.sip.udp_buffer_bytes,
+                                     tcp=TcpLimits.from_config(cfg.sip))
         port = await self.transports.start()
         self.core = B2BUACore(
             CoreConfig.from_config(cfg, local_port=port),

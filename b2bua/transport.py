@@ -2,18 +2,28 @@
 
 Incoming datagrams and stream messages are parsed here (``parse_message`` with the configured
 limits; TCP is framed by ``StreamFramer``) and handed to one callback together with the source
-``Address``; a ParseError is handed over as is, so the core can answer 400. Outgoing TCP reuses the
-connection a peer opened to us (keyed by its address) or opens one, queueing what is sent while
-it connects so per-destination order is kept.
+``Address``; a ParseError is handed over as is, so the core can answer 400 (505, 513). Outgoing TCP
+reuses the connection a peer opened to us (keyed by its address) or opens one, queueing what is
+sent while it connects so per-destination order is kept.
+
+TCP cannot be starved (``TcpLimits``): a message must be complete within a timeout of its first
+byte (and a new connection must send its first message within it), idle connections close, one
+address holds at most a few connections, and all inbound ones together stay below the descriptor
+limit; when the slots are full, a connection that has not spoken yet makes room for a newcomer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import resource
 import socket
+import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
 
 from b2bua.actions import Address
 from b2bua.sip.message import Request, Response
@@ -71,22 +81,86 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         log.debug("udp error: %s", exc)
 
 
+@dataclass(frozen=True)
+class TcpLimits:
+    """What one peer, and all peers together, may hold of the TCP side (issue: slowloris and fd
+    exhaustion starved legitimate callers)."""
+
+    max_connections: int = 1024  # inbound connections in all; capped below the fd limit at start
+    max_per_source: int = 32  # inbound connections from one address
+    message_timeout: float = 10.0  # a message must be whole this long after its first byte (or the connect)
+    idle_timeout: float = 1800.0  # a connection with no bytes for this long is closed
+    fd_reserve: int = 64  # file descriptors left for everything else (UDP, event log, Kafka, ...)
+
+    @classmethod
+    def from_config(cls, sip: Any) -> TcpLimits:
+        return cls(sip.tcp_max_connections, sip.tcp_max_connections_per_source,
+                   sip.tcp_message_timeout, sip.tcp_idle_timeout)
+
+    def connection_cap(self) -> int:
+        """``max_connections``, lowered so that accepting never runs into the soft RLIMIT_NOFILE."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(1, min(self.max_connections, soft - self.fd_reserve))
+
+
 class _TcpConnection:
-    def __init__(self, owner: Transports, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 peer: Address) -> None:
+    def __init__(self, owner: Transports, peer: Address, *, inbound: bool, now: float,
+                 sock: socket.socket | None = None) -> None:
         self.owner = owner
-        self.reader = reader
-        self.writer = writer
         self.peer = peer
+        self.inbound = inbound
+        self.sock = sock  # an accepted socket until its stream is set up
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
         self.framer = StreamFramer(limits=owner.limits)
+        self.opened_at = now
+        self.last_activity = now
+        self.delivered = 0  # complete messages read
+        # When the message being read started (a fresh inbound connection must send its first one
+        # within the message timeout too); None while between messages.
+        self.message_started: float | None = now if inbound else None
+        self.closed = False
+
+    def deadline(self) -> float:
+        limits = self.owner.tcp
+        if self.message_started is not None:
+            return self.message_started + limits.message_timeout
+        return self.last_activity + limits.idle_timeout
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            if self.writer is not None:
+                self.writer.close()
+            elif self.sock is not None:
+                self.sock.close()
 
     async def read_loop(self) -> None:
+        assert self.reader is not None
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                data = await self.reader.read(65536)
+            while not self.closed:
+                try:
+                    data = await asyncio.wait_for(self.reader.read(65536),
+                                                  max(0.0, self.deadline() - loop.time()))
+                except TimeoutError:
+                    self.owner.count("tcp_timeouts", f"tcp {self.peer}: closed, "
+                                     + ("message not complete in time" if self.message_started is not None
+                                        else "idle"))
+                    return
                 if not data:
                     return
-                self.framer.feed(data)
+                now = loop.time()
+                self.last_activity = now
+                try:
+                    self.framer.feed(data)
+                except ParseError:
+                    return
+                before = self.delivered
                 while True:
                     try:
                         msg = self.framer.next_message()
@@ -97,35 +171,55 @@ class _TcpConnection:
                         continue
                     if msg is None:
                         break
+                    self.delivered += 1
                     self.owner.deliver(msg, self.peer)
+                if not self.framer.in_message:
+                    self.message_started = None
+                elif self.message_started is None or self.delivered > before:
+                    # A new message began in this read (after a whole one, or after a pause): the
+                    # time it has to complete counts from now.
+                    self.message_started = now
         except (ConnectionError, OSError) as exc:
             log.debug("tcp %s: %s", self.peer, exc)
         finally:
             self.owner.forget(self)
-            with contextlib.suppress(Exception):
-                self.writer.close()
+            self.close()
 
 
 class Transports:
     """UDP and/or TCP on one host:port (port 0 picks a port free for both)."""
 
     def __init__(self, host: str, port: int, transports: list[str], on_message: OnMessage,
-                 limits: ParserLimits, *, udp_buffer_bytes: int = 0) -> None:
+                 limits: ParserLimits, *, udp_buffer_bytes: int = 0, tcp: TcpLimits | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.kinds = [t.lower() for t in transports]
         self.on_message = on_message
         self.limits = limits
+        self.tcp = tcp or TcpLimits()
         self.udp_buffer_bytes = udp_buffer_bytes  # SO_RCVBUF/SO_SNDBUF; 0 leaves the kernel default
         self.port = 0
         self._udp: asyncio.DatagramTransport | None = None
-        self._tcp_server: asyncio.Server | None = None
+        self._listen: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: dict[tuple[str, int], _TcpConnection] = {}
+        self._inbound: set[_TcpConnection] = set()
+        self._per_source: dict[str, int] = {}
         self._pending: dict[tuple[str, int], list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.connection_cap = self.tcp.connection_cap()
+        # Refusals and closings of the TCP side, counted (and logged at most once per 10 s each).
+        self.stats: dict[str, int] = {"tcp_accepted": 0, "tcp_refused_per_source": 0, "tcp_refused_full": 0,
+                                      "tcp_evicted": 0, "tcp_timeouts": 0, "tcp_accept_errors": 0}
+        self._logged_at: dict[str, float] = {}
+        self._accept_paused = False
 
     def describe(self) -> str:
         return ", ".join(f"{k} {self.host}:{self.port}" for k in self.kinds)
+
+    @property
+    def tcp_connections(self) -> int:
+        return len(self._inbound)
 
     async def start(self) -> int:
         attempts = 20 if self.requested_port == 0 else 1
@@ -145,6 +239,7 @@ class Transports:
 
     async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         if "udp" in self.kinds:
             sock = _udp_socket(self.host, port)
             try:
@@ -157,13 +252,121 @@ class Transports:
                 raise
             self._udp = transport  # type: ignore[assignment]
         if "tcp" in self.kinds:
-            self._tcp_server = await asyncio.start_server(self._accepted, self.host, port)
+            # Our own accept loop instead of asyncio.start_server: the caps are applied before a
+            # connection costs more than its socket, and running out of descriptors is counted and
+            # logged once in a while instead of a traceback per refused accept.
+            listen = socket.create_server((self.host.strip("[]"), port), backlog=512,
+                                          family=socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+            listen.setblocking(False)
+            self._listen = listen
+            loop.add_reader(listen.fileno(), self._on_acceptable)
+            log.info("tcp: at most %d connections (%d per source), message timeout %g s, idle timeout %g s",
+                     self.connection_cap, self.tcp.max_per_source, self.tcp.message_timeout,
+                     self.tcp.idle_timeout)
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = writer.get_extra_info("peername")[:2]
-        conn = _TcpConnection(self, reader, writer, Address(host, port, "tcp"))
-        self._conns[(host, port)] = conn
+    def count(self, kind: str, text: str) -> None:
+        self.stats[kind] += 1
+        now = time.monotonic()
+        if now - self._logged_at.get(kind, -1e9) >= 10.0:
+            self._logged_at[kind] = now
+            log.warning("%s (%s so far: %d)", text, kind, self.stats[kind])
+
+    def _on_acceptable(self) -> None:
+        listen = self._listen
+        if listen is None:
+            return
+        for _ in range(64):
+            try:
+                sock, addr = listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.count("tcp_accept_errors", f"tcp accept failed: {exc}")
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: stop polling the listener for a moment instead
+                    # of spinning on a socket that stays readable.
+                    self._pause_accepting(0.1)
+                return
+            self._admit(sock, addr)
+
+    def _pause_accepting(self, seconds: float) -> None:
+        if self._listen is None or self._loop is None or self._accept_paused:
+            return
+        self._accept_paused = True
+        self._loop.remove_reader(self._listen.fileno())
+
+        def resume() -> None:
+            self._accept_paused = False
+            if self._listen is not None and self._loop is not None:
+                self._loop.add_reader(self._listen.fileno(), self._on_acceptable)
+
+        self._loop.call_later(seconds, resume)
+
+    def _admit(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
+        assert self._loop is not None
+        host, port = addr[0], addr[1]
+        if self._per_source.get(host, 0) >= self.tcp.max_per_source:
+            sock.close()
+            self.count("tcp_refused_per_source", f"tcp from {host}: refused, {self.tcp.max_per_source} "
+                       "connections from that address already")
+            return
+        now = self._loop.time()
+        if len(self._inbound) >= self.connection_cap:
+            victim = self._victim(now)
+            if victim is None:
+                sock.close()
+                self.count("tcp_refused_full", f"tcp from {host}: refused, {self.connection_cap} "
+                           "connections open and none idle")
+                return
+            self.count("tcp_evicted", f"tcp {victim.peer}: closed to make room for a new connection")
+            victim.close()
+            self._release(victim)
+        self.stats["tcp_accepted"] += 1
+        sock.setblocking(False)
+        conn = _TcpConnection(self, Address(host, port, "tcp"), inbound=True, now=now, sock=sock)
+        self._inbound.add(conn)
+        self._per_source[host] = self._per_source.get(host, 0) + 1
+        task = self._loop.create_task(self._serve(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _victim(self, now: float) -> _TcpConnection | None:
+        """Who makes room when every slot is taken: the oldest connection that has not sent a whole
+        message yet, else the one idle longest if it has been idle for a message timeout. A peer that
+        opens a connection and speaks (a caller) is never pushed out by ones that only hold slots."""
+        silent = [c for c in self._inbound if not c.delivered and not c.closed]
+        if silent:
+            return min(silent, key=lambda c: c.opened_at)
+        idle = [c for c in self._inbound if not c.closed and c.message_started is None
+                and now - c.last_activity >= self.tcp.message_timeout]
+        return min(idle, key=lambda c: c.last_activity) if idle else None
+
+    async def _serve(self, conn: _TcpConnection) -> None:
+        try:
+            assert conn.sock is not None
+            reader, writer = await asyncio.open_connection(sock=conn.sock)
+        except OSError as exc:
+            log.debug("tcp %s: %s", conn.peer, exc)
+            self._release(conn)
+            conn.close()
+            return
+        conn.reader, conn.writer = reader, writer
+        if conn.closed:  # evicted while its stream was being set up
+            writer.close()
+            self._release(conn)
+            return
+        self._conns[(conn.peer.host, conn.peer.port)] = conn
         await conn.read_loop()
+
+    def _release(self, conn: _TcpConnection) -> None:
+        if conn in self._inbound:
+            self._inbound.discard(conn)
+            host = conn.peer.host
+            left = self._per_source.get(host, 1) - 1
+            if left > 0:
+                self._per_source[host] = left
+            else:
+                self._per_source.pop(host, None)
 
     def deliver(self, msg: Incoming, source: Address) -> None:
         try:
@@ -175,6 +378,7 @@ class Transports:
         key = (conn.peer.host, conn.peer.port)
         if self._conns.get(key) is conn:
             del self._conns[key]
+        self._release(conn)
 
     def send(self, data: bytes, dest: Address) -> None:
         if dest.transport == "tcp":
@@ -190,7 +394,7 @@ class Transports:
     def _send_tcp(self, data: bytes, dest: Address) -> None:
         key = (dest.host, dest.port)
         conn = self._conns.get(key)
-        if conn is not None:
+        if conn is not None and conn.writer is not None and not conn.closed:
             conn.writer.write(data)
             return
         if key in self._pending:
@@ -209,7 +413,9 @@ class Transports:
             log.warning("tcp connect to %s failed: %s", dest, exc)
             self._pending.pop(key, None)
             return
-        conn = _TcpConnection(self, reader, writer, Address(dest.host, dest.port, "tcp"))
+        now = asyncio.get_running_loop().time()
+        conn = _TcpConnection(self, Address(dest.host, dest.port, "tcp"), inbound=False, now=now)
+        conn.reader, conn.writer = reader, writer
         self._conns[key] = conn
         for data in self._pending.pop(key, []):
             writer.write(data)
@@ -219,13 +425,17 @@ class Transports:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            self._tcp_server = None
-        for conn in list(self._conns.values()):
-            with contextlib.suppress(Exception):
-                conn.writer.close()
+        if self._listen is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._listen.fileno())
+            self._listen.close()
+            self._listen = None
+        for conn in [*self._conns.values(), *self._inbound]:
+            conn.close()
         self._conns.clear()
+        self._inbound.clear()
+        self._per_source.clear()
         for task in list(self._tasks):
             task.cancel()
 

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v clickhouse-server >/dev/null || need_apt+=(clickhouse-server clickhouse-client)
 command -v sipp >/dev/null || need_apt+=(sip-tester)
+command -v sipsak >/dev/null || need_apt+=(sipsak)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)

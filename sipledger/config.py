@@ -60,6 +60,14 @@ class SipConfig:
                               "(UPDATE falls back to re-INVITE when the peer does not allow it)",
                               choices=("update", "invite"))
     udp_buffer_bytes: int = opt(4_194_304, "SO_RCVBUF/SO_SNDBUF of the UDP socket, bytes", lo=65_536)
+    tcp_max_connections: int = opt(1024, "Most inbound TCP connections at once (lowered at start to stay "
+                                   "64 below the open-file limit); when full, a connection that has not "
+                                   "sent a whole message yet is closed for a newcomer", lo=1)
+    tcp_max_connections_per_source: int = opt(32, "Most inbound TCP connections from one address", lo=1)
+    tcp_message_timeout: float = opt(10.0, "Seconds a TCP peer has to complete a message after its first "
+                                     "byte, and a new connection to send its first message", lo=0.1)
+    tcp_idle_timeout: float = opt(1800.0, "Seconds a TCP connection may stay without any byte before it is "
+                                  "closed (CRLF keep-alives count)", lo=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +92,26 @@ class TimersConfig:
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
     realm: str = opt("sipledger", "Digest realm of 401/407 challenges")
+    digest_algorithms: list[str] = opt(["MD5", "SHA-256"], "Digest algorithms offered, one challenge each, "
+                                       "preferred first (RFC 8760)", factory=True, choices=("MD5", "SHA-256"))
+    nonce_ttl: int = opt(120, "Seconds a digest nonce is good for; older ones get stale=true", lo=5,
+                         hi=3600)
+    max_tracked_nonces: int = opt(10_000, "Nonces whose used nonce-counts are remembered (replay guard); "
+                                  "a nonce pushed out earlier is answered stale=true", lo=100)
     auth_retry_limit: int = opt(3, "Failed digest answers per call before 403", lo=1)
-    auth_lock_failures: int = opt(5, "Failed digest answers in a row that lock an account", lo=1)
-    auth_lock_seconds: int = opt(300, "How long a locked account is refused, s", lo=0)
+    auth_lock_failures: int = opt(5, "Failed digest answers in a row, per user name and source address, "
+                                  "that lock that name for that address", lo=1)
+    auth_lock_seconds: int = opt(300, "How long the first lock lasts, s; each further lock of the same name "
+                                 "and address within auth_failure_window doubles it", lo=0)
+    auth_lock_max_seconds: int = opt(3600, "Longest lock after doubling, s", lo=0)
+    auth_failure_window: int = opt(900, "Seconds a (user name, source) failure record is kept after its "
+                                   "last failure or lock", lo=1)
+    auth_max_records: int = opt(10_000, "Most (user name, source) failure records kept; the least recently "
+                                "used goes first", lo=100)
+    refusal_max_sources: int = opt(4096, "Most source addresses whose refused requests are counted one by "
+                                   "one (the rest are counted together)", lo=16)
+    refusal_log_interval: float = opt(60.0, "Seconds between summary log lines of refused requests from "
+                                      "unadmitted sources", lo=1)
     max_concurrent_calls: int = opt(0, "System-wide concurrent call limit (0 = off)",
                                     vos3000="SS_MAX_CONCURRENT_CALLS", lo=0)
 

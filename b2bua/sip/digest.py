@@ -1,22 +1,20 @@
-"""HTTP Digest (RFC 2617 / RFC 7616, as used by SIP per RFC 3261 22 and RFC 8760).
+"""HTTP Digest (RFC 2617 / RFC 7616, as used by SIP per RFC 3261 22 and RFC 8760), MD5 and SHA-256.
 
-Server side issues stateless nonces: timestamp + salt + HMAC, so any worker can verify a nonce
-without shared state and tell "forged" (reject) from "merely old" (re-challenge with stale=true).
-Stateless nonces cannot detect nonce-count replays; that needs a per-nonce store, which is the
-adapter's job if it wants it.
+The server side issues a nonce per challenge, bound to the time and the address the challenge went
+to, and accepts each (nonce, nc) pair once (``b2bua.sip.nonce.NonceLedger``). It also checks that
+the digest ``uri`` names the Request-URI (RFC 7616 3.4.6 / RFC 2617 3.2.2.5): otherwise a header
+captured on a call to one number would authorize a call to any other.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import random
-import struct
 from dataclasses import dataclass
-from typing import Literal
 
-from b2bua.sip.message import parse_auth_params, quote
+from b2bua.sip.message import SipSyntaxError, parse_auth_params, parse_uri, quote
+from b2bua.sip.nonce import NonceLedger, NonceStatus
 
 SUPPORTED_ALGORITHMS = ("MD5", "MD5-SESS", "SHA-256", "SHA-256-SESS")
 
@@ -126,17 +124,35 @@ def build_authorization(
 # Server side
 # ---------------------------------------------------------------------------------------------
 
-NonceStatus = Literal["valid", "stale", "invalid"]
-_NONCE_RAW_LEN = 8 + 8 + 16
-_MAX_CLOCK_SKEW = 60.0
-
-
 @dataclass(frozen=True)
 class DigestResult:
     ok: bool
     stale: bool = False
     username: str | None = None
     reason: str = ""
+    replay: bool = False  # right answer, but this (nonce, nc) was accepted before
+    checked: bool = False  # the response value was compared (a password was really tried)
+    uri_mismatch: bool = False  # the digest uri names another resource than the Request-URI
+
+
+def same_resource(digest_uri: str, request_uri: str) -> bool:
+    """Whether the digest ``uri`` names the Request-URI. Identical text, or SIP URIs equal by the
+    parts RFC 3261 19.1.4 compares case-insensitively (scheme, host, parameter names); user and
+    password compare exactly. Anything that does not parse must be identical."""
+    if digest_uri == request_uri:
+        return True
+    try:
+        a, b = parse_uri(digest_uri), parse_uri(request_uri)
+    except SipSyntaxError:
+        return False
+    if a.opaque is not None or b.opaque is not None:
+        return a.scheme == b.scheme and a.opaque == b.opaque
+
+    def norm(params: dict[str, str | None]) -> dict[str, str | None]:
+        return {k.lower(): (v.lower() if v is not None else None) for k, v in params.items()}
+
+    return (a.scheme, a.user, a.password, a.host.lower(), a.port, norm(a.params), a.headers) == (
+        b.scheme, b.user, b.password, b.host.lower(), b.port, norm(b.params), b.headers)
 
 
 class DigestServer:
@@ -149,9 +165,10 @@ class DigestServer:
         algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
         qop: str | None = "auth",
         rng: random.Random | None = None,
+        max_tracked_nonces: int = 10_000,
     ) -> None:
         if not secret:
-            raise ValueError("a non-empty secret is required for stateless nonces")
+            raise ValueError("a non-empty secret is required for nonces")
         for algorithm in algorithms:
             _hash_for(algorithm)
         self.secret = secret
@@ -160,38 +177,23 @@ class DigestServer:
         self.algorithms = algorithms
         self.qop = qop
         self.rng = rng if rng is not None else random.SystemRandom()
+        self.nonces = NonceLedger(secret, realm, ttl=nonce_ttl, max_tracked=max_tracked_nonces, rng=self.rng)
+        self.replays = 0
 
-    def _mac(self, stamp_and_salt: bytes) -> bytes:
-        return hmac.new(self.secret, stamp_and_salt + self.realm.encode(), hashlib.sha256).digest()[:16]
+    def make_nonce(self, now: float, bound_to: str = "") -> str:
+        return self.nonces.issue(now, bound_to)
 
-    def make_nonce(self, now: float) -> str:
-        head = struct.pack(">QQ", int(now), self.rng.getrandbits(64))
-        return base64.urlsafe_b64encode(head + self._mac(head)).decode().rstrip("=")
-
-    def nonce_status(self, nonce: str, now: float) -> NonceStatus:
-        try:
-            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
-        except (ValueError, TypeError):
-            return "invalid"
-        if len(raw) != _NONCE_RAW_LEN:
-            return "invalid"
-        head, mac = raw[:16], raw[16:]
-        if not hmac.compare_digest(mac, self._mac(head)):
-            return "invalid"
-        (stamp, _salt) = struct.unpack(">QQ", head)
-        if stamp > now + _MAX_CLOCK_SKEW:
-            return "invalid"
-        if now - stamp > self.nonce_ttl:
-            return "stale"
-        return "valid"
+    def nonce_status(self, nonce: str, now: float, bound_to: str = "") -> NonceStatus:
+        return self.nonces.status(nonce, bound_to, now)
 
     def challenge(
-        self, now: float, *, algorithm: str = "MD5", stale: bool = False, opaque: str | None = None
+        self, now: float, *, algorithm: str = "MD5", stale: bool = False, opaque: str | None = None,
+        bound_to: str = "",
     ) -> str:
-        """One WWW-Authenticate / Proxy-Authenticate value."""
+        """One WWW-Authenticate / Proxy-Authenticate value, with a nonce of its own."""
         parts = [
             f"realm={quote(self.realm)}",
-            f"nonce={quote(self.make_nonce(now))}",
+            f"nonce={quote(self.make_nonce(now, bound_to))}",
             f"algorithm={algorithm}",
         ]
         if self.qop:
@@ -202,9 +204,9 @@ class DigestServer:
             parts.append("stale=true")
         return "Digest " + ", ".join(parts)
 
-    def challenges(self, now: float, *, stale: bool = False) -> list[str]:
+    def challenges(self, now: float, *, stale: bool = False, bound_to: str = "") -> list[str]:
         """One challenge per configured algorithm, preferred first (RFC 8760 3)."""
-        return [self.challenge(now, algorithm=a, stale=stale) for a in self.algorithms]
+        return [self.challenge(now, algorithm=a, stale=stale, bound_to=bound_to) for a in self.algorithms]
 
     def verify(
         self,
@@ -215,9 +217,16 @@ class DigestServer:
         now: float,
         body: bytes = b"",
         expected_username: str | None = None,
+        request_uri: str | None = None,
+        bound_to: str = "",
+        parsed: tuple[str, dict[str, str]] | None = None,
     ) -> DigestResult:
+        """Check credentials. ``request_uri`` (when given) must be what the digest ``uri`` names;
+        ``bound_to`` is the request's source address, which must be the one the nonce was issued to.
+        A verified answer consumes its (nonce, nc) pair. ``parsed``: the header already parsed by
+        ``parse_auth_params`` (the caller needed the user name first)."""
         try:
-            scheme, p = parse_auth_params(authorization)
+            scheme, p = parsed if parsed is not None else parse_auth_params(authorization)
         except ValueError:
             return DigestResult(False, reason="unparsable credentials")
         if scheme.lower() != "digest":
@@ -236,15 +245,21 @@ class DigestServer:
         }:
             return DigestResult(False, username=username, reason=f"algorithm {algorithm} not offered")
         qop = p.get("qop")
+        nc_value = 0  # RFC 2069 answers (no qop) have no count: such a nonce is good for one request
         if qop is not None:
             if qop not in ("auth", "auth-int"):
                 return DigestResult(False, username=username, reason=f"qop {qop} not supported")
             nc = p.get("nc", "")
             if not p.get("cnonce") or len(nc) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc):
                 return DigestResult(False, username=username, reason="qop requires cnonce and nc")
-        status = self.nonce_status(p["nonce"], now)
+            nc_value = int(nc, 16)
+        status = self.nonce_status(p["nonce"], now, bound_to)
         if status == "invalid":
             return DigestResult(False, username=username, reason="invalid nonce")
+        if request_uri is not None and not same_resource(p["uri"], request_uri):
+            # RFC 2617 3.2.2.5: answered 400, not counted as a password guess.
+            return DigestResult(False, username=username, reason="digest uri is not the Request-URI",
+                                uri_mismatch=True)
         ha1 = compute_ha1(
             username or "", self.realm, password, algorithm, nonce=p["nonce"], cnonce=p.get("cnonce", "")
         )
@@ -261,9 +276,15 @@ class DigestServer:
         )
         given = p["response"].lower().encode("utf-8", errors="surrogateescape")
         if not hmac.compare_digest(expected.encode(), given):
-            return DigestResult(False, username=username, reason="wrong response")
+            return DigestResult(False, username=username, reason="wrong response", checked=True)
         if status == "stale":
             # Right password, old nonce: RFC 2617 3.2.1 says re-challenge with stale=true so the
             # client retries silently instead of prompting for credentials.
-            return DigestResult(False, stale=True, username=username, reason="stale nonce")
-        return DigestResult(True, username=username)
+            return DigestResult(False, stale=True, username=username, reason="stale nonce", checked=True)
+        if not self.nonces.accept(p["nonce"], nc_value, now):
+            # A captured header sent again: the password was right once, for one request. Answered
+            # like a stale nonce, so a real client that repeats itself just fetches a new one.
+            self.replays += 1
+            return DigestResult(False, stale=True, username=username, reason="replayed nonce count",
+                                replay=True, checked=True)
+        return DigestResult(True, username=username, checked=True)

@@ -170,11 +170,12 @@ class Headers:
 # ---------------------------------------------------------------------------------------------
 
 
-def split_commas(value: str) -> list[str]:
+def split_commas(value: str, *, keep_empty: bool = False) -> list[str]:
     """Split a header value on commas that are outside quotes and angle brackets.
 
     Display names may contain commas inside quotes and URIs inside <> may contain anything, so a
-    naive ``str.split(",")`` breaks real Contact headers.
+    naive ``str.split(",")`` breaks real Contact headers. Empty elements are dropped unless
+    ``keep_empty`` (the parser uses it to refuse ``Via: a;;,;,,``).
     """
     parts: list[str] = []
     buf: list[str] = []
@@ -205,7 +206,7 @@ def split_commas(value: str) -> list[str]:
             continue
         buf.append(ch)
     parts.append("".join(buf).strip())
-    return [p for p in parts if p]
+    return parts if keep_empty else [p for p in parts if p]
 
 
 def is_digits(text: str) -> bool:
@@ -262,6 +263,12 @@ def parse_params(text: str) -> dict[str, str | None]:
         else:
             params[item.lower()] = None
     return params
+
+
+def has_empty_param(text: str) -> bool:
+    """``;a;;b`` or a trailing ``;``: the grammar has no empty parameter (RFC 3261 25.1)."""
+    items = _split_outside_quotes(text, ";")
+    return any(not item.strip() for item in items[1:])
 
 
 def format_params(params: dict[str, str | None]) -> str:
@@ -346,15 +353,16 @@ def parse_uri(text: str) -> SipUri:
     scheme = scheme.lower()
     if scheme not in ("sip", "sips"):
         return SipUri(scheme=scheme, opaque=rest)
-    headers = ""
-    if "?" in rest:
-        rest, _, headers = rest.partition("?")
     user = password = None
-    # The user part may legally contain ';' (user params), so split on the *last* '@'.
+    # The user part may legally contain ';', '?' and '/' (RFC 3261 25.1 user-unreserved; RFC 4475
+    # intmeth), while '@' appears nowhere else unescaped: split on the *last* '@' before anything.
     if "@" in rest:
         userinfo, _, rest = rest.rpartition("@")
         user, colon, pw = userinfo.partition(":")
         password = pw if colon else None
+    headers = ""
+    if "?" in rest:
+        rest, _, headers = rest.partition("?")
     hostport, _, param_text = rest.partition(";")
     host, port = _split_hostport(hostport)
     return SipUri(
@@ -388,6 +396,9 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
+_TOKEN_WORD = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
+
+
 def parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     if text == "*":
@@ -397,8 +408,16 @@ def parse_name_addr(text: str) -> NameAddr:
         gt = text.find(">", lt)
         if gt < 0:
             raise SipSyntaxError(f"unterminated <> in {text!r}")
+        inner = text[lt + 1 : gt]
+        if inner != inner.strip():
+            # RFC 4475 3.1.2.13 badaspec: no LWS inside the angle brackets.
+            raise SipSyntaxError(f"whitespace inside <> in {text!r}")
+        shown = text[:lt].strip()
+        if shown and not shown.startswith('"') and not all(_TOKEN_WORD.fullmatch(w) for w in shown.split()):
+            # An unquoted display name is a sequence of tokens (RFC 4475 3.1.2.14 baddn: a comma).
+            raise SipSyntaxError(f"display name needs quotes in {text!r}")
         display = unquote(text[:lt]) or None
-        uri = parse_uri(text[lt + 1 : gt])
+        uri = parse_uri(inner)
         params = parse_params(text[gt + 1 :])
         return NameAddr(uri=uri, display=display, params=params)
     # addr-spec form: header params start at the first ';' (RFC 3261 20.10 -- URI params would be
@@ -492,6 +511,8 @@ def parse_via(value: str) -> Via:
         rest = mm.group(2).strip()
         if rest and not rest.startswith(";"):
             raise SipSyntaxError(f"bad Via params {value!r}")
+    if has_empty_param(rest):
+        raise SipSyntaxError(f"empty Via parameter in {value!r}")
     params = parse_params(rest)
     return Via(
         transport=m.group(3).upper(),

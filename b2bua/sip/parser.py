@@ -17,6 +17,7 @@ from b2bua.sip.message import (
     Response,
     SipSyntaxError,
     canonical_name,
+    has_empty_param,
     is_digits,
     parse_cseq,
     parse_name_addr,
@@ -48,12 +49,14 @@ MULTI_VALUE_HEADERS = frozenset(
 )
 
 PARTIAL_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+STRICT_LIST_HEADERS = frozenset({"Via", "Contact", "Route", "Record-Route"})
 MANDATORY_REQUEST_HEADERS = ("To", "From", "CSeq", "Call-ID", "Via")
 MANDATORY_RESPONSE_HEADERS = ("To", "From", "CSeq", "Call-ID", "Via")
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _STATUS_RE = re.compile(r"^SIP/2\.0 +(\d{3})(?: (.*))?$", re.I)
+_VERSION_RE = re.compile(r"^SIP/\d+\.\d+$", re.I)
 
 _Fail = Callable[["ParseError"], "ParseError"]
 
@@ -66,6 +69,8 @@ class ParserLimits:
 
 
 DEFAULT_LIMITS = ParserLimits()
+# The framer only looks for Content-Length; over-long lines are the parser's business.
+DEFAULT_LIMITS_NO_LINE_CAP = ParserLimits(max_line_length=1 << 30)
 
 
 class ParseError(Exception):
@@ -80,11 +85,15 @@ class ParseError(Exception):
         reason: str,
         is_request: bool | None = None,
         partial: dict[str, list[str]] | None = None,
+        status: int = 400,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.is_request = is_request
         self.partial: dict[str, list[str]] = partial if partial is not None else {}
+        # The answer RFC 3261 wants for this fault: 400 in general, 505 for another SIP version
+        # (8.2.2 / 21.5.20), 513 for a message over the size limit (21.5.13).
+        self.status = status
 
 
 def _decode(data: bytes) -> str:
@@ -135,11 +144,16 @@ def _parse_start_line(line: str) -> tuple[bool, str, str, int, str]:
     if not _TOKEN_RE.match(method):
         raise ParseError("bad method", is_request=True)
     if version.upper() != "SIP/2.0":
-        raise ParseError("unsupported SIP version", is_request=True)
+        # A well-formed other version is answered 505 (8.2.2 via 21.5.20); anything else is a bad line.
+        status = 505 if _VERSION_RE.match(version) else 400
+        raise ParseError("unsupported SIP version", is_request=True, status=status)
     try:
-        parse_uri(uri)
+        parsed = parse_uri(uri)
     except SipSyntaxError as exc:
         raise ParseError(f"bad Request-URI: {exc}", is_request=True) from None
+    if parsed.headers:
+        # RFC 3261 19.1.5: headers are not allowed in a Request-URI (RFC 4475 3.1.2.10 escruri).
+        raise ParseError("headers in the Request-URI", is_request=True)
     return True, method, uri, 0, ""
 
 
@@ -158,7 +172,7 @@ def parse_message(
     if is_keepalive(data):
         return None
     if len(data) > limits.max_message_size:
-        raise ParseError("message too large")
+        raise oversize_error(data, limits)
     # RFC 3261 7.5: implementations should ignore CRLFs before the start line.
     data = data.lstrip(b"\r\n")
     m = _HEADER_END_RE.search(data)
@@ -166,8 +180,44 @@ def parse_message(
         head_bytes, rest, has_end = data, b"", False
     else:
         head_bytes, rest, has_end = data[: m.start()], data[m.end() :], True
-    lines = _split_lines(_decode(head_bytes))
+    head = _read_head(head_bytes, limits)
+    errors = head.errors
+    if not has_end:
+        errors.append(ParseError("missing empty line after headers"))
 
+    is_request, partial = head.is_request, head.partial
+
+    def fail(exc: ParseError) -> ParseError:
+        return ParseError(exc.reason, is_request, partial, exc.status)
+
+    if errors:
+        raise fail(errors[0])
+
+    headers = head.headers
+    body = _frame_body(headers, rest, stream, fail)
+    if is_request:
+        msg: Request | Response = Request(head.method, head.uri, headers, body)
+    else:
+        msg = Response(head.status, head.reason, headers, body)
+    _validate(msg, fail)
+    return msg
+
+
+@dataclass
+class _Head:
+    is_request: bool | None
+    method: str
+    uri: str
+    status: int
+    reason: str
+    headers: Headers
+    partial: dict[str, list[str]]
+    errors: list[ParseError]
+
+
+def _read_head(head_bytes: bytes, limits: ParserLimits) -> _Head:
+    """Start line and header fields of one message; every fault is collected, the first one wins."""
+    lines = _split_lines(_decode(head_bytes))
     errors: list[ParseError] = []
     start_line = lines[0]
     is_request: bool | None = None
@@ -192,29 +242,34 @@ def parse_message(
             continue
         cname = canonical_name(name)
         value = value.strip(" \t")
-        values = split_commas(value) if cname in MULTI_VALUE_HEADERS else [value]
+        if cname in MULTI_VALUE_HEADERS:
+            values = split_commas(value)
+            if cname in STRICT_LIST_HEADERS and _has_empty_element(value):
+                # RFC 3261 25.1 spells these as elem *(COMMA elem): an empty element is a syntax
+                # error (RFC 4475 3.1.2.1 badinv01), not something to skip silently.
+                errors.append(ParseError(f"empty element in {cname}"))
+        else:
+            values = [value]
         for v in values:
             headers.add(cname, v)
             if cname in PARTIAL_HEADERS:
                 partial.setdefault(cname, []).append(v)
     if len(headers) > limits.max_headers:
         errors.append(ParseError("too many headers"))
-    if not has_end:
-        errors.append(ParseError("missing empty line after headers"))
+    return _Head(is_request, method, uri, status, reason, headers, partial, errors)
 
-    def fail(exc: ParseError) -> ParseError:
-        return ParseError(exc.reason, is_request, partial)
 
-    if errors:
-        raise fail(errors[0])
+def _has_empty_element(value: str) -> bool:
+    return any(not part for part in split_commas(value, keep_empty=True))
 
-    body = _frame_body(headers, rest, stream, fail)
-    if is_request:
-        msg: Request | Response = Request(method, uri, headers, body)
-    else:
-        msg = Response(status, reason, headers, body)
-    _validate(msg, fail)
-    return msg
+
+def oversize_error(data: bytes, limits: ParserLimits) -> ParseError:
+    """513 for a message over the size limit, with whatever Via/From/To/Call-ID/CSeq its head gives
+    (RFC 3261 21.5.13): the sender learns why instead of retransmitting into silence."""
+    window = data[: limits.max_message_size].lstrip(b"\r\n")
+    m = _HEADER_END_RE.search(window)
+    head = _read_head(window[: m.start()] if m else window, limits)
+    return ParseError("message too large", head.is_request, head.partial, 513)
 
 
 def _frame_body(headers: Headers, rest: bytes, stream: bool, fail: _Fail) -> bytes:
@@ -248,9 +303,11 @@ def _validate(msg: Request | Response, fail: _Fail) -> None:
     if not (msg.headers.get("Call-ID") or "").strip():
         raise fail(ParseError("empty Call-ID"))
     try:
-        msg.top_via  # noqa: B018 -- evaluated for validation only
+        msg.vias  # noqa: B018 -- every Via, not only the top one: evaluated for validation only
         parse_name_addr(msg.headers.get("From") or "")
         parse_name_addr(msg.headers.get("To") or "")
+        for contact in msg.headers.get_all("Contact"):
+            _check_contact(contact)
     except SipSyntaxError as exc:
         raise fail(ParseError(str(exc))) from None
     if isinstance(msg, Request):
@@ -259,7 +316,25 @@ def _validate(msg: Request | Response, fail: _Fail) -> None:
             raise fail(ParseError("bad Max-Forwards"))
 
 
-_CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.I | re.M)
+def _check_contact(value: str) -> None:
+    if value.strip() == "*":
+        return
+    parse_name_addr(value)
+    gt = value.rfind(">")
+    params = value[gt + 1 :] if gt >= 0 else value.partition(";")[1] + value.partition(";")[2]
+    if has_empty_param(params):
+        raise SipSyntaxError(f"empty Contact parameter in {value!r}")
+
+
+def _content_lengths(head: bytes) -> list[str]:
+    """Every Content-Length value of a message head: long or compact name (``l``), any case, with
+    whitespace before the colon, folded values joined, CRLF or bare LF line ends (RFC 3261 7.3.1)."""
+    out: list[str] = []
+    for line in _unfold(_split_lines(_decode(head))[1:], DEFAULT_LIMITS_NO_LINE_CAP, []):
+        name, colon, value = line.partition(":")
+        if colon and name.strip(" \t").lower() in ("content-length", "l"):
+            out.append(value.strip(" \t"))
+    return out
 
 
 @dataclass
@@ -269,7 +344,8 @@ class StreamFramer:
     ``feed`` only buffers; ``next_message`` returns one message, None when more bytes are needed, or
     raises ParseError. When ``framing_lost`` is set after an error the stream position is unknown
     and the adapter must close the connection; otherwise the bad message was skipped and parsing
-    can continue (e.g. after answering 400).
+    can continue (e.g. after answering 400, or 513 for a message over the size limit, whose body is
+    then discarded as it arrives).
     """
 
     limits: ParserLimits = DEFAULT_LIMITS
@@ -277,20 +353,33 @@ class StreamFramer:
     framing_lost: bool = False
     _buf: bytearray = field(default_factory=bytearray)
     _lead: bytes = b""
+    _skip: int = 0  # bytes of an oversized message's body still to discard
 
     def feed(self, data: bytes) -> None:
         if self.framing_lost:
             raise ParseError("stream framing lost; close the connection")
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
         self._buf.extend(data)
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
-    def _lose(self, reason: str) -> ParseError:
+    @property
+    def in_message(self) -> bool:
+        """A message has started and is not complete yet (the adapter bounds how long that may take)."""
+        return bool(self._buf) or self._skip > 0
+
+    def _lose(self, reason: str, status: int, head: bytes) -> ParseError:
+        """The stream position is unknown from here on; the error still carries what the head gave,
+        so the request can be answered before the connection is closed."""
         self.framing_lost = True
         self._buf.clear()
-        return ParseError(reason)
+        parsed = _read_head(head[: self.limits.max_message_size], self.limits)
+        return ParseError(reason, parsed.is_request, parsed.partial, status)
 
     def next_message(self) -> Request | Response | None:
         if self.framing_lost:
@@ -311,16 +400,23 @@ class StreamFramer:
         m = _HEADER_END_RE.search(self._buf)
         if m is None:
             if len(self._buf) > self.limits.max_message_size:
-                raise self._lose("headers exceed maximum message size")
+                raise self._lose("headers exceed maximum message size", 513, bytes(self._buf))
             return None
         head = bytes(self._buf[: m.start()])
-        cl = _CL_RE.findall(head)
-        if not cl:
-            raise self._lose("missing Content-Length on stream transport")
-        length = int(cl[0])
+        values = set(_content_lengths(head))
+        if not values:
+            raise self._lose("missing Content-Length on stream transport", 400, head)
+        if len(values) != 1 or not is_digits(next(iter(values))):
+            raise self._lose("bad Content-Length on stream transport", 400, head)
+        length = int(next(iter(values)))
         total = m.end() + length
         if total > self.limits.max_message_size:
-            raise self._lose("message too large")
+            # The length is known, so the stream stays in step: answer 513 and discard the body.
+            err = oversize_error(head + b"\r\n\r\n", self.limits)
+            taken = min(total, len(self._buf))
+            del self._buf[:taken]
+            self._skip = total - taken
+            raise err
         if len(self._buf) < total:
             return None
         data = bytes(self._buf[:total])

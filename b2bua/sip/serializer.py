@@ -140,12 +140,13 @@ def build_response(
 
 def response_from_parse_error(
     error: ParseError,
-    status: int = 400,
+    status: int | None = None,
     reason: str | None = None,
     *,
     to_tag: str | None = None,
 ) -> Response | None:
-    """Build the 400 for a malformed request from the fields the parser managed to read.
+    """Build the answer to a malformed request from the fields the parser managed to read: the
+    error's own status (400, 505 for another SIP version, 513 for an over-large message).
 
     Returns None when the message was not a request or lacks a Via: without a Via there is nowhere
     to send the answer (18.2.2), and responses are never answered.
@@ -162,7 +163,8 @@ def response_from_parse_error(
         values = partial.get(name)
         if values:
             out.add(name, _with_to_tag(values[0], to_tag) if name == "To" else values[0])
+    status = status or error.status
     # The reason phrase tells the peer's engineer what we disliked; keep it on one safe line.
-    text = reason or f"Bad Request ({error.reason})"
+    text = reason or f"{reason_phrase(status)} ({error.reason})"
     text = "".join(ch for ch in text if ch.isprintable())[:100]
     return Response(status, text, out)

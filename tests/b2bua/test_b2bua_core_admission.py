@@ -46,12 +46,17 @@ def test_wrong_password_is_refused_with_auth_failed_events() -> None:
     assert h.event("call.setup")["account"] == "roamer"
 
 
-def test_unknown_source_without_digest_accounts_is_403() -> None:
+def test_unknown_source_without_digest_accounts_is_403_counted_not_journalled() -> None:
     h = Harness({"accounts": [{"name": "acme", "ips": ["192.0.2.7"]}]})
     out = h.feed(caller_invite())
     assert labels(out)[-1] == "403 INVITE -> 10.0.0.1"
-    assert h.event("call.terminated")["reason"] == "auth_failed"
-    assert h.event("call.setup")["source_ip"] == "10.0.0.1"
+    # Not a call of any account: no call events, a counter per cause and source, one log line.
+    assert h.events == []
+    assert h.core.refusals.by_cause == {"unknown_source": 1}
+    assert dict(h.core.refusals.by_source) == {"10.0.0.1": 1}
+    assert [log.text for log in h.logs if "unadmitted" in log.text]
+    # No transaction is kept for it either (a stateless refusal, RFC 3261 8.2.7).
+    assert len(h.core.layer) == 0
 
 
 def test_concurrent_call_limit_refuses_the_second_call_and_frees_the_slot() -> None:

@@ -480,6 +480,7 @@ class SippProcess:
         recv_timeout_ms: int | None = None,
         auth_user: str | None = None,
         auth_password: str | None = None,
+        auth_uri: str | None = None,
         extra_args: Sequence[str] = (),
         workdir: str | os.PathLike[str] | None = None,
         name: str | None = None,
@@ -505,6 +506,12 @@ class SippProcess:
         self.recv_timeout_ms = recv_timeout_ms
         self.auth_user = auth_user
         self.auth_password = auth_password
+        # SIPp's digest uri defaults to remote_ip:remote_port, which is not the Request-URI of the
+        # scenarios' INVITEs (sip:[service]@[remote_ip]:[remote_port]); the B2BUA requires the two to
+        # match (RFC 2617 3.2.2.5), so a caller with credentials names its Request-URI (-auth_uri).
+        if auth_uri is None and auth_user is not None and remote and service:
+            auth_uri = f"{service}@{remote}"
+        self.auth_uri = auth_uri
         self.extra_args = list(extra_args)
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="sipp-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -546,6 +553,8 @@ class SippProcess:
             cmd += ["-au", self.auth_user]
         if self.auth_password is not None:
             cmd += ["-ap", self.auth_password]
+        if self.auth_uri is not None:
+            cmd += ["-auth_uri", self.auth_uri]
         for k, v in self.keys.items():
             cmd += ["-key", k, v]
         for k, v in self.set_vars.items():

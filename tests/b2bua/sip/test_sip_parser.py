@@ -510,3 +510,98 @@ def test_round_trip_property(req: Request) -> None:
         assert parsed.body == req.body
         assert [(n, v) for n, v in parsed.headers if n != "Content-Length"] == req.headers.items()
         assert serialize(parsed) == wire
+
+
+# -- stream framing with Content-Length anywhere (the framer used to miss it unless it was last) --
+
+OPTIONS_BODY = b"v=0\r\n"
+
+
+def _options(order: str, *, cl_form: str = "Content-Length: 5", call_id: str = "o1") -> bytes:
+    lines = {
+        "v": "Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK" + call_id,
+        "f": "From: <sip:a@example.com>;tag=1",
+        "t": "To: <sip:b@example.com>",
+        "i": "Call-ID: " + call_id,
+        "c": "CSeq: 1 OPTIONS",
+        "l": cl_form,
+        "y": "Content-Type: application/sdp",
+    }
+    head = "OPTIONS sip:b@example.com SIP/2.0\r\n" + "".join(lines[k] + "\r\n" for k in order)
+    return head.encode() + b"\r\n" + OPTIONS_BODY
+
+
+@pytest.mark.parametrize("order", ["lvftic" + "y", "vlftic" + "y", "vftlicy", "vftiycl", "yclvfti"])
+@pytest.mark.parametrize("cl_form", ["Content-Length: 5", "l: 5", "content-LENGTH  :   5",
+                                     "Content-Length:\r\n  5", "L:5"])
+def test_stream_framer_finds_content_length_in_any_position_and_form(order: str, cl_form: str) -> None:
+    framer = StreamFramer()
+    framer.feed(_options(order, cl_form=cl_form))
+    msg = framer.next_message()
+    assert isinstance(msg, Request) and msg.body == OPTIONS_BODY
+    assert framer.buffered == 0 and not framer.in_message
+
+
+def test_stream_framer_several_messages_in_one_segment_and_one_across_many() -> None:
+    framer = StreamFramer()
+    data = (_options("lvfticy", call_id="a") + _options("vftilcy", call_id="b")
+            + _options("vfticyl", call_id="c"))
+    framer.feed(data)
+    assert [m.call_id for m in framer.messages()] == ["a", "b", "c"]
+    one = _options("vfltic" + "y", cl_form="l:\r\n 5", call_id="d")
+    got = []
+    for i in range(0, len(one), 7):
+        framer.feed(one[i : i + 7])
+        assert framer.in_message or i + 7 >= len(one)
+        got.extend(framer.messages())
+    assert [m.call_id for m in got] == ["d"] and not framer.in_message
+
+
+def test_stream_framer_answers_513_and_stays_in_step_after_an_oversized_message() -> None:
+    framer = StreamFramer(limits=ParserLimits(max_message_size=1024))
+    big = _options("lvftic", cl_form="Content-Length: 4000", call_id="big").replace(OPTIONS_BODY, b"")
+    framer.feed(big + b"x" * 1000)
+    with pytest.raises(ParseError) as info:
+        framer.next_message()
+    assert info.value.status == 513 and info.value.is_request and info.value.partial["Call-ID"] == ["big"]
+    assert not framer.framing_lost
+    framer.feed(b"x" * 3000 + _options("vftilcy", call_id="next"))
+    assert [m.call_id for m in framer.messages()] == ["next"]
+
+
+def test_stream_framer_missing_content_length_keeps_the_fields_for_the_400() -> None:
+    framer = StreamFramer()
+    request = BASIC_RESPONSE.replace(b"SIP/2.0 180 Ringing", b"OPTIONS sip:a@b SIP/2.0")
+    framer.feed(request.replace(b"Content-Length: 0\r\n", b""))
+    with pytest.raises(ParseError) as info:
+        framer.next_message()
+    assert framer.framing_lost and info.value.partial.get("Via") and info.value.status == 400
+
+
+def test_oversized_datagram_is_513_with_the_fields_to_answer_it() -> None:
+    with pytest.raises(ParseError) as info:
+        parse_message(BASIC_INVITE + b"x" * 3000, limits=ParserLimits(max_message_size=1024))
+    err = info.value
+    assert err.status == 513 and err.is_request
+    assert err.partial["Call-ID"] == ["a84b4c76e66710@pc33.atlanta.example.com"]
+
+
+def test_other_sip_version_is_505_and_garbage_version_400() -> None:
+    with pytest.raises(ParseError) as info:
+        parse_message(BASIC_INVITE.replace(b" SIP/2.0\r\nVia", b" SIP/7.0\r\nVia"))
+    assert info.value.status == 505 and info.value.partial.get("Via")
+    with pytest.raises(ParseError) as info:
+        parse_message(BASIC_INVITE.replace(b" SIP/2.0\r\nVia", b" HTTP/1.1\r\nVia"))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("bad", [
+    b"Via: SIP/2.0/UDP 192.0.2.15;;,;,,",
+    b"Via: SIP/2.0/UDP 192.0.2.15;branch=z9hG4bK1;",
+    b"Contact: \"Joe\" <sip:joe@example.org>;;;;",
+    b"Via: SIP/2.0/UDP 192.0.2.15;branch=z9hG4bK1, ",
+])
+def test_empty_list_elements_and_parameters_are_syntax_errors(bad: bytes) -> None:
+    raw = BASIC_INVITE.replace(b"Contact: <sip:alice@pc33.atlanta.example.com>", bad)
+    with pytest.raises(ParseError):
+        parse_message(raw)
