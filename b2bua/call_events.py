@@ -21,6 +21,10 @@ def format_ts(epoch_s: float) -> str:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+# 2: dialog state, local_cseq, heartbeat address, takeover reports (schemas/common.json).
+SCHEMA_VERSION = 2
+
+
 class CallEventFactory:
     def __init__(self, node: str, publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
         self.node = node
@@ -30,16 +34,20 @@ class CallEventFactory:
         self._hb_seq = 0
         self.published = 0
 
-    def emit(self, call_id: str, etype: str, **fields: Any) -> dict[str, Any]:
-        seq = self._seq.get(call_id, 0) + 1
-        self._seq[call_id] = seq
+    def emit(self, call_id: str, etype: str, seq: int | None = None, **fields: Any) -> dict[str, Any]:
+        """``seq``: given for an event of a call this node did not set up (a takeover's report, with
+        the seq the pipeline handed over); else the call's next."""
+        if seq is None:
+            seq = self._seq.get(call_id, 0) + 1
+            self._seq[call_id] = seq
         event = {"event_id": uuid.uuid4().hex, "call_id": call_id, "seq": seq, "type": etype,
-                 "ts": format_ts(self.clock()), "node": self.node, "schema_version": 1, **fields}
+                 "ts": format_ts(self.clock()), "node": self.node, "schema_version": SCHEMA_VERSION,
+                 **fields}
         validate_event(event)
         self.publisher.publish(event)
         self.published += 1
         if etype == "call.terminated":
-            del self._seq[call_id]
+            self._seq.pop(call_id, None)
         return event
 
     def heartbeat(self, active_calls: int, address: str | None = None) -> dict[str, Any]:
@@ -48,9 +56,8 @@ class CallEventFactory:
         self._hb_seq += 1
         event = {"event_id": uuid.uuid4().hex, "call_id": f"node:{self.node}", "seq": self._hb_seq,
                  "type": "node.heartbeat", "ts": format_ts(self.clock()), "node": self.node,
-                 "schema_version": 1, "active_calls": active_calls}
+                 "schema_version": SCHEMA_VERSION, "active_calls": active_calls}
         if address:
-            event["schema_version"] = 2
             event["address"] = address
         validate_event(event)
         # Every pipeline partition must see every node's heartbeat to judge its calls orphaned or not.

@@ -71,6 +71,8 @@ from b2bua.sip.transaction import (
     build_cancel,
 )
 from b2bua.sip.transaction_layer import LayerAction, TransactionKey, TransactionLayer, server_key
+from b2bua.takeover import LEGS, Takeover, destination_of, dialog_state, reason_header
+from schemas.validation import ContractError, validate_command
 from sipledger.config import Config, ConfigError
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
@@ -194,9 +196,13 @@ class B2BUACore:
         self.tx_dest: dict[TransactionKey, Address] = {}
         self.tx_owner: dict[TransactionKey, _Owner] = {}
         self.relays: dict[TransactionKey, Relay] = {}
+        # Lost nodes' calls this node is ending (call.takeover): the BYE transactions and the calls.
+        self.takeover_tx: dict[TransactionKey, tuple[Takeover, str]] = {}
+        self.taken_over: OrderedDict[str, Takeover | None] = OrderedDict()  # call id -> in flight / done
         self.stats: dict[str, int] = {
             "calls": 0, "refused": 0, "refused_unadmitted": 0, "challenged": 0, "parse_errors": 0,
             "internal_errors": 0, "commands_applied": 0, "commands_ignored": 0, "safety_net": 0,
+            "takeovers": 0, "releases": 0,
         }  # fmt: skip
         # Refusals of unadmitted traffic, per cause and per source (bounded); no call events for them.
         self.refusals = RefusalCounter(admission.cfg.refusal_max_sources, admission.cfg.refusal_log_interval)
@@ -346,6 +352,7 @@ class B2BUACore:
             self.tx_dest.pop(key, None)
             self.tx_owner.pop(key, None)
             self.relays.pop(key, None)
+            self.takeover_tx.pop(key, None)
 
     def _respond(self, key: TransactionKey | None, request: Request, status: int, reason: str | None = None,
                  *, headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
@@ -470,6 +477,11 @@ class B2BUACore:
         if key is None:
             self._on_stray_response(resp)
             return
+        taking = self.takeover_tx.get(key)
+        if taking is not None:
+            if resp.is_final:
+                self._takeover_answered(taking[0], taking[1], resp.status)
+            return
         owner = self.tx_owner.get(key)
         if owner is None:
             return
@@ -486,6 +498,10 @@ class B2BUACore:
             self._log("info", f"late answer of call {owner.call.id} hung up")
 
     def _on_tx_timeout(self, key: TransactionKey) -> None:
+        taking = self.takeover_tx.pop(key, None)
+        if taking is not None:
+            self._takeover_answered(taking[0], taking[1], None)
+            return
         owner = self.tx_owner.get(key)
         if owner is None:
             return
@@ -870,8 +886,37 @@ class B2BUACore:
             timer_mode="session_timer" if caller.has_timer else "no_timer",
             session_expires=caller.interval if caller.has_timer else None,
             refresher={r: _refresher_label(call.leg(r)) for r in ("caller", "carrier")},
-            effective_limit_s=limit, limit_source=source,
+            effective_limit_s=limit, limit_source=source, **self._dialogs_of(call),
         )
+
+    def _dialogs_of(self, call: Call) -> dict[str, Any]:
+        """``dialogs`` for call.answered: what a surviving node needs to end this call if we die."""
+        out: dict[str, Any] = {}
+        for role in ("caller", "carrier"):
+            leg = call.leg(role)
+            if leg.dialog is None:
+                return {}
+            try:
+                out[role] = dialog_state(leg.dialog, self._takeover_dest(leg))
+            except ValueError:
+                return {}
+        return {"dialogs": out}
+
+    def _takeover_dest(self, leg: Leg) -> Address:
+        """Where another node reaches this leg: our own next hop, except a TCP caller's connection,
+        which dies with us; its Contact (or first route) is where it can be reached anew."""
+        if leg.role == "caller" and leg.transport == "tcp" and leg.dialog is not None:
+            d = leg.dialog
+            try:
+                uri = parse_name_addr(d.route_set[0]).uri if d.route_set else parse_uri(d.remote_target)
+                return Address(uri.host, uri.port or 5060, "tcp")
+            except SipSyntaxError:
+                pass
+        return self._leg_dest(leg)
+
+    def _local_cseq(self, call: Call, role: LegRole) -> dict[str, Any]:
+        d = call.leg(role).dialog
+        return {} if d is None else {"local_cseq": max(0, d.local_seq)}
 
     def _limit_for(self, call: Call) -> tuple[int | None, str]:
         options: list[tuple[int, str]] = []
@@ -1198,8 +1243,11 @@ class B2BUACore:
         leg = call.leg(role)
         if not leg.interval:
             return
+        extra = self._local_cseq(call, role)
+        if leg.dialog is not None:
+            extra["remote_target"] = leg.dialog.remote_target  # a re-INVITE or UPDATE may move it
         self._emit(call.id, "session.refreshed", leg=role, method=method if method == "UPDATE" else "INVITE",
-                   session_expires=int(leg.interval), expires_at=self._ts(self._now + leg.interval))
+                   session_expires=int(leg.interval), expires_at=self._ts(self._now + leg.interval), **extra)
 
     def _on_session_timer(self, call: Call, role: LegRole) -> None:
         leg = call.leg(role)
@@ -1216,7 +1264,7 @@ class B2BUACore:
                 self._refresh_failed(call, role, leg.refresh_method, None, "expired")
             else:
                 self._emit(call.id, "session.refresh_failed", leg=role, method=None, status=None,
-                           cause="expired")
+                           cause="expired", **self._local_cseq(call, role))
                 self._terminate(call, "session_expired", "system", detail=f"no refresh from the {role} leg")
         else:
             self._schedule_session(call, role)
@@ -1275,7 +1323,8 @@ class B2BUACore:
         if call.ended:
             return
         self._emit(call.id, "session.refresh_failed", leg=role,
-                   method=method if method in ("INVITE", "UPDATE") else None, status=status, cause=cause)
+                   method=method if method in ("INVITE", "UPDATE") else None, status=status, cause=cause,
+                   **self._local_cseq(call, role))
         self._terminate(call, "session_refresh_failed", "system", sip_status=status,
                         detail=f"{method or 'refresh'} on the {role} leg: {status or cause}")
 
@@ -1298,14 +1347,16 @@ class B2BUACore:
         if resp.status in (408, 481):
             self._probe_failed(call, role, resp.status, "status")
             return
-        self._emit(call.id, "liveness.probe_succeeded", leg=role, status=resp.status)
+        self._emit(call.id, "liveness.probe_succeeded", leg=role, status=resp.status,
+                   **self._local_cseq(call, role))
         if not leg.has_timer:
             self._arm(call, f"probe:{role}", self._now + self.cfg.liveness_probe_interval)
 
     def _probe_failed(self, call: Call, role: LegRole, status: int | None, cause: str) -> None:
         if call.ended:
             return
-        self._emit(call.id, "liveness.probe_failed", leg=role, status=status, cause=cause)
+        self._emit(call.id, "liveness.probe_failed", leg=role, status=status, cause=cause,
+                   **self._local_cseq(call, role))
         self._terminate(call, "liveness_probe_failed", "system", sip_status=status,
                         detail=f"OPTIONS to the {role} leg: {status or cause}")
 
@@ -1594,7 +1645,8 @@ class B2BUACore:
 
     def _on_command(self, cmd: dict[str, Any]) -> None:
         ours = isinstance(cmd, dict) and cmd.get("node") == self.cfg.node_id
-        if not ours or cmd.get("type") != "call.terminate":
+        ctype = cmd.get("type") if ours else None
+        if ctype not in ("call.terminate", "call.takeover", "call.release"):
             self.stats["commands_ignored"] += 1
             return
         command_id = str(cmd.get("command_id") or "")
@@ -1605,6 +1657,12 @@ class B2BUACore:
             self._commands_seen[command_id] = None
             while len(self._commands_seen) > 10_000:
                 self._commands_seen.popitem(last=False)
+        if ctype == "call.takeover":
+            self._on_takeover(cmd)
+            return
+        if ctype == "call.release":
+            self._on_release(cmd)
+            return
         call = self.calls.get(str(cmd.get("call_id") or ""))
         if call is None or call.ended:
             self.stats["commands_ignored"] += 1
@@ -1618,6 +1676,80 @@ class B2BUACore:
         self._terminate(call, str(reason), "system", status_to_caller=503, sip_status=None,
                         detail=f"command {command_id} from {cmd.get('issued_by', '?')}")
 
+
+    # =========================================================================================
+    # Takeover: ending a lost node's call as its dialog (b2bua/takeover.py)
+    # =========================================================================================
+
+    def _on_takeover(self, cmd: dict[str, Any]) -> None:
+        """A lost node's call: BYE on both legs as its dialog, then report the outcome as the call's
+        call.terminated (with the seq the pipeline gave). Once per call, whatever repeats the command."""
+        try:
+            validate_command(cmd)
+        except ContractError as exc:
+            self.stats["commands_ignored"] += 1
+            self._log("warning", f"takeover command refused: {exc}")
+            return
+        call_id = cmd["call_id"]
+        if call_id in self.taken_over or call_id in self.calls:
+            self.stats["commands_ignored"] += 1
+            return
+        t = Takeover(call_id, cmd["command_id"], cmd["dead_node"], int(cmd["seq"]))
+        self.taken_over[call_id] = t
+        while len(self.taken_over) > 100_000:
+            self.taken_over.popitem(last=False)
+        self.stats["takeovers"] += 1
+        self._log("warning", f"taking over call {call_id} of lost node {cmd['dead_node']}: BYE on both legs")
+        reason = reason_header(cmd["dead_node"], self.cfg.node_id)
+        for role in LEGS:
+            state = cmd["dialogs"][role]
+            try:
+                dest = destination_of(state)
+                req = t.bye(role, state, branch=self.layer.new_branch(),
+                            local_contact=self._contact(state["transport"]), via_sent_by=self.sent_by,
+                            reason=reason)
+            except (ValueError, SipSyntaxError) as exc:
+                self._log("warning", f"takeover of {call_id}: no BYE on the {role} leg ({exc})")
+                t.not_sent(role)
+                continue
+            key, actions = self.layer.send_request(req, self._now, reliable=dest.transport == "tcp")
+            if key is None:
+                t.not_sent(role)
+                continue
+            self.tx_dest[key] = dest
+            self.takeover_tx[key] = (t, role)
+            self._apply(actions, dest)
+        self._takeover_done(t)
+
+    def _takeover_answered(self, t: Takeover, role: str, status: int | None) -> None:
+        t.answered(role, status)
+        self._takeover_done(t)
+
+    def _takeover_done(self, t: Takeover) -> None:
+        if not t.done or self.taken_over.get(t.call_id) is not t:
+            return
+        self.taken_over[t.call_id] = None  # reported: later repeats of the command find it done
+        legs = ", ".join(f"{r} {v['outcome']}" + (f" ({v['status']})" if v["status"] else "")
+                         for r, v in t.report()["legs"].items())
+        self._log("warning", f"call {t.call_id} of lost node {t.dead_node} ended: {legs}")
+        self._emit(t.call_id, "call.terminated", seq=t.seq, reason="orphaned", initiator="system",
+                   sip_status=None, takeover=t.report())
+
+    def _on_release(self, cmd: dict[str, Any]) -> None:
+        """A call another node took over while we were cut off: forget it, sending nothing (its legs
+        were ended by that node; a BYE or refresh from us now would only meet 481s)."""
+        call = self.calls.get(str(cmd.get("call_id") or ""))
+        if call is None or call.ended:
+            self.stats["commands_ignored"] += 1
+            return
+        self.stats["releases"] += 1
+        self._log("warning", f"call {call.id} was taken over by {cmd.get('taken_over_by')}: released")
+        for role in LEGS:
+            dialog = call.leg(role).dialog
+            if dialog is not None:
+                self.dialogs.pop(dialog.id, None)
+                dialog.terminate()  # its session timer too: nothing may fire for it again
+        self._force_forget(call)
 
 def _replace_top_via(req: Request | Response, via: Via) -> None:
     out = Headers()
