@@ -6,10 +6,12 @@ callers that refresh and timer callers that go silent, legacy callers that hang 
 callers that vanish without BYE; carriers that answer, hang up, ring out, are busy or fail.
 Midway, node-2 is killed with SIGKILL while its calls are up. Its heartbeats stop; once the
 pipeline has been caught up with the journal for `node_timeout` and node-2 does not answer a SIP
-OPTIONS probe either, the pipeline writes a node.lost verdict into the journal and closes the
-node's calls as `orphaned`, billed to their last proof of life, with their exposure (from that
-proof to the detection) recorded as still open at the carrier. The embedded pipeline builds
-rated CDRs in chDB; at the end the runaway-cost report, the alerts and an HTML report.
+OPTIONS probe either, the pipeline writes a node.lost verdict into the journal and hands each of
+node-2's calls to node-1 (call.takeover), which sends BYE on both legs as node-2's dialog: the
+phones and the carriers hang up, and the calls are closed as `orphaned`, billed to their last
+proof of life, with their exposure (from that proof to node-1's BYE) recorded. The embedded
+pipeline builds rated CDRs in chDB; at the end the runaway-cost report, the alerts and an HTML
+report.
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def _plans(profile: Profile, seed: int) -> tuple[Any, Any]:
         max_concurrent=200,
         mix=DEFAULT_MIX,
     )
-    # node-2's calls are long legacy calls: they are up when the node dies.
+    # node-2's calls are long legacy calls: they are up when the node dies, and their phones stay on
+    # the line until node-1 takes them over (node timeout, then a 3 s probe) and hangs them up.
     doomed = TrafficPlan(
         calls=profile.node2_calls,
         window=1.0,
@@ -198,7 +201,7 @@ def _plans(profile: Profile, seed: int) -> tuple[Any, Any]:
         callee_prefix="1",
         talk_time=(profile.max_call * 2, profile.max_call * 2),
         watch_time=5.0,
-        timeout=profile.kill_node2_at + 3.0,
+        timeout=profile.kill_node2_at + profile.node_timeout + 15.0,
         drain=1.0,
         mix=(MixEntry("no_timer_bye", "answer", 1),),
     )

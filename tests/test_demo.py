@@ -41,13 +41,19 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
     kinds = {a["kind"] for a in res.alerts}
     assert {"orphaned", "limit_reached", "refresh_failed"} <= kinds
     # node-2's clock stopped with it: nothing the log cannot justify (no enforcement_missed for its
-    # calls), but each of them is orphaned with its exposure recorded and still open at the carrier
+    # calls); each of them is taken over by node-1, which hangs up both legs
     orphaned = {a["call_id"] for a in res.alerts if a["kind"] == "orphaned"}
     assert len(orphaned) == FAST.node2_calls
+    assert all("taken over by node-1" in a["message"] for a in res.alerts if a["kind"] == "orphaned")
     assert not orphaned & {a["call_id"] for a in res.alerts if a["kind"] == "enforcement_missed"}
     orphan_cdrs = [c for c in load_cdrs(res.store_url).to_dict("records") if c["end_reason"] == "orphaned"]
     assert {c["call_id"] for c in orphan_cdrs} == orphaned
-    assert all(c["exposure_open"] and c["exposure_ms"] > 0 for c in orphan_cdrs)
+    # the carriers answered node-1's BYE: the exposure ran until it and is closed
+    assert all(not c["exposure_open"] and c["exposure_ms"] > 0 and c["closed_by"] == "node"
+               for c in orphan_cdrs)
+    doomed = [o for o in res.outcomes if o.behaviour == "no_timer_bye" and o.callee.startswith("1")]
+    assert len(doomed) == FAST.node2_calls
+    assert all(o.ended_by == "remote" for o in doomed), [(o.ended_by, o.end_reason) for o in doomed]
 
     assert "Runaway cost by account" in text and "Zombie alerts" in text
     assert res.html_report.exists() and "data:image/png;base64," in res.html_report.read_text()
