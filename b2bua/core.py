@@ -23,6 +23,7 @@ from b2bua.actions import Action, Address, CancelTimer, Emit, Log, Send, SetTime
 from b2bua.admission import Admission, Admit, Challenge, Refuse
 from b2bua.call import Attempt, Call, CallState, EndedAttempt, EndedCall, Leg, LegRole, Relay
 from b2bua.call_events import format_ts
+from b2bua.call_metrics import CallMetrics
 from b2bua.refusals import RefusalCounter
 from b2bua.routing import RouteTable, should_fail_over
 from b2bua.sip.conformance import Rejection, check_body, check_method, check_require, check_uri_scheme
@@ -204,6 +205,7 @@ class B2BUACore:
             "internal_errors": 0, "commands_applied": 0, "commands_ignored": 0, "safety_net": 0,
             "takeovers": 0, "releases": 0,
         }  # fmt: skip
+        self.metrics = CallMetrics()
         # Refusals of unadmitted traffic, per cause and per source (bounded); no call events for them.
         self.refusals = RefusalCounter(admission.cfg.refusal_max_sources, admission.cfg.refusal_log_interval)
         self._keep_tx = False
@@ -866,6 +868,7 @@ class B2BUACore:
         call.final_sent = True
         call.state = CallState.ANSWERED
         call.answered_at = self._now
+        self.metrics.setup_latency.observe(self._now - call.created_at)
         ok = build_response(call.invite, 200, "OK", to_tag=call.to_tag, headers=headers, body=resp.body)
         self._send_2xx(call, "caller", call.server_key, ok)
 
@@ -1243,6 +1246,7 @@ class B2BUACore:
         leg = call.leg(role)
         if not leg.interval:
             return
+        self.metrics.refreshes[(role, "ok")] += 1
         extra = self._local_cseq(call, role)
         if leg.dialog is not None:
             extra["remote_target"] = leg.dialog.remote_target  # a re-INVITE or UPDATE may move it
@@ -1263,6 +1267,7 @@ class B2BUACore:
             elif leg.we_refresh:
                 self._refresh_failed(call, role, leg.refresh_method, None, "expired")
             else:
+                self.metrics.refreshes[(role, "expired")] += 1
                 self._emit(call.id, "session.refresh_failed", leg=role, method=None, status=None,
                            cause="expired", **self._local_cseq(call, role))
                 self._terminate(call, "session_expired", "system", detail=f"no refresh from the {role} leg")
@@ -1322,6 +1327,7 @@ class B2BUACore:
                         cause: str) -> None:
         if call.ended:
             return
+        self.metrics.refreshes[(role, cause)] += 1
         self._emit(call.id, "session.refresh_failed", leg=role,
                    method=method if method in ("INVITE", "UPDATE") else None, status=status, cause=cause,
                    **self._local_cseq(call, role))
@@ -1443,11 +1449,11 @@ class B2BUACore:
     # Ending calls
     # =========================================================================================
 
-    def _send_bye(self, call: Call, role: LegRole) -> None:
+    def _send_bye(self, call: Call, role: LegRole) -> bool:
         leg = call.leg(role)
         d = leg.dialog
         if d is None or d.is_terminated or d.state is not DialogState.CONFIRMED:
-            return
+            return False
         if role == "carrier" and call.carrier_ack_waits_for_caller and call.pending_carrier_ok is not None:
             call.carrier_ack_waits_for_caller = False
             self._ack(call, "carrier", call.pending_carrier_ok.cseq.num, leg.local_sdp,
@@ -1455,6 +1461,7 @@ class B2BUACore:
         bye = d.create_bye(branch=self.layer.new_branch())
         self._send_request(call, leg, bye, "bye")
         d.terminate()
+        return True
 
     def _terminate(self, call: Call, reason: str, initiator: str, *, status_to_caller: int | None = None,
                    reason_phrase: str | None = None, sip_status: int | None = None, detail: str | None = None,
@@ -1464,8 +1471,8 @@ class B2BUACore:
             return
         if call.answered:
             for role in ("caller", "carrier"):
-                if role != except_leg:
-                    self._send_bye(call, role)
+                if role != except_leg and self._send_bye(call, role):
+                    self.metrics.byes_sent[reason] += 1
         else:
             if status_to_caller is not None and not call.final_sent:
                 call.final_sent = True
@@ -1476,6 +1483,7 @@ class B2BUACore:
 
     def _end_call(self, call: Call, reason: str, initiator: str, sip_status: int | None,
                   detail: str | None) -> None:
+        self.metrics.ended[reason] += 1
         call.state = CallState.ENDED
         call.ended_at = self._now
         for name in sorted(call.timers):

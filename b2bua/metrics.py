@@ -1,0 +1,47 @@
+"""The B2BUA's Prometheus metrics (``metrics.b2bua_port``): read from the core when scraped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from b2bua.core import B2BUACore
+from sipledger.metrics import counter, gauge, histogram
+
+Families = Callable[[], Iterator[Metric]]
+
+
+def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) -> Families:
+    """The families of one node; ``core`` returns the running core (None before start)."""
+
+    def collect() -> Iterator[Metric]:
+        c = core()
+        if c is None:
+            return
+        m = c.metrics
+        yield gauge("sipledger_b2bua_active_calls", "Calls this node holds now", c.active_calls)
+        yield counter("sipledger_b2bua_calls", "Call attempts ended, by result (end reason)",
+                      labels=["result"], samples=(((r,), n) for r, n in sorted(m.ended.items())))
+        yield histogram("sipledger_b2bua_setup_latency_seconds",
+                        "INVITE received to 200 OK relayed to the caller", m.setup_latency.cumulative(),
+                        m.setup_latency.total)
+        yield counter("sipledger_b2bua_refreshes", "Session refreshes by leg and outcome (ok or the cause)",
+                      labels=["leg", "outcome"],
+                      samples=(((leg, o), n) for (leg, o), n in sorted(m.refreshes.items())))
+        yield counter("sipledger_b2bua_byes_sent", "BYEs this node sent, by the end reason they enforced",
+                      labels=["reason"], samples=(((r,), n) for r, n in sorted(m.byes_sent.items())))
+        yield counter("sipledger_b2bua_refused_requests", "Requests of no account refused, by cause",
+                      labels=["cause"],
+                      samples=(((cause,), n) for cause, n in sorted(c.refusals.by_cause.items())))
+        yield counter("sipledger_b2bua_takeovers", "Calls of lost nodes this node ended",
+                      c.stats["takeovers"])
+        yield counter("sipledger_b2bua_commands_applied", "Pipeline commands obeyed",
+                      c.stats["commands_applied"])
+        spool = getattr(publisher, "spool", None)
+        yield gauge("sipledger_b2bua_spool_depth", "Events waiting in the disk spool for the broker",
+                    spool.pending() if spool is not None else 0)
+        yield gauge("sipledger_b2bua_info", "This node", 1, labels=["node"], samples=[((node,), 1)])
+
+    return collect
