@@ -123,7 +123,6 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode import ServiceT
-from sipledger.pipeline_status import STATUS_INTERVAL_S, status_topic
 
 from pipeline import call_table
 from pipeline.call_table import DEFAULT_APP_ID
@@ -136,6 +135,7 @@ from pipeline.store_writer import StoreWriterProcess
 from sipledger import config as config_mod
 from sipledger import logsetup
 from sipledger.config import Config
+from sipledger.pipeline_status import STATUS_INTERVAL_S, status_topic
 from sipledger.topic_reader import TopicReadError
 
 log = logging.getLogger("sipledger.pipeline.faust")
