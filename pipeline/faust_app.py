@@ -305,13 +305,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # The next fetch, started before the current one is handled: the consumer thread reads and
         # unpacks it while this loop folds, instead of this loop idling for it afterwards.
         prefetch: asyncio.Future[Any] | None = None
-        prefetch_generation = -1
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 t_fetch = time.perf_counter()
                 if prefetch is None:
-                    prefetch_generation = self.app.consumer_generation_id
                     prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 records, active = await prefetch
                 prefetch = None
@@ -326,11 +324,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     with contextlib.suppress(Exception):
                         await self.perform_seek()
                     continue
-                generation = self.app.consumer_generation_id
-                if generation != prefetch_generation:
-                    # Fetched before a rebalance: its partitions may be someone else's now. The new
-                    # assignment seeks every partition to its committed offset, so dropping is safe.
-                    continue
                 if gate is not None:
                     # A partition is fetched only once restored (it stays paused until then); should its
                     # records come earlier anyway, they wait for the restore and never fold onto states
@@ -339,37 +332,37 @@ class BatchConsumer(faust_aiokafka.Consumer):
                                and gate.owns(tp.partition) and not gate.serving(tp.partition)}
                     if waiting:
                         await gate.wait_serving(waiting)
-                        if self.app.consumer_generation_id != generation or gate.stopping:
+                        if gate.stopping:
                             continue
-                prefetch_generation = generation
+                # Offsets are acked only if no rebalance happened between this fold and its delivery.
+                generation = self.app.consumer_generation_id
                 prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 batches: dict[str, dict[TP, list[Any]]] = {}
                 for tp, recs in records.items():
-                    if active is not None and tp not in active and tp not in self._buffered_partitions:
-                        continue
                     if tp.topic not in self.batch_handlers:
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue
                         await self._deliver_each(tp, recs, callback)
                         continue
+                    # Every record aiokafka hands out for a served partition is folded: aiokafka keeps
+                    # the positions (it returns only records of assigned partitions at their current
+                    # position, and a seek discards what was fetched before it). Records are never
+                    # skipped by bookkeeping of this loop's own, which lost events when a fetch taken
+                    # after a rebalance's seek was dropped as "from before the rebalance" (issue 17). A
+                    # fetch that really came before the seek holds events the partition re-reads: the
+                    # core ignores such duplicates, and holds early events until the gap is filled.
                     if gate is not None and not gate.serving(tp.partition):
-                        continue  # not this worker's (any more): the owner reads it from the committed offset
-                    r_offset = read_offset[tp]
-                    if r_offset is None or recs[0].offset >= r_offset:
-                        fresh = recs  # the usual case: nothing re-read
-                    else:
-                        fresh = [r for r in recs if r.offset >= r_offset]
-                    if not fresh:
-                        continue
-                    first, last = fresh[0].offset, fresh[-1].offset
-                    contiguous = last - first == len(fresh) - 1 and not (r_offset and first - r_offset > 1)
-                    if not contiguous and acks_enabled_for(tp.topic):
+                        continue  # not this worker's (any more): its owner reads it from the committed offset
+                    if acks_enabled_for(tp.topic) and recs[-1].offset - recs[0].offset != len(recs) - 1:
                         # Offsets missing from the log (compaction, transaction markers) must be known to
-                        # faust as gaps, or the committed offset never passes them.
-                        prev = r_offset
-                        for r in fresh:
-                            if prev and r.offset - prev > 1:
+                        # faust as gaps, or the committed offset never passes them. Only gaps inside a
+                        # fetch are certain: across fetches a seek may have intervened.
+                        prev = recs[0].offset
+                        for r in recs:
+                            if r.offset - prev > 1:
                                 await self._add_gap(tp, prev + 1, r.offset)
                             prev = r.offset
-                    batches.setdefault(tp.topic, {})[tp] = fresh
+                    batches.setdefault(tp.topic, {})[tp] = list(recs)
                 for topic, batch in batches.items():
                     delivered = await self.batch_handlers[topic](batch)
                     for tp, recs in batch.items():
