@@ -532,7 +532,12 @@ class KafkaPipeline:
                                         linger_ms=5, max_batch_size=PRODUCE_BATCH_BYTES,
                                         max_request_size=2 * PRODUCE_BATCH_BYTES,
                                         client_id=f"{self.app_id}-outputs")
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()  # else it is reported "Unclosed" when collected
+                raise
             self.producer = producer
         return self.producer
 
@@ -1059,18 +1064,19 @@ class KafkaPipeline:
 
     async def publish_status(self, status: dict[str, Any], timeout: float = BROKER_CALL_S) -> None:
         """Best effort: status is information, never worth holding anything up for."""
+        producer = self.status_producer
         try:
-            if self.status_producer is None:
+            if producer is None:
                 producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks=1, linger_ms=0,
                                             request_timeout_ms=int(timeout * 1000),
                                             client_id=f"{self.app_id}-status")
                 await asyncio.wait_for(producer.start(), timeout)
                 self.status_producer = producer
-            await asyncio.wait_for(self.status_producer.send_and_wait(
+            await asyncio.wait_for(producer.send_and_wait(
                 self.status_topic, key=self.worker_id.encode(), value=_dumps(status)), timeout)
         except Exception as exc:
             log.debug("publishing the worker status failed: %s", exc)
-            producer, self.status_producer = self.status_producer, None
+            self.status_producer = None
             if producer is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(producer.stop(), timeout)
@@ -1104,10 +1110,12 @@ class KafkaPipeline:
 
     async def _leave_group(self) -> None:
         # So that the group moves this worker's partitions now rather than after the session timeout.
+        # Closing the coordinator, not only sending LeaveGroup: a coordinator left running rejoins the
+        # group at once, and the group then waits for this dead member's session to expire.
         try:
             thread = cast(Any, self.app.consumer)._thread
             coordinator = thread._ensure_consumer()._coordinator
-            await asyncio.wait_for(thread.call_thread(coordinator._maybe_leave_group), SHUTDOWN_CALL_S)
+            await asyncio.wait_for(thread.call_thread(coordinator.close), SHUTDOWN_CALL_S)
         except Exception as exc:
             log.info("leaving the consumer group failed (%s); the group notices after the session timeout",
                      exc or "timeout")

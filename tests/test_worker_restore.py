@@ -133,7 +133,6 @@ def test_after_a_sigkill_the_next_worker_serves_exactly_what_the_changelog_holds
         restores = {int(p): r for p, r in json.loads(second.ready_file.read_text())["restores"].items()}
     finally:
         second.stop()
-    produce_events(producer, s.topics["events"], [], PARTITIONS)
     producer.close()
     latest = _latest(s.bootstrap, changelog, ends)
     assert sorted(restores) == list(range(PARTITIONS))
@@ -146,7 +145,8 @@ def test_after_a_sigkill_the_next_worker_serves_exactly_what_the_changelog_holds
         assert r["digest"] == _digest(latest[p]), p
         assert (r["calls"], r["open_calls"]) == (calls, open_calls), p
     assert sum(r["open_calls"] for r in restores.values()) > 0
-    print(f"\nrestored after SIGKILL: {[(p, r['records'], r['calls'], r['seconds']) for p, r in restores.items()]}")
+    figures = [(p, r["records"], r["calls"], r["seconds"]) for p, r in restores.items()]
+    print(f"\nrestored after SIGKILL (partition, records, calls, s): {figures}")
 
 
 def _fill_changelog(bootstrap: str, topic: str, copies: int) -> dict[int, int]:
@@ -223,7 +223,8 @@ def test_a_restore_stalled_by_a_hung_broker_is_retried_or_ends_the_worker(real_s
             if restores[p]["end_offset"] == ends[p]:
                 assert restores[p]["records"] == ends[p]
                 assert restores[p]["digest"] == _digest(latest[p])
-        print(f"stalled once, then restored: {[(p, r['records'], r['seconds']) for p, r in restores.items()]}")
+        figures = [(p, r["records"], r["seconds"]) for p, r in restores.items()]
+        print(f"stalled, then restored (partition, records, s): {figures}")
     finally:
         stack.stop()
 

@@ -89,7 +89,8 @@ def test_ten_worker_kills_during_traffic_lose_no_call(tmp_path: Path) -> None:
             assert rec.placed == rec.cdrs > 0
             assert not drill.worker_problems(), drill.worker_problems()
             assert all(s <= SERVED_BOUND_S for s in single), single
-            assert not [r.orphans() for r in drill.kills if r.orphans()], "store writers outlived their worker"
+            orphans = [r.orphans() for r in drill.kills if r.orphans()]
+            assert not orphans, f"store writers outlived their worker: {orphans}"
             # No stuck restore: every partition served by a live worker, nothing left to read.
             assert {p["state"] for p in status["partitions"]} == {"caught_up"}, status["partitions"]
             assert status["total_lag"] == 0, status["partitions"]
