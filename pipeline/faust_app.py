@@ -597,6 +597,9 @@ class KafkaPipeline:
         """A rebalance gave this worker ``assigned``: restore their states, then let them flow."""
         parts = {tp.partition for tp in assigned if tp.topic == self.topic}
         self._assignment_seq += 1
+        if self._restoring is not None:  # normally cancelled by before_revoke already
+            self._restoring.cancel()
+            self._restoring = None
         self.assigned = parts
         self.runtimes.clear()  # before_revoke cleared them already; never serve an older assignment's
         self._status_dirty = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def test_ten_worker_kills_during_traffic_lose_no_call(tmp_path: Path) -> None:
             assert status["total_lag"] == 0, status["partitions"]
             for svc in [*drill.workers, *drill.nodes]:
                 assert "\x1b[" not in svc.text(), f"escape codes in {svc.log}"
+            for node in drill.nodes:  # kafka-python's INFO chatter at start (about 60 lines) held back
+                assert not re.search(r"^\S+ INFO kafka", node.text(), re.M), node.text()[:3000]
+            for w in drill.workers:  # --log-level info: one line per assignment and per revocation
+                assert "revoked partitions [" in w.text() and "assigned partitions [" in w.text()
             assert all(node.alive() for node in drill.nodes)
     finally:
         stack.stop()
