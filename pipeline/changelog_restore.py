@@ -32,7 +32,7 @@ import orjson
 
 from pipeline.call_table import LIVENESS_PREFIX, is_state, state_of
 from pipeline.domain import CallState
-from sipledger.topic_reader import TopicReader
+from sipledger.topic_reader import TopicReader, latest_by_key
 
 _LIVENESS_KEY = orjson.dumps(LIVENESS_PREFIX)[:-1]  # b'"~liveness/': how such keys start once encoded
 
@@ -72,17 +72,9 @@ def fold_partition(partition: int, end_offset: int, records: Iterable[tuple[byte
     Values are decoded only once they are known to be the last of their key: a long changelog holds
     many versions of each call.
     """
-    latest: dict[bytes, bytes] = {}
-    n = 0
-    for key, value in records:
-        n += 1
-        if key is None:
-            continue  # not written by a worker: every record of ours has a key
-        if value is None:
-            latest.pop(key, None)
-        else:
-            latest[key] = value
-    log = PartitionLog(partition, end_offset, n, digest=latest_digest(latest))
+    records = list(records)
+    latest = latest_by_key(records)  # a record without a key is not a worker's: skipped
+    log = PartitionLog(partition, end_offset, len(records), digest=latest_digest(latest))
     for key, raw in latest.items():
         try:
             value = orjson.loads(raw)

@@ -38,22 +38,15 @@ class StatusError(RuntimeError):
 
 
 def _worker_statuses(bootstrap: str, app_id: str) -> dict[str, dict[str, Any]]:
-    from .topic_reader import NoSuchTopic, TopicReader
+    from .topic_reader import NoSuchTopic, TopicReader, latest_by_key
 
-    latest: dict[str, dict[str, Any]] = {}
     with TopicReader(bootstrap, CLI_TIMEOUT_S) as reader:
         try:
             ends = reader.end_offsets(status_topic(app_id))
         except NoSuchTopic:
             return {}  # no worker of this app id ever started
-        for rec in reader.read(status_topic(app_id), ends):
-            if rec.key is None:
-                continue
-            if rec.value is None:
-                latest.pop(rec.key.decode(), None)
-            else:
-                latest[rec.key.decode()] = orjson.loads(rec.value)
-    return latest
+        latest = latest_by_key((rec.key, rec.value) for rec in reader.read(status_topic(app_id), ends))
+    return {key.decode(): orjson.loads(value) for key, value in latest.items()}
 
 
 def _group(bootstrap: str, group: str, topic: str) -> tuple[str, int, dict[int, int]]:

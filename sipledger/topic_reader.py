@@ -14,7 +14,7 @@ offsets with no record. A broker that stops serving before the end is an error a
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -121,6 +121,20 @@ class TopicReader:
                             yield rec
         except KafkaError as exc:
             raise TopicReadError(f"reading {topic!r} from Kafka at {self.bootstrap} failed: {exc}") from None
+
+
+def latest_by_key(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict[bytes, bytes]:
+    """What a compacted topic means: the last value of every key, a null value (tombstone) deleting
+    the key. Records without a key are skipped."""
+    latest: dict[bytes, bytes] = {}
+    for key, value in records:
+        if key is None:
+            continue
+        if value is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = value
+    return latest
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
