@@ -14,10 +14,11 @@ import random
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from drills.harness import DEFAULT_MIX, Drill, DrillStack, percentile
+from drills.harness import DEFAULT_MIX, Drill, DrillStack, log_lines, percentile
 from sipledger.eventlog.spool import DiskSpool
 from sipledger.pipeline_status import collect
 
@@ -28,6 +29,8 @@ TRAFFIC_S = 110
 # A generous bound on kill-to-served (target: p99 under 10 s); what this asserts is that partitions
 # are served again at all, without an operator, where faust's own recovery left them idle for minutes.
 SERVED_BOUND_S = 30.0
+# What a partition caught up with the log may still have to commit: heartbeats of the last seconds.
+MAX_HEARTBEAT_LAG = 10
 
 
 @pytest.mark.timeout(600)
@@ -77,24 +80,29 @@ def test_ten_worker_kills_during_traffic_lose_no_call(tmp_path: Path) -> None:
             drill.wait_cdrs(placed, timeout=120)
             rec = drill.reconcile(results)
             restores = drill.restores()
+            # No stuck restore: every partition caught up, by a live worker, with nothing but the nodes'
+            # latest heartbeats (one a second each, broadcast to every partition) left to commit.
+            settle_by = time.monotonic() + 30
             status = collect(stack.bootstrap, "call-events", "sipledger-pipeline")
+            while not _settled(status) and time.monotonic() < settle_by:
+                time.sleep(1)
+                status = collect(stack.bootstrap, "call-events", "sipledger-pipeline")
             print(f"\ndrill (seed {seed}): {KILLS} kills in {kills_s:.0f} s of traffic; {rec.summary()}")
             print(f"kill-to-served, one worker killed ({len(single)}): p50 {percentile(single, 50):.2f} s, "
                   f"p99 {percentile(single, 99):.2f} s, max {max(single):.2f} s (target p99 < 10 s)")
             print(f"both killed in turn ({len(both)}; includes the restart delay): "
                   f"max {max(both):.2f} s")
             print(f"restores: {len(restores)}, largest {max(n for n, _ in restores)} records, "
-                  f"longest {max(s for _, s in restores):.2f} s; total lag now {status['total_lag']}")
+                  f"longest {max(s for _, s in restores):.2f} s; total lag at the end {status['total_lag']} "
+                  "(the nodes' latest heartbeats)")
 
             assert not rec.problems(), "\n".join(rec.problems())
             assert rec.placed == rec.cdrs > 0
             assert not drill.worker_problems(), drill.worker_problems()
+            assert _settled(status), status["partitions"]
             assert all(s <= SERVED_BOUND_S for s in single), single
             orphans = [r.orphans() for r in drill.kills if r.orphans()]
             assert not orphans, f"store writers outlived their worker: {orphans}"
-            # No stuck restore: every partition served by a live worker, nothing left to read.
-            assert {p["state"] for p in status["partitions"]} == {"caught_up"}, status["partitions"]
-            assert status["total_lag"] == 0, status["partitions"]
             for svc in [*drill.workers, *drill.nodes]:
                 assert "\x1b[" not in svc.text(), f"escape codes in {svc.log}"
             for node in drill.nodes:  # kafka-python's INFO chatter at start (about 60 lines) held back
@@ -104,6 +112,11 @@ def test_ten_worker_kills_during_traffic_lose_no_call(tmp_path: Path) -> None:
             assert all(node.alive() for node in drill.nodes)
     finally:
         stack.stop()
+
+
+def _settled(status: dict[str, Any]) -> bool:
+    return all(p["state"] == "caught_up" and p["worker"] and p["lag"] <= MAX_HEARTBEAT_LAG
+               for p in status["partitions"])
 
 
 def test_sigterm_with_the_broker_down_stops_workers_and_nodes_and_loses_nothing(tmp_path: Path) -> None:
@@ -117,12 +130,19 @@ def test_sigterm_with_the_broker_down_stops_workers_and_nodes_and_loses_nothing(
             drill.start()
             drill.start_traffic(12)
             time.sleep(6)
+            t_down = time.time()
             stack.kill_kafka()
             results = drill.wait_traffic()  # SIP does not need the broker: every call completes
             time.sleep(2)
+            t_term = time.time()
             exits = {svc.name: svc.terminate(timeout=30) for svc in [*drill.workers, *drill.nodes]}
             print("\nexit after SIGTERM with the broker down: "
                   + ", ".join(f"{name} {secs:.2f} s" for name, secs in exits.items()) + " (target 5 s)")
+            # The outage is logged once and then summarised (about 70 ERROR lines a second per worker
+            # were seen before): count what each process logged while the broker was down.
+            outage = {svc.name: sum(1 for ln in log_lines(svc.text()) if t_down <= ln.at < t_term)
+                      for svc in [*drill.workers, *drill.nodes]}
+            print(f"lines logged during the {t_term - t_down:.0f} s outage: {outage}")
             spooled = sum(DiskSpool(tmp_path / f"spool-{n.name}").pending() for n in drill.nodes)
             print(f"events left spooled by the stopped nodes: {spooled}")
             assert spooled, "the nodes spooled nothing while the broker was down"
@@ -136,6 +156,8 @@ def test_sigterm_with_the_broker_down_stops_workers_and_nodes_and_loses_nothing(
             assert not rec.problems(), "\n".join(rec.problems())
             assert rec.placed == rec.cdrs > 0
             assert all(secs <= 10.0 for secs in exits.values()), exits
+            # Generous: a handful of distinct warnings each, not a flood.
+            assert all(n <= 40 for n in outage.values()), outage
             for w in drill.workers:
                 assert "SIGTERM: stopping" in w.text()
     finally:
