@@ -1106,7 +1106,8 @@ class KafkaPipeline:
             log.warning("deliveries still in flight after %.1f s: not acked, their events are re-read by "
                         "the next owner", grace)
         # Both bounded, and side by side: with the broker away each would use its whole bound.
-        await asyncio.gather(self._leave_group(), self.publish_status(self.status("stopped"), SHUTDOWN_CALL_S))
+        last = self.status("stopped")
+        await asyncio.gather(self._leave_group(), self.publish_status(last, SHUTDOWN_CALL_S))
         self.writer.kill()  # rows of undelivered batches: their events are re-read, so are the rows
         log.info("stopped (%d events, %d CDRs processed)", self.stats["events"], self.stats["cdrs"])
         _exit_now(0)
