@@ -13,6 +13,7 @@ offsets with no record. A broker that stops serving before the end is an error a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -22,6 +23,7 @@ from typing import Any
 BOOTSTRAP_TIMEOUT_MS = 5000
 # Reading stops with an error when the broker hands out nothing for this long before the end offsets.
 STALL_TIMEOUT_S = 20.0
+POSITION_WAIT_MS = 100
 
 
 class TopicReadError(RuntimeError):
@@ -52,6 +54,11 @@ class TopicReader:
                                           max_poll_records=5000)
         except KafkaError:
             raise TopicReadError(f"Kafka at {bootstrap} is unreachable") from None
+        # A new connection to a broker that accepts TCP but answers nothing (a hung broker) is given up
+        # after socket_connection_setup_timeout_ms, 10 s by default, which KafkaConsumer does not expose:
+        # bound it like every other request here.
+        with contextlib.suppress(AttributeError, KeyError, TypeError):
+            self.consumer._client._manager.config["socket_connection_setup_timeout_ms"] = request_ms
 
     def __enter__(self) -> TopicReader:
         return self
@@ -95,14 +102,15 @@ class TopicReader:
         todo = {TopicPartition(topic, p): end for p, end in ends.items() if end > 0}
         if not todo:
             return
-        timeout_ms = int(self.stall_timeout_s * 1000)
         try:
             consumer.assign(list(todo))
             consumer.seek_to_beginning(*todo)
             stalled_at = time.monotonic() + self.stall_timeout_s
             while True:
                 for tp, end in list(todo.items()):
-                    position = consumer.position(tp, timeout_ms=timeout_ms)
+                    # A position not known yet (its ListOffsets still under way) is asked again next
+                    # round: waiting here per partition would delay the stall check by as much each.
+                    position = consumer.position(tp, timeout_ms=POSITION_WAIT_MS)
                     if position is not None and position >= end:
                         del todo[tp]
                         consumer.pause(tp)
