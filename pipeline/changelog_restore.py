@@ -1,10 +1,10 @@
 """A faust worker's call states of newly assigned partitions, read back from the changelog to its end.
 
 Why not faust's own table recovery: it decided when a partition was "recovered" by itself, and against
-this broker it both hung for good (``No event received for active tp ...-changelog`` every 5 s while
-half the calls went unprocessed) and let events be folded before the states were back (a worker's
-``call.terminated`` found no ``call.setup``: CDRs lost, zombie alerts of kind ``unknown_call``). The
-same reports exist against faust itself (faust-streaming/faust #155, #74).
+this broker it hung for good (``No event received for active tp ...-changelog`` every 5 s while half the
+calls went unprocessed); a worker also restored a partition from the table's memory as soon as an event
+came, recovered or not (suspected in issue 17 of losing CDRs). The same reports exist against faust
+itself (faust-streaming/faust #155, #74).
 
 What this does instead, and why it is enough: changelog partition ``p`` is written only by the worker
 that owns events partition ``p`` (pipeline/faust_app.py writes every record to partition ``p``

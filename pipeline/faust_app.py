@@ -36,7 +36,7 @@ Design
   with positional fields; key ``~liveness/<p>`` holds the partition's node last-seen times). The worker
   writes it with its own producer, to partition ``p`` explicitly, and awaits the acks, so a batch (or
   timer tick) knows its state is acknowledged. There is no faust Table: faust's table recovery hung for
-  good against this broker and let events be folded before the states were back (issue 17).
+  good against this broker, and decided on its own when a partition was recovered (issue 17).
 * Restore (pipeline/changelog_restore.py): on every assignment each assigned partition is restored from
   its changelog partition, read from the beginning to the end offset it has after the assignment; its
   Processor is rebuilt from the last record of every key, deadlines included. Until then the partition
