@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from drills.harness import DrillStack
 
-from pipeline.call_table import changelog_topic, encode, is_state, state_value
+from pipeline.call_table import changelog_topic, encode, is_state, state_of, state_value
 from pipeline.domain import CallState, Policy, apply
 from pipeline.faust_app import CHANGELOG_CONFIGS, EXIT_RESTORE_FAILED
 from pipeline.kafka_io import WorkerProcess, make_producer, produce_events
@@ -77,6 +77,7 @@ def _latest(bootstrap: str, topic: str, ends: dict[int, int]) -> dict[int, dict[
 
 
 def _digest(latest: dict[bytes, bytes]) -> str:
+    # Written out here rather than imported: the worker's digest is what is being checked.
     h = hashlib.sha256()
     for k in sorted(latest):
         h.update(len(k).to_bytes(4, "big") + k + len(latest[k]).to_bytes(4, "big") + latest[k])
@@ -87,8 +88,6 @@ def _calls(latest: dict[bytes, bytes]) -> tuple[int, int]:
     """(calls, open calls) among the latest values."""
     values = [json.loads(v) for v in latest.values()]
     states = [v for v in values if is_state(v)]
-    from pipeline.call_table import state_of
-
     return len(states), sum(1 for v in states if not state_of(v).closed)
 
 

@@ -41,24 +41,23 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from conftest import private_stack_dir
+from conftest import TOPICS, private_stack_dir
 from sip_harness.sipp import SippProcess, SippResult, free_udp_port, scenario_path
 
+from pipeline.call_table import DEFAULT_APP_ID
 from sipledger.stack import clickhouse_server, kafka_broker, process
 from sipledger.store import Store, open_store
 
 REPO = Path(__file__).resolve().parents[2]
-PARTITIONS = 4
-TOPICS = {"call-events": PARTITIONS, "call-commands": PARTITIONS, "zombie-alerts": PARTITIONS,
-          "cdrs": PARTITIONS, "dead-letter": 1}
-APP_ID = "sipledger-pipeline"  # what `sipledger pipeline` uses: the drill runs the default
+PARTITIONS = TOPICS["call-events"]  # the suite's topics (conftest.TOPICS), on the drill's own broker
+APP_ID = DEFAULT_APP_ID  # what `sipledger pipeline` uses: the drill runs the default
 
 
 # -- the stack ---------------------------------------------------------------------------------------
@@ -625,13 +624,3 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))
     return ordered[int(rank) - 1]
-
-
-def until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:.0f} s")
-        time.sleep(step)
-
-

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from drills.harness import DEFAULT_MIX, Drill, DrillStack, log_lines, percentile
+from drills.harness import APP_ID, DEFAULT_MIX, Drill, DrillStack, log_lines, percentile
 from sipledger.eventlog.spool import DiskSpool
 from sipledger.pipeline_status import collect
 
@@ -83,10 +83,10 @@ def test_ten_worker_kills_during_traffic_lose_no_call(tmp_path: Path) -> None:
             # No stuck restore: every partition caught up, by a live worker, with nothing but the nodes'
             # latest heartbeats (one a second each, broadcast to every partition) left to commit.
             settle_by = time.monotonic() + 30
-            status = collect(stack.bootstrap, "call-events", "sipledger-pipeline")
+            status = collect(stack.bootstrap, "call-events", APP_ID)
             while not _settled(status) and time.monotonic() < settle_by:
                 time.sleep(1)
-                status = collect(stack.bootstrap, "call-events", "sipledger-pipeline")
+                status = collect(stack.bootstrap, "call-events", APP_ID)
             print(f"\ndrill (seed {seed}): {KILLS} kills in {kills_s:.0f} s of traffic; {rec.summary()}")
             print(f"kill-to-served, one worker killed ({len(single)}): p50 {percentile(single, 50):.2f} s, "
                   f"p99 {percentile(single, 99):.2f} s, max {max(single):.2f} s (target p99 < 10 s)")
