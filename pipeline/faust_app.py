@@ -156,9 +156,10 @@ SHUTDOWN_CALL_S = 1.0
 SHUTDOWN_MARGIN_S = 2.5
 # The broker calls of the timer (highwaters) must not hold it up while the broker is away.
 BROKER_CALL_S = 2.0
-# Exit statuses: a batch or tick failed (the restart re-delivers it); a restore could not complete.
+# Exit statuses (sysexits.h): a batch or tick failed, the restart re-delivers it (EX_SOFTWARE); Kafka not
+# usable - a restore that could not complete, or the topics at start (EX_UNAVAILABLE).
 EXIT_FAILED = 70
-EXIT_RESTORE_FAILED = 69
+EXIT_UNAVAILABLE = 69
 # Changelog topic: compacted; small segments so the cleaner can compact all but the newest minutes
 # and a restore reads mostly live calls (the active segment is never compacted).
 CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(10 * 60 * 1000),
@@ -631,10 +632,10 @@ class KafkaPipeline:
                 log.critical("restoring partitions %s failed %d times, last: %s; exiting so that a "
                              "supervisor restarts this worker (no event of theirs was processed)",
                              partitions, attempts, exc)
-                _exit_now(EXIT_RESTORE_FAILED)
+                _exit_now(EXIT_UNAVAILABLE)
             except Exception:
                 log.critical("restoring partitions %s failed; exiting", partitions, exc_info=True)
-                _exit_now(EXIT_RESTORE_FAILED)
+                _exit_now(EXIT_UNAVAILABLE)
             if seq != self._assignment_seq or self.stopping:
                 return  # another rebalance started meanwhile: its own restore serves its partitions
             self._serve(logs, attempt)
@@ -1306,7 +1307,7 @@ def run_worker(cfg: Config, app_id: str = DEFAULT_APP_ID, loglevel: str = "warn"
         ensure_topics(cfg, app_id)
     except RuntimeError as exc:
         log.critical("cannot start: %s", exc)
-        _exit_now(EXIT_RESTORE_FAILED)
+        _exit_now(EXIT_UNAVAILABLE)
     app = make_app(cfg, app_id=app_id, batch_size=batch_size, ready_file=ready_file,
                    store_events=store_events, **settings)
     worker = PipelineWorker(app, app.sipledger, loglevel=loglevel, quiet=True)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from drills.harness import DrillStack
 
 from pipeline.call_table import changelog_topic, encode, is_state, state_of, state_value
 from pipeline.domain import CallState, Policy, apply
-from pipeline.faust_app import CHANGELOG_CONFIGS, EXIT_RESTORE_FAILED
+from pipeline.faust_app import CHANGELOG_CONFIGS, EXIT_UNAVAILABLE
 from pipeline.kafka_io import WorkerProcess, make_producer, produce_events
 from pipeline.synthetic import SyntheticSpec, generate
 from sipledger.stack.kafka_broker import create_topics
@@ -196,7 +196,7 @@ def test_a_restore_stalled_by_a_hung_broker_is_retried_or_ends_the_worker(real_s
             worker.stop()
         text = worker.log.read_text()
         print(f"\nhung broker: the worker exited with {code} {gave_up:.1f} s after the broker stopped")
-        assert code == EXIT_RESTORE_FAILED, text[-3000:]
+        assert code == EXIT_UNAVAILABLE, text[-3000:]
         assert "failed (attempt 1 of 2)" in text and "failed 2 times" in text, text[-3000:]
         assert "serving" not in text, text[-3000:]
 
