@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,11 @@ class KafkaCommandFollower:
         while not self._stop.is_set():
             try:
                 if consumer is None:
+                    # A broker that is down is found out within seconds (kafka-python waits 30 s by
+                    # default), so a stop request is noticed soon.
                     consumer = KafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
                                              group_id=self.group, auto_offset_reset="latest",
-                                             enable_auto_commit=True)
+                                             enable_auto_commit=True, bootstrap_timeout_ms=2000)
                 batches = consumer.poll(timeout_ms=500)
                 for records in batches.values():
                     for record in records:
@@ -125,7 +128,12 @@ class KafkaCommandFollower:
             with contextlib.suppress(Exception):
                 consumer.close()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 1.0) -> None:
+        """Ask the thread to stop and give it ``timeout`` s. A thread still inside kafka-python (a
+        broker that is down) is left to end with the process: it is a daemon, and commands it still
+        reads are only those a node that is stopping ignores anyway. Polled here rather than joined
+        in the loop's default executor, whose threads asyncio.run waits for before it returns."""
         self._stop.set()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+        deadline = time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)

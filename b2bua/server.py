@@ -29,8 +29,15 @@ from b2bua.sip.parser import ParserLimits
 from b2bua.transport import Incoming, TcpLimits, TimerTask, Transports
 from sipledger.config import Config
 from sipledger.eventlog import FileJournal, Publisher, open_publisher
+from sipledger.eventlog.kafka_publisher import SpooledKafkaPublisher
 
 log = logging.getLogger("sipledger.b2bua")
+
+# Stopping is bounded whatever the broker does: the event publisher gets this long to deliver what it
+# spooled (the rest stays spooled on disk for the next start), and a stop that still does not finish
+# (a stuck thread) ends the process after STOP_LIMIT_S.
+PUBLISHER_CLOSE_S = 2.0
+STOP_LIMIT_S = 8.0
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -159,32 +166,56 @@ class B2BUAServer:
             await asyncio.sleep(self.cfg.events.heartbeat_interval)
 
     async def stop(self) -> None:
-        """Stop listening and flush the events; calls are not hung up (another node may take over)."""
+        """Stop listening and close the event publisher; calls are not hung up (another node may take
+        over). Bounded: events the broker did not take within PUBLISHER_CLOSE_S stay in the spool."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for follower in self.followers:
-            await follower.stop()
+        # Followers only bring commands in: they stop while the events go out.
+        followers = asyncio.gather(*(follower.stop() for follower in self.followers))
         if self.timers is not None:
             await self.timers.stop()
         if self.transports is not None:
             await self.transports.close()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._close_publisher)
-
-    def _close_publisher(self) -> None:
+        # A thread of its own rather than the loop's default executor, whose threads asyncio.run joins
+        # before it returns: a publisher thread inside kafka-python would hold up the exit.
+        done = asyncio.get_running_loop().create_future()
+        thread = threading.Thread(target=self._close_publisher, args=(done,), name="close-publisher",
+                                  daemon=True)
+        thread.start()
         try:
-            self.publisher.flush()
-            self.publisher.close()
+            await asyncio.wait_for(done, PUBLISHER_CLOSE_S + 1.0)
+        except TimeoutError:
+            log.warning("the event publisher did not close within %.0f s; what it did not deliver stays "
+                        "spooled", PUBLISHER_CLOSE_S + 1.0)
+        await followers
+
+    def _close_publisher(self, done: asyncio.Future[None]) -> None:
+        try:
+            if isinstance(self.publisher, SpooledKafkaPublisher):
+                self.publisher.close(PUBLISHER_CLOSE_S)
+            else:
+                self.publisher.flush()
+                self.publisher.close()
         except Exception:
             log.exception("closing the event publisher failed")
+        finally:
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None, *, stop: asyncio.Event | None = None,
-                on_started: Callable[[B2BUAServer], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set). ``ready`` is set once the sockets are bound."""
+                on_started: Callable[[B2BUAServer], None] | None = None,
+                stop_limit: float | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set). ``ready`` is set once the sockets are bound.
+
+    ``stop_limit``: once stopping, end the whole process (``os._exit``) if the stop has not finished
+    within this many seconds (for the process's own entry point, never for a B2BUA embedded in tests).
+    """
     server = B2BUAServer(cfg)
     stop = stop or asyncio.Event()
     await server.start()
@@ -204,7 +235,20 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, stop: asynci
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if stop_limit is not None:
+            _exit_after(stop_limit)
         await server.stop()
+
+
+def _exit_after(seconds: float) -> None:
+    def expire() -> None:
+        log.error("not stopped within %.0f s; exiting now", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _freeze_startup_objects(_server: B2BUAServer) -> None:
@@ -215,4 +259,4 @@ def _freeze_startup_objects(_server: B2BUAServer) -> None:
 
 
 def run(cfg: Config) -> None:
-    asyncio.run(serve(cfg, on_started=_freeze_startup_objects))
+    asyncio.run(serve(cfg, on_started=_freeze_startup_objects, stop_limit=STOP_LIMIT_S))

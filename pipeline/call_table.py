@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 
 from pipeline.domain import CallState
+from sipledger.topic_reader import latest_by_key
 
 DEFAULT_APP_ID: Final = "sipledger-pipeline"
 TABLE_NAME: Final = "call-state"
@@ -133,24 +134,13 @@ def fold_changelog(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict
     Values are decoded only once they are known to be the last of their key: a long changelog holds
     many versions of each call.
     """
-    last: dict[str, bytes] = {}
-    for key, value in records:
-        try:
-            call_id = orjson.loads(key) if key is not None else None
-        except orjson.JSONDecodeError:
-            continue  # not written by a worker: faust's json codec encodes every key
-        if not isinstance(call_id, str) or call_id.startswith("~"):
-            continue
-        if value is None:
-            last.pop(call_id, None)
-        else:
-            last[call_id] = value
     out: dict[str, dict[str, Any]] = {}
-    for call_id, raw in last.items():
+    for key, raw in latest_by_key(records).items():
         try:
+            call_id = orjson.loads(key)
             decoded = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            continue
-        if is_state(decoded):
+            continue  # not written by a worker: faust's json codec encodes every key and value
+        if isinstance(call_id, str) and not call_id.startswith("~") and is_state(decoded):
             out[call_id] = decoded
     return out

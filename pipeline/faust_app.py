@@ -2,40 +2,50 @@
 
 How to run it
 -------------
-* ``python3 -m pipeline.faust_app worker --config sipledger.toml [--set k=v ...] [-l warn]
+* ``sipledger pipeline`` with ``events.log = "kafka://..."``, or
+  ``python3 -m pipeline.faust_app worker --config sipledger.toml [--set k=v ...] [-l warn]
   [--app-id sipledger-pipeline] [--ready-file PATH] [--batch-size 16000] [--no-store-events]``
-* from Python / the CLI: ``pipeline.faust_app.run(cfg)`` (blocks until the worker stops; SIGTERM/SIGINT stop
-  it). ``run(cfg, {"app_id": ..., "loglevel": ..., "batch_size": ..., "ready_file": ...,
-  "store_events": False})`` overrides.
-* Start workers with ``start_new_session=True`` and stop them with
-  ``sipledger.stack.process.terminate_group(pid, grace)``: a faust worker can hang in aiokafka's consumer
-  thread after SIGTERM, so every stop must be able to end in SIGKILL. A SIGKILL loses nothing (below).
-* The events topic (``kafka.topic_events``) must exist before the worker starts; the worker creates its
-  own changelog topic ``<app id>-call-state-changelog``.
+* from Python: ``pipeline.faust_app.run(cfg, {"app_id": ..., "loglevel": ..., "batch_size": ...,
+  "ready_file": ..., "store_events": False})`` (blocks until the worker stops).
+* Start as many workers as there are partitions, on any hosts, with the same app id (= consumer group).
+  SIGTERM/SIGINT stop a worker within ``pipeline.shutdown_grace`` + about 2 s whatever the broker's state
+  (it leaves the group, so its partitions move at once); a SIGKILL loses nothing either (below), but its
+  partitions wait for ``pipeline.session_timeout`` before they move.
+* The events topic (``kafka.topic_events``) must exist before the worker starts (faust would consume
+  nothing from a topic created later); the worker refuses to start without it. It creates its own
+  compacted changelog topic ``<app id>-call-state-changelog`` and status topic ``<app id>-status``.
 * ``SIPLEDGER_FAUST_PROFILE=1`` logs (at error level, so ``-l error`` shows it) the time spent per stage
   every 10 s and when the worker is ready.
 
 Design
 ------
-* faust runs the consumer group (assignment, offsets, commits), the changelog-backed table and its
-  recovery, and the timer. The events topic (raw bytes, keyed by call_id) is *not* read through a faust
-  agent: faust's per-message path (``_drain_messages`` runs a ``wait_first`` - two tasks and an
-  ``asyncio.wait`` - per message, then an Event, a queue put and an ack per message) cost ~125 us/event,
-  several times the pipeline itself. ``BatchConsumer`` (faust's aiokafka consumer with its fetch loop
-  replaced) hands every fetch of the events topic - partition -> aiokafka records, up to ``--batch-size``
-  records - to ``KafkaPipeline.process_records`` in one call, and acks its offsets in faust's own
-  bookkeeping only once that fetch's delivery (below) completed. The next fetch is already requested
-  while one is handled. Every other topic (the changelog during recovery) still takes faust's
-  per-message path.
+* faust runs the consumer group (assignment, offsets, commits) and the timer; nothing else. The group's
+  session, heartbeat and rebalance timeouts are ``pipeline.session_timeout``, ``heartbeat_interval`` and
+  ``rebalance_timeout`` (faust's defaults left a dead worker's partitions idle about 61 s).
+* The events topic (raw bytes, keyed by call_id) is *not* read through a faust agent: faust's per-message
+  path (``_drain_messages`` runs a ``wait_first`` - two tasks and an ``asyncio.wait`` - per message, then
+  an Event, a queue put and an ack per message) cost ~125 us/event, several times the pipeline itself.
+  ``BatchConsumer`` (faust's aiokafka consumer with its fetch loop replaced) hands every fetch of the
+  events topic - partition -> aiokafka records, up to ``--batch-size`` records - to
+  ``KafkaPipeline.process_records`` in one call, and acks its offsets in faust's own bookkeeping only
+  once that fetch's delivery (below) completed. The next fetch is already requested while one is handled.
 * Every partition has its own ``Processor``: a call lives on one partition, and the B2BUA broadcasts
   node.heartbeat to every partition, so each processor sees every node. No rule lives here.
-* State: a changelog-backed faust Table ``call-state`` (memory store; the changelog is the durable copy
-  and is replayed on start). Its names and record format are pipeline/call_table.py: key = call_id,
-  value = the call's state with positional fields; key ``~liveness/<p>`` holds the partition's node
-  last-seen times. Changelog records are written by the worker's own producer in faust's json encoding,
-  to partition ``p`` explicitly, and awaited, so a batch (or timer tick) knows its state is
-  acknowledged. On partition assignment (table recovery done) the partition's Processor is restored
-  from the table and its DeadlineQueue is rebuilt from the states: deadlines survive a restart.
+* State: the changelog topic ``<app id>-call-state-changelog`` (compacted, one partition per events
+  partition; names and record format in pipeline/call_table.py: key = call_id, value = the call's state
+  with positional fields; key ``~liveness/<p>`` holds the partition's node last-seen times). The worker
+  writes it with its own producer, to partition ``p`` explicitly, and awaits the acks, so a batch (or
+  timer tick) knows its state is acknowledged. There is no faust Table: faust's table recovery hung for
+  good against this broker, and decided on its own when a partition was recovered (issue 17).
+* Restore (pipeline/changelog_restore.py): on every assignment each assigned partition is restored from
+  its changelog partition, read from the beginning to the end offset it has after the assignment; its
+  Processor is rebuilt from the last record of every key, deadlines included. Until then the partition
+  stays paused (``BatchConsumer.resume_partitions`` holds it back; should records arrive anyway they
+  wait); the others keep flowing. A read that receives nothing for ``pipeline.restore_stall_timeout`` is
+  retried, and after ``pipeline.restore_attempts`` the worker exits with status 69 for its supervisor to
+  restart it: never a partition served from half its states. Partitions that stay with a worker across
+  a rebalance are restored too: with an eager rebalance another worker may have owned them meanwhile
+  (after a session expiry), and only the log knows.
 * Order per batch (and per timer tick):
   1. under the lock, fold events (``Processor.feed_raw``: invalid ones become dead letters), take the
      outputs and encode the changelog records of every touched call (the state as of this batch);
@@ -46,29 +56,40 @@ Design
      (pipeline/store_writer.py: a ``StoreSink`` on the second core); wait until the broker acknowledged
      every output and the writer reported every row stored (both retried);
   3. only then, and after the previous delivery completed, write the batch's changelog records and
-     wait for the acks;
+     wait for the acks - unless the delivery was fenced meanwhile (below);
   4. complete; the consumer then acks the batch's offsets and faust commits acked offsets every
-     ``broker_commit_interval`` (or every ``broker_commit_every`` acked messages). Deliveries complete
-     in fold order, so offsets are acked in order.
+     ``broker_commit_interval``. Deliveries complete in fold order, so offsets are acked in order.
   A batch runs in its own task, shielded from the fetcher's cancellation (faust cancels the fetcher on
   rebalance and shutdown): outputs taken from the processors are always delivered, unless the process is
   gone. A crash anywhere re-delivers the uncommitted events onto a state that is at most as new as the
   log: duplicates of applied events are ignored by the core, and anything re-emitted (same CDR content,
   deterministic alert/command ids) is folded by the store's ReplacingMergeTree + FINAL and deduped by
   nodes. Writing state before outputs would lose CDRs, so that order is the point of the design.
-* A revocation waits for the batch being folded (the lock) and the deliveries in flight before faust
-  hands the partitions over; a fetch that completed across a rebalance is dropped (the new assignment
-  seeks to the committed offsets).
+* Revocation: before faust hands partitions over, the worker waits for the batch being folded and the
+  deliveries in flight (at most half of ``pipeline.rebalance_timeout``) and commits the acked offsets.
+  If they do not finish in time (a store or broker that hangs), the worker *fences* them: a fenced
+  delivery writes no state and its offsets are never acked, so it is as if it never happened - the next
+  owner restores the state as of the delivery before and re-reads the events. A fetch that completed
+  across a rebalance is dropped (the new assignment seeks to the committed offsets).
 * Time: a 0.1 s timer calls ``Processor.tick`` with the wall clock, but only for partitions that have
   caught up with the log since assignment (processed up to the highwater seen then). A worker that was
   down must first read the backlog - which may hold the call.terminated - before calling anything a
   zombie or a node lost.
-* Closed calls stay in memory and in the table until the consumer's committed offset has passed the
+* Closed calls stay in memory and in the changelog until the consumer's committed offset has passed the
   batch that closed them (a re-delivery can then no longer reach them); then they are dropped and
-  tombstoned, which keeps the changelog and recovery small. A call set up and closed within one batch
+  tombstoned, which keeps the changelog and restores small. A call set up and closed within one batch
   is never written at all (no state record, no tombstone): a re-delivery of that batch starts before
   its call.setup and rebuilds it. When catching up a backlog that is most calls, about half the
   changelog records.
+* Shutdown (SIGTERM/SIGINT, ``PipelineWorker``): stop folding, wait up to ``pipeline.shutdown_grace`` for
+  the deliveries in flight, commit what is acked, leave the group, publish a last status and exit
+  (``os._exit``: faust's own stop can hang in aiokafka's consumer thread, e.g. while the broker is down).
+  Nothing undelivered is acked, so the next owner re-reads it. A watchdog exits regardless after
+  ``shutdown_grace`` + ``SHUTDOWN_MARGIN_S``.
+* Status: every ``STATUS_INTERVAL_S`` (and at once on a change of assignment or restore) the worker
+  publishes what it does - partitions and their restore state, store writer's pending rows, deliveries
+  in flight - to the compacted topic ``<app id>-status`` keyed by worker; ``sipledger status`` reads it
+  (sipledger/pipeline_status.py).
 * Fetches wait at most ``FETCH_MAX_WAIT_MS`` on the broker (``ShortPollConsumerThread``).
 * An unexpected exception ends the process at once (``os._exit``) instead of letting anything ack the
   batch on the way out: a restart re-delivers it.
@@ -86,13 +107,14 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 import orjson
@@ -104,7 +126,8 @@ from faust.types.tuples import ack_lock
 from mode import ServiceT
 
 from pipeline import call_table
-from pipeline.call_table import DEFAULT_APP_ID, TABLE_NAME
+from pipeline.call_table import DEFAULT_APP_ID
+from pipeline.changelog_restore import PartitionLog, read_partitions
 from pipeline.dead_letter import dead_letter_record
 from pipeline.domain import CallState
 from pipeline.gc_policy import settle_after_startup
@@ -112,7 +135,10 @@ from pipeline.node_watch import NodeWatch
 from pipeline.processor import Outputs, Processor, load_decks, policy_from_config
 from pipeline.store_writer import StoreWriterProcess
 from sipledger import config as config_mod
+from sipledger import logsetup
 from sipledger.config import Config
+from sipledger.pipeline_status import STATUS_INTERVAL_S, status_topic
+from sipledger.topic_reader import TopicReadError
 
 log = logging.getLogger("sipledger.pipeline.faust")
 
@@ -126,12 +152,28 @@ MAX_IN_FLIGHT = 2
 FETCH_MAX_WAIT_MS = 100
 # Bytes per produce batch: well under the broker's default message.max.bytes (1 MiB).
 PRODUCE_BATCH_BYTES = 512 * 1024
+# Bounds of the broker calls a stopping worker still makes (commit, leave group, last status), and the
+# margin its watchdog adds to pipeline.shutdown_grace before exiting regardless.
+SHUTDOWN_CALL_S = 1.0
+SHUTDOWN_MARGIN_S = 2.5
+# The broker calls of the timer (highwaters) must not hold it up while the broker is away.
+BROKER_CALL_S = 2.0
+# Exit statuses (sysexits.h): a batch or tick failed, the restart re-delivers it (EX_SOFTWARE); Kafka not
+# usable - a restore that could not complete, or the topics at start (EX_UNAVAILABLE).
+EXIT_FAILED = 70
+EXIT_UNAVAILABLE = 69
+# Changelog topic: compacted; small segments so the cleaner can compact all but the newest minutes
+# and a restore reads mostly live calls (the active segment is never compacted).
+CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(10 * 60 * 1000),
+                     "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
+                     "delete.retention.ms": str(60 * 60 * 1000)}
+STATUS_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
 
 # aiokafka records of one fetch of one topic, by partition.
 Records = Mapping[TP, Sequence[Any]]
 # Returns once the fetch is folded, with a future that completes once its outputs, rows and state are
-# acknowledged (the consumer acks its offsets then).
-BatchHandler = Callable[[Records], Awaitable["asyncio.Future[None]"]]
+# acknowledged (True) or fenced (False; the consumer acks its offsets only on True).
+BatchHandler = Callable[[Records], Awaitable["asyncio.Future[bool]"]]
 # (topic, partition or None for the key's default partition, key, value or None for a tombstone)
 Message = tuple[str, int | None, bytes | None, bytes | None]
 
@@ -149,6 +191,37 @@ def _profiling() -> bool:
     return bool(os.environ.get("SIPLEDGER_FAUST_PROFILE"))
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _exit_now(status: int) -> None:
+    logging.shutdown()
+    os._exit(status)
+
+
+class PartitionGate(Protocol):
+    """What ``BatchConsumer`` asks the pipeline about the batch topic's partitions."""
+
+    stopping: bool
+
+    def owns(self, partition: int) -> bool:
+        """Assigned to this worker now (served or being restored)."""
+        ...
+
+    def serving(self, partition: int) -> bool:
+        """Its states are restored: its events may be folded."""
+        ...
+
+    async def wait_serving(self, partitions: Collection[int]) -> None:
+        """Return once every one of ``partitions`` is served or no longer owned (or the worker stops)."""
+        ...
+
+    async def before_revoke(self) -> None:
+        """Finish or fence the deliveries in flight, before partitions are handed over."""
+        ...
+
+
 class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's aiokafka consumer thread, with the broker's long poll cut to ``FETCH_MAX_WAIT_MS``.
 
@@ -159,6 +232,11 @@ class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     between an event and the rule it triggers. Capping the wait bounds that; the price is an empty
     fetch a partition every FETCH_MAX_WAIT_MS while idle.
     """
+
+    # faust's own messages under a faust logger name (held at WARNING, rate-limited: sipledger.logsetup),
+    # not under this module's name, which mode gives a subclass (also in place of a module logger that
+    # mode marked as its own, such as faust_aiokafka.logger).
+    logger = logging.getLogger("faust.pipeline.consumer")
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -176,19 +254,49 @@ class BatchConsumer(faust_aiokafka.Consumer):
     acks every offset in faust's ``_acked`` structures, exactly what per-message ``Message.ack`` would
     have left behind, so faust's commit logic (contiguous acked offsets, gaps, commit interval) is
     unchanged. The handler returns a future that completes when the fetch's outputs, rows and state are
-    acknowledged; only then are its offsets acked, and not at all if the consumer generation changed
-    meanwhile (a rebalance: the new owner re-reads them). The next fetch is read meanwhile.
+    acknowledged; only then are its offsets acked, and not at all if the delivery was fenced or the
+    consumer generation changed meanwhile (a rebalance: the new owner re-reads them). The next fetch is
+    read meanwhile.
+
+    ``gate`` (the pipeline) decides which of the batch topic's partitions may flow: a partition whose
+    states are being restored stays paused (``resume_partitions`` holds it back, whoever asks), records
+    of partitions no longer owned are dropped, and a revocation first waits for (or fences) the
+    deliveries in flight and commits what they acked.
     """
 
+    logger = logging.getLogger("faust.pipeline.consumer")
     batch_handlers: dict[str, BatchHandler]
+    gate: PartitionGate | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers = {}
+        self.gate = None
         self.fetch_wait = 0.0  # seconds spent waiting for the next fetch (profiling)
 
     def _new_consumer_thread(self) -> ShortPollConsumerThread:
         return ShortPollConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        gate = self.gate
+        if gate is not None:
+            # faust resumes every assigned partition once a rebalance settles; a partition whose states are
+            # not restored yet stays paused until the pipeline resumes it itself.
+            tps = [tp for tp in tps if tp.topic not in self.batch_handlers or gate.serving(tp.partition)]
+        super().resume_partitions(tps)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        gate = self.gate
+        if gate is not None and revoked:
+            await gate.before_revoke()
+            # faust forgets the acked offsets of revoked partitions next: commit them first, so the next
+            # owner does not re-read what this worker delivered since the last periodic commit.
+            try:
+                await asyncio.wait_for(self.commit(), BROKER_CALL_S)
+            except Exception as exc:
+                log.warning("committing offsets before revocation failed (%s); the next owner re-reads "
+                            "them", exc or type(exc).__name__, extra=logsetup.RATE_LIMITED)
+        await super().on_partitions_revoked(revoked)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - needs a broker
         callback = self.callback
@@ -196,16 +304,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         fetcher_should_stop = cast(Any, fetcher)._stopped.is_set
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
+        gate = self.gate
         # The next fetch, started before the current one is handled: the consumer thread reads and
         # unpacks it while this loop folds, instead of this loop idling for it afterwards.
         prefetch: asyncio.Future[Any] | None = None
-        prefetch_generation = -1
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 t_fetch = time.perf_counter()
                 if prefetch is None:
-                    prefetch_generation = self.app.consumer_generation_id
                     prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 records, active = await prefetch
                 prefetch = None
@@ -214,42 +321,51 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if records is None or self.should_stop:
                     continue
+                if gate is not None and gate.stopping:
+                    continue  # the worker is stopping: nothing more is folded (nor acked)
                 if not self.flow_active:
                     with contextlib.suppress(Exception):
                         await self.perform_seek()
                     continue
+                if gate is not None:
+                    # A partition is fetched only once restored (it stays paused until then); should its
+                    # records come earlier anyway, they wait for the restore and never fold onto states
+                    # that are not back yet.
+                    waiting = {tp.partition for tp in records if tp.topic in self.batch_handlers
+                               and gate.owns(tp.partition) and not gate.serving(tp.partition)}
+                    if waiting:
+                        await gate.wait_serving(waiting)
+                        if gate.stopping:
+                            continue
+                # Offsets are acked only if no rebalance happened between this fold and its delivery.
                 generation = self.app.consumer_generation_id
-                if generation != prefetch_generation:
-                    # Fetched before a rebalance: its partitions may be someone else's now. The new
-                    # assignment seeks every partition to its committed offset, so dropping is safe.
-                    continue
-                prefetch_generation = generation
                 prefetch = asyncio.ensure_future(self._wait_next_records(1.0))
                 batches: dict[str, dict[TP, list[Any]]] = {}
                 for tp, recs in records.items():
-                    if active is not None and tp not in active and tp not in self._buffered_partitions:
-                        continue
                     if tp.topic not in self.batch_handlers:
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue
                         await self._deliver_each(tp, recs, callback)
                         continue
-                    r_offset = read_offset[tp]
-                    if r_offset is None or recs[0].offset >= r_offset:
-                        fresh = recs  # the usual case: nothing re-read
-                    else:
-                        fresh = [r for r in recs if r.offset >= r_offset]
-                    if not fresh:
-                        continue
-                    first, last = fresh[0].offset, fresh[-1].offset
-                    contiguous = last - first == len(fresh) - 1 and not (r_offset and first - r_offset > 1)
-                    if not contiguous and acks_enabled_for(tp.topic):
+                    # Every record aiokafka hands out for a served partition is folded: aiokafka keeps
+                    # the positions (it returns only records of assigned partitions at their current
+                    # position, and a seek discards what was fetched before it). Records are never
+                    # skipped by bookkeeping of this loop's own, which lost events when a fetch taken
+                    # after a rebalance's seek was dropped as "from before the rebalance" (issue 17). A
+                    # fetch that really came before the seek holds events the partition re-reads: the
+                    # core ignores such duplicates, and holds early events until the gap is filled.
+                    if gate is not None and not gate.serving(tp.partition):
+                        continue  # not this worker's (any more): its owner reads it from the committed offset
+                    if acks_enabled_for(tp.topic) and recs[-1].offset - recs[0].offset != len(recs) - 1:
                         # Offsets missing from the log (compaction, transaction markers) must be known to
-                        # faust as gaps, or the committed offset never passes them.
-                        prev = r_offset
-                        for r in fresh:
-                            if prev and r.offset - prev > 1:
+                        # faust as gaps, or the committed offset never passes them. Only gaps inside a
+                        # fetch are certain: across fetches a seek may have intervened.
+                        prev = recs[0].offset
+                        for r in recs:
+                            if r.offset - prev > 1:
                                 await self._add_gap(tp, prev + 1, r.offset)
                             prev = r.offset
-                    batches.setdefault(tp.topic, {})[tp] = fresh
+                    batches.setdefault(tp.topic, {})[tp] = list(recs)
                 for topic, batch in batches.items():
                     delivered = await self.batch_handlers[topic](batch)
                     for tp, recs in batch.items():
@@ -290,11 +406,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await self.wait_first(callback(self._to_message(tp, rec)), self.suspend_flow.wait())
                 read_offset[tp] = offset
 
-    def _ack_when_delivered(self, delivered: asyncio.Future[None], batch: Records, generation: int) -> None:
+    def _ack_when_delivered(self, delivered: asyncio.Future[bool], batch: Records, generation: int) -> None:
         # Offsets of a batch are acked once its outputs, rows and state are acknowledged, and not at all
-        # after a rebalance (the new owner re-reads them) or a failure (the process is exiting).
-        def done(fut: asyncio.Future[None]) -> None:
-            if not fut.cancelled() and fut.exception() is None and \
+        # after a rebalance (the new owner re-reads them), a fencing (its state was not written) or a
+        # failure (the process is exiting).
+        def done(fut: asyncio.Future[bool]) -> None:
+            if not fut.cancelled() and fut.exception() is None and fut.result() and \
                     self.app.consumer_generation_id == generation:
                 self._ack_records(batch)
 
@@ -314,11 +431,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
 
 class BatchTransport(faust_aiokafka.Transport):
+    logger = logging.getLogger("faust.pipeline.consumer")
     Consumer = BatchConsumer
 
 
 class PipelineApp(faust.App):
     """A faust App whose consumer is a ``BatchConsumer``."""
+
+    logger = logging.getLogger("faust.pipeline.app")
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)
@@ -326,32 +446,57 @@ class PipelineApp(faust.App):
 
 @dataclass(slots=True)
 class PartitionRuntime:
-    """What a worker holds for one assigned partition of the events topic."""
+    """What a worker holds for one assigned, restored partition of the events topic."""
 
     processor: Processor
+    # Calls with a record in the changelog that no tombstone followed (restored or written since): a
+    # closed call in here gets a tombstone when dropped; one never written does not.
+    written: set[str] = field(default_factory=set)
     last_offset: int = -1
-    target: int | None = None  # highwater when assigned; caught up once processed up to it
+    target: int | None = None  # highwater when first checked after the restore; caught up once processed
     caught_up: bool = False
     # (offset of the batch that closed it, or None for "closed before this assignment", call_id)
     closed: deque[tuple[int | None, str]] = field(default_factory=deque)
     closed_ids: set[str] = field(default_factory=set)
     live_written: dict[str, Any] = field(default_factory=dict)
+    served_at_ms: int = 0
+    restore: dict[str, Any] = field(default_factory=dict)
+
+
+class Fenced(Exception):
+    """The delivery's partitions were handed over (or the worker is stopping): it must write no state."""
 
 
 class KafkaPipeline:
-    """The worker's state and I/O; faust calls ``on_recover``, ``process_records`` and ``on_timer``."""
+    """The worker's state and I/O; faust calls ``on_assigned``, ``process_records`` and ``on_timer``,
+    and the consumer asks it (as its ``PartitionGate``) which partitions may flow."""
 
-    def __init__(self, cfg: Config, app: faust.App, table: faust.Table, store_events: bool = True,
+    def __init__(self, cfg: Config, app: faust.App, store_events: bool = True,
                  ready_file: str | None = None) -> None:
         self.cfg = cfg
         self.app = app
-        self.table = table
         self.topic = cfg.kafka.topic_events
-        self.changelog_topic = table.changelog_topic.get_topic_name()
+        self.app_id = str(app.conf.id)
+        self.changelog_topic = call_table.changelog_topic(self.app_id)
+        self.status_topic = status_topic(self.app_id)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.policy = policy_from_config(cfg)
         self.sell, self.buy = load_decks(cfg)
         self.bill_modes = {a.name: a.bill_mode for a in cfg.accounts}
+        # Restored partitions, served: their events are folded.
         self.runtimes: dict[int, PartitionRuntime] = {}
+        # Partitions assigned now (served or being restored) and the restore under way.
+        self.assigned: set[int] = set()
+        self._restoring: asyncio.Task[None] | None = None
+        self._served = asyncio.Event()  # set whenever a restore completes (wait_serving wakes up)
+        # Bumped on every revocation and assignment: a restore finishing for an older assignment is
+        # discarded.
+        self._assignment_seq = 0
+        # Bumped to fence the deliveries in flight (handed-over partitions, shutdown): a delivery folded
+        # under an older epoch writes no state and is never acked.
+        self.epoch = 0
+        self.stopping = False
+        self.restore_failures = 0
         # One lock: the batches and the timer both mutate processors and share the writer and producer.
         self.lock = asyncio.Lock()
         self.store_events = store_events
@@ -359,9 +504,17 @@ class KafkaPipeline:
                                          store_events=store_events)
         self.writer.start()  # now, not in the first batch: its start-up is not the batch's work
         self.producer: AIOKafkaProducer | None = None
+        self.status_producer: AIOKafkaProducer | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._status_at = 0.0
+        self._status_dirty = True
+        self.started_ms = _now_ms()
         self.ready_file = ready_file
         self._ready_written = False
         self._last_evict = 0.0
+        p = cfg.pipeline
+        self.watch = NodeWatch(p.node_timeout, f"{self.app_id}@{self.worker_id}", p.probe_attempts,
+                               p.probe_timeout, takeover=p.takeover)
         self._assigned_at: float | None = None
         self._cpu_at_assign: float | None = None
         self._writer_cpu_at_assign: float | None = None
@@ -373,13 +526,10 @@ class KafkaPipeline:
                                        "between": 0.0}
         # Deliveries in flight, oldest first; they complete in this order, so the last one is the
         # one to wait for.
-        self._flights: deque[asyncio.Future[None]] = deque()
+        self._flights: deque[asyncio.Future[bool]] = deque()
         self._copartitioned_topics: set[str] | None = None
         self._prof_last = time.monotonic()
         self._t_out: float | None = None
-        p = cfg.pipeline
-        self.watch = NodeWatch(p.node_timeout, f"{app.conf.id}@{socket.gethostname()}:{os.getpid()}",
-                               p.probe_attempts, p.probe_timeout, takeover=p.takeover)
 
     # -- resources ----------------------------------------------------------------------------------
     async def _producer(self) -> AIOKafkaProducer:
@@ -387,8 +537,13 @@ class KafkaPipeline:
             producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks="all",
                                         linger_ms=5, max_batch_size=PRODUCE_BATCH_BYTES,
                                         max_request_size=2 * PRODUCE_BATCH_BYTES,
-                                        client_id=f"{self.app.conf.id}-outputs")
-            await producer.start()
+                                        client_id=f"{self.app_id}-outputs")
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()  # else it is reported "Unclosed" when collected
+                raise
             self.producer = producer
         return self.producer
 
@@ -401,88 +556,146 @@ class KafkaPipeline:
     def _new_processor(self) -> Processor:
         return Processor(self.policy, self.sell, self.buy, self.bill_modes)
 
-    # -- assignment ---------------------------------------------------------------------------------
-    async def on_recover(self) -> None:
-        """Table recovery finished: (re)build the processors of newly assigned partitions."""
-        assigned = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.topic}
+    # -- assignment (PartitionGate) -----------------------------------------------------------------
+    def owns(self, partition: int) -> bool:
+        return partition in self.assigned
+
+    def serving(self, partition: int) -> bool:
+        return partition in self.runtimes
+
+    async def wait_serving(self, partitions: Collection[int]) -> None:
+        while not self.stopping and any(p in self.assigned and p not in self.runtimes for p in partitions):
+            self._served.clear()
+            await self._served.wait()
+
+    async def before_revoke(self) -> None:
+        """Let the batch being folded and the deliveries in flight finish before faust hands partitions
+        over; fence them if they take longer than half the rebalance timeout."""
+        revoked = sorted(self.assigned)
+        self._assignment_seq += 1
+        if self._restoring is not None:
+            self._restoring.cancel()  # its result would be for partitions this worker may no longer own
+            self._restoring = None
+        limit = self.cfg.pipeline.rebalance_timeout / 2
+        if not await self._quiesce(limit):
+            self.epoch += 1
+            log.warning("deliveries in flight did not finish within %.1f s of the revocation; fenced: they "
+                        "write no state and their events are re-read by the next owner", limit)
+        self.assigned = set()
+        self.runtimes.clear()
+        self._served.set()
+        self._status_dirty = True
+        log.info("revoked partitions %s of %s", revoked, self.topic)
+
+    async def _quiesce(self, timeout: float) -> bool:
+        """True once no batch is being folded and every delivery in flight completed, within ``timeout``."""
+        async def quiet() -> None:
+            async with self.lock:
+                await self._drain()
+
+        try:
+            await asyncio.wait_for(quiet(), timeout)
+            return True
+        except (TimeoutError, Fenced):
+            return False
+
+    async def on_assigned(self, assigned: set[TP]) -> None:
+        """A rebalance gave this worker ``assigned``: restore their states, then let them flow."""
+        parts = {tp.partition for tp in assigned if tp.topic == self.topic}
+        self._assignment_seq += 1
+        if self._restoring is not None:  # normally cancelled by before_revoke already
+            self._restoring.cancel()
+            self._restoring = None
+        self.assigned = parts
+        self.runtimes.clear()  # before_revoke cleared them already; never serve an older assignment's
+        self._status_dirty = True
         if self._assigned_at is None:
-            settle_after_startup()  # faust is up and the tables recovered: the rest is per-event churn
+            settle_after_startup()  # faust is up: the rest is per-event churn
             self._assigned_at = time.time()
             self._cpu_at_assign = time.process_time()
             self._writer_cpu_at_assign = self.writer.cpu_seconds()
-        async with self.lock:
-            for p in list(self.runtimes):
-                if p not in assigned:
-                    del self.runtimes[p]  # revoked: another worker owns its calls and deadlines now
-            new = sorted(assigned - set(self.runtimes))
-            if new:
-                self._restore(new)
-        log.info("assigned partitions %s of %s (restored %s)", sorted(assigned), self.topic, new)
+        log.info("assigned partitions %s of %s; restoring their call states from %s", sorted(parts),
+                 self.topic, self.changelog_topic)
+        if parts:
+            self._restoring = asyncio.ensure_future(self._restore(sorted(parts), self._assignment_seq))
 
-    async def on_revoked(self) -> None:
-        # Let the batch in flight finish (outputs, store, state) before faust hands partitions over.
-        async with self.lock:
-            await self._drain()
+    async def _restore(self, partitions: list[int], seq: int) -> None:
+        """Read the partitions' changelog to its end, then serve them; retry a stalled read, and exit
+        the worker when it cannot complete."""
+        pcfg = self.cfg.pipeline
+        attempts = pcfg.restore_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                logs = await _in_thread(read_partitions, self.cfg.kafka.bootstrap, self.changelog_topic,
+                                        partitions, pcfg.restore_stall_timeout)
+            except TopicReadError as exc:
+                self.restore_failures += 1
+                if attempt < attempts:
+                    log.warning("restoring partitions %s failed (attempt %d of %d): %s; retrying", partitions,
+                                attempt, attempts, exc)
+                    continue
+                log.critical("restoring partitions %s failed %d times, last: %s; exiting so that a "
+                             "supervisor restarts this worker (no event of theirs was processed)",
+                             partitions, attempts, exc)
+                _exit_now(EXIT_UNAVAILABLE)
+            except Exception:
+                log.critical("restoring partitions %s failed; exiting", partitions, exc_info=True)
+                _exit_now(EXIT_UNAVAILABLE)
+            if seq != self._assignment_seq or self.stopping:
+                return  # another rebalance started meanwhile: its own restore serves its partitions
+            self._serve(logs, attempt)
+            return
 
-    def _restore(self, partitions: Iterable[int]) -> None:
-        wanted = set(partitions)
-        states: dict[int, dict[str, CallState]] = {p: {} for p in wanted}
-        live: dict[int, dict[str, Any]] = {p: {} for p in wanted}
-        closed: dict[int, list[bytes]] = {p: [] for p in wanted}
-        for value in self.table.data.values():
-            if not isinstance(value, dict) or value.get("p") not in wanted:
-                continue
-            p = value["p"]
-            if call_table.is_state(value):
-                st = call_table.state_of(value)
-                states[p][st.call_id] = st
-            elif call_table.is_closed(value):
-                closed[p].append(call_table.closed_records(value))
-            elif "live" in value or "clocks" in value:
-                live[p] = value
-        for p in wanted:
+    def _serve(self, logs: Mapping[int, PartitionLog], attempt: int) -> None:
+        # Runs on the event loop with no await between building and installing: no batch can observe a
+        # partition half-installed, so this needs no lock (a fold in progress touches only served ones).
+        now = _now_ms()
+        for p, plog in sorted(logs.items()):
             proc = self._new_processor()
-            rec = live[p]
-            proc.restore({"states": states[p], "clocks": rec.get("clocks", rec.get("live", {})),
-                          "heartbeats": rec.get("beats", {}), "addresses": rec.get("addresses", {})})
-            for records in closed[p]:
-                proc.closed.load(records)
-            rt = PartitionRuntime(proc, live_written={k: v for k, v in live[p].items() if k != "p"})
+            rec = plog.live  # node clocks, heartbeats, addresses, takeovers (or an older {"live": ...})
+            proc.restore({"states": plog.states, "clocks": rec.get("clocks", rec.get("live", {})),
+                          "heartbeats": rec.get("beats", {}), "addresses": rec.get("addresses", {}),
+                          "taken_over": rec.get("taken_over", {})})
+            for records in plog.closed:
+                proc.closed.load(records)  # closed calls remembered: late redeliveries change nothing
+            info = dict(plog.summary(), attempt=attempt, restored_at_ms=now)
+            rt = PartitionRuntime(proc, written=set(proc.states), live_written=_liveness_record(proc),
+                                  served_at_ms=now, restore=info)
             for cid, st in proc.states.items():
                 if st.closed:
                     rt.closed.append((None, cid))
                     rt.closed_ids.add(cid)
             self.runtimes[p] = rt
-            log.info("partition %d: %d calls restored, %d deadlines armed", p, len(proc.states),
-                     len(proc.deadlines))
-
-    def _runtime(self, p: int) -> PartitionRuntime:
-        rt = self.runtimes.get(p)
-        if rt is None:  # an event before on_recover ran for it: restore now rather than start empty
-            self._restore([p])
-            rt = self.runtimes[p]
-        return rt
+            log.info("partition %d restored from %s: %d records up to end offset %d, %d calls (%d open), "
+                     "%d deadlines armed, in %.2f s; serving", p, self.changelog_topic, plog.records,
+                     plog.end_offset, len(proc.states), info["open_calls"], len(proc.deadlines), plog.seconds)
+        self._served.set()
+        self._status_dirty = True
+        self.app.consumer.resume_partitions({TP(self.topic, p) for p in logs})
 
     async def _update_catch_up(self) -> None:
         pending = [p for p, rt in self.runtimes.items() if not rt.caught_up]
         if not pending:
-            if not self._ready_written and self.ready_file and self.runtimes:
-                await self._drain()  # caught up means delivered, not only folded
+            if not self._ready_written and self.ready_file and self.runtimes and \
+                    self.runtimes.keys() == self.assigned:
+                async with self.lock:
+                    await self._drain()  # caught up means delivered, not only folded
                 cpu = time.process_time() - (self._cpu_at_assign or 0.0)
                 Path(self.ready_file).write_text(json.dumps({
                     "partitions": sorted(self.runtimes), "assigned_at": self._assigned_at,
                     "ready_at": time.time(), "events": self.stats["events"], "cdrs": self.stats["cdrs"],
                     "batches": self.stats["batches"], "cpu_s": cpu,
-                    "writer_cpu_s": _minus(self.writer.cpu_seconds(), self._writer_cpu_at_assign)}))
+                    "writer_cpu_s": _minus(self.writer.cpu_seconds(), self._writer_cpu_at_assign),
+                    "restores": {p: rt.restore for p, rt in self.runtimes.items()}}))
                 self._ready_written = True
                 self._log_profile(force=True)
             return
-        recovery = self.app.tables.recovery
-        if not recovery.completed.is_set():
-            return  # offsets are seeked (and known) only once recovery completed
         need = [TP(self.topic, p) for p in pending if self.runtimes[p].target is None]
         if need:
-            highwaters = await self.app.consumer.highwaters(*need)
+            try:
+                highwaters = await asyncio.wait_for(self.app.consumer.highwaters(*need), BROKER_CALL_S)
+            except Exception:
+                return  # the broker is away: asked again at the next tick
             committed = self.app.consumer._committed_offset
             for tp, hw in highwaters.items():
                 rt = self.runtimes.get(tp.partition)
@@ -494,8 +707,11 @@ class KafkaPipeline:
                     rt.caught_up = True
         for p in pending:
             rt = self.runtimes.get(p)
-            if rt is not None and rt.target is not None and rt.last_offset + 1 >= rt.target:
+            if rt is None or rt.caught_up or rt.target is None:
+                continue
+            if rt.last_offset + 1 >= rt.target:
                 rt.caught_up = True
+                self._status_dirty = True
                 log.info("partition %d caught up at offset %d", p, rt.last_offset)
 
     def _log_profile(self, force: bool = False) -> None:
@@ -512,7 +728,7 @@ class KafkaPipeline:
         log.error("PROF events=%d batches=%d %s", self.stats["events"], self.stats["batches"], parts)
 
     # -- input --------------------------------------------------------------------------------------
-    async def process_records(self, batch: Records) -> asyncio.Future[None]:
+    async def process_records(self, batch: Records) -> asyncio.Future[bool]:
         """One fetch of the events topic: fold it; returns the future of its delivery (see _chain)."""
         # Own task, shielded: faust cancels the fetcher on rebalance/shutdown, and a batch cancelled between
         # taking the processors' outputs and delivering them would lose them (a re-delivery is a duplicate
@@ -527,11 +743,10 @@ class KafkaPipeline:
             # Returning would let the consumer ack (and faust commit) this batch. Die instead; the
             # restarted worker re-reads it from the last committed offset.
             log.critical("batch failed; exiting without committing it", exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+            _exit_now(EXIT_FAILED)
 
     async def _chain(self, work: list[tuple[int, Outputs]], state: list[Message],
-                     raws: list[bytes]) -> asyncio.Future[None]:
+                     raws: list[bytes]) -> asyncio.Future[bool]:
         """Start delivering a folded batch (or tick); at most ``MAX_IN_FLIGHT`` deliveries are in flight.
 
         Call under the lock, with the outputs taken and the state records encoded at the end of the fold
@@ -541,13 +756,14 @@ class KafkaPipeline:
         previous delivery to complete, so changelog records of a call stay in order and deliveries
         complete - and offsets are acked - in fold order.
         """
+        epoch = self.epoch
         flights = self._flights
         while flights and flights[0].done():
             flights.popleft()
         if len(flights) >= MAX_IN_FLIGHT:
             await flights.popleft()  # completes only after every delivery before it
         previous = flights[-1] if flights else None
-        delivered = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws, previous)))
+        delivered = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws, previous, epoch)))
         flights.append(delivered)
         return delivered
 
@@ -557,7 +773,7 @@ class KafkaPipeline:
         if self._flights:
             await self._flights[-1]
 
-    async def _process_records(self, batch: Records) -> asyncio.Future[None]:
+    async def _process_records(self, batch: Records) -> asyncio.Future[bool]:
         async with self.lock:
             t0 = time.perf_counter()
             if self._t_out is not None:
@@ -567,11 +783,14 @@ class KafkaPipeline:
             raws: list[bytes] = []
             keep_raw = raws.append if self.store_events else None
             source = self.topic
+            runtimes = self.runtimes
             n = 0
-            wall_ms = int(time.time() * 1000)
+            wall_ms = _now_ms()
             for tp, recs in batch.items():
                 p = tp.partition
-                rt = self._runtime(p)
+                rt = runtimes.get(p)
+                if rt is None:  # BatchConsumer hands over only served partitions
+                    raise RuntimeError(f"records of partition {p}, whose states are not restored")
                 feed = rt.processor.feed_raw
                 ids = touched.setdefault(p, set())
                 add_id = ids.add
@@ -587,6 +806,7 @@ class KafkaPipeline:
                         self.watch.heard(event, wall_ms)
                         continue
                     if etype == "node.lost":
+                        beat = True  # the partition's node record (takeovers) changes
                         continue
                     add_id(event["call_id"])
                     if keep_raw is not None:
@@ -599,7 +819,7 @@ class KafkaPipeline:
                 n += len(recs)
             self.stats["events"] += n
             self.stats["batches"] += 1
-            work = [(p, rt.processor.take()) for p, rt in self.runtimes.items()]
+            work = [(p, rt.processor.take()) for p, rt in runtimes.items()]
             state = self._state_messages(work, touched, beats)
             t1 = time.perf_counter()
             self.prof["fold"] += t1 - t0
@@ -610,23 +830,27 @@ class KafkaPipeline:
             return delivered
 
     async def on_timer(self) -> None:
+        if self.stopping:
+            return
+        await self._update_catch_up()
         async with self.lock:
-            # Under the lock: "caught up" (and the ready file) must never be decided while a batch's
-            # outputs and state are still in flight.
-            await self._update_catch_up()
-            # Deadlines are judged on the nodes' clocks as events are folded; the wall clock only
-            # counts node silence, and only while every partition of this worker is read to its end.
+            # Deadlines are judged on the nodes' clocks as events are folded; the wall clock only counts
+            # node silence, and only while every assigned partition is served and read to its end.
             nodes = {n for rt in self.runtimes.values() for n in rt.processor.node_calls.nodes()}
-            verdicts = self.watch.step(int(time.time() * 1000), self._reading_live(), nodes)
+            verdicts = self.watch.step(_now_ms(), self._reading_live(), nodes)
             if verdicts:
                 await self._publish_verdicts(verdicts)
             if time.monotonic() - self._last_evict >= EVICT_INTERVAL:
                 self._last_evict = time.monotonic()
-                await self._evict()
+                tombstones = self._evict()
+                if tombstones:
+                    await self._chain([], tombstones, [])
+        self._maybe_publish_status()
 
     def _reading_live(self) -> bool:
-        """Every assigned partition caught up since assignment and folded up to its last known highwater."""
-        if not self.runtimes:
+        """Every assigned partition served, caught up since its restore, and folded up to its last known
+        highwater: only then is a node's silence news (pipeline/domain/liveness.py)."""
+        if not self.assigned or self.assigned != self.runtimes.keys():
             return False
         consumer = self.app.consumer
         for p, rt in self.runtimes.items():
@@ -639,7 +863,7 @@ class KafkaPipeline:
 
     async def _publish_verdicts(self, verdicts: list[dict[str, Any]]) -> None:
         """node.lost events go into the events topic, to every partition like heartbeats: each partition's
-        processor closes that node's calls when it reads them (as replay will)."""
+        processor closes (or hands over) that node's calls when it reads them, as replay will."""
         producer = await self._producer()
         await producer.client._wait_on_metadata(self.topic)
         parts = sorted(producer.client.cluster.partitions_for_topic(self.topic) or ())
@@ -647,23 +871,28 @@ class KafkaPipeline:
                              for v in verdicts for p in parts])
 
     # -- output -------------------------------------------------------------------------------------
-    async def _deliver(self, work: list[tuple[int, Outputs]], state: list[Message],
-                       raws: list[bytes], previous: asyncio.Future[None] | None = None) -> None:
-        t0 = time.perf_counter()
-        work = [(p, out) for p, out in work if out]
-        copartitioned = await self._copartitioned() if work else set()
-        messages, cdrs, alerts = self._output_messages(work, copartitioned)
-        # Outputs and rows are independent of each other; both must be acknowledged before any state.
-        # The rows go to the writer process (as the JSON just encoded for Kafka: bytes cross the pipe far
-        # cheaper than dicts) while this loop talks to the broker.
-        await asyncio.gather(self._publish(messages), self.writer.write(raws, cdrs, alerts))
-        self.prof["outputs+store"] += time.perf_counter() - t0
-        if previous is not None:
-            await previous
-        t1 = time.perf_counter()
-        # Acknowledged before the batch's offsets are: faust commits after flushing *its* producer only.
-        await self._publish(state)
-        self.prof["state"] += time.perf_counter() - t1
+    async def _deliver(self, work: list[tuple[int, Outputs]], state: list[Message], raws: list[bytes],
+                       previous: asyncio.Future[bool] | None, epoch: int) -> bool:
+        """Outputs and rows, then state; False if fenced before the state was written."""
+        try:
+            t0 = time.perf_counter()
+            work = [(p, out) for p, out in work if out]
+            copartitioned = await self._copartitioned() if work else set()
+            messages, cdrs, alerts = self._output_messages(work, copartitioned)
+            # Outputs and rows are independent of each other; both must be acknowledged before any
+            # state. The rows go to the writer process (as the JSON just encoded for Kafka: bytes cross the
+            # pipe far cheaper than dicts) while this loop talks to the broker.
+            await asyncio.gather(self._publish(messages, epoch), self.writer.write(raws, cdrs, alerts))
+            self.prof["outputs+store"] += time.perf_counter() - t0
+            if previous is not None:
+                await previous
+            t1 = time.perf_counter()
+            # Acknowledged before the batch's offsets are: faust commits after flushing *its* producer only.
+            await self._publish(state, epoch)
+            self.prof["state"] += time.perf_counter() - t1
+            return True
+        except Fenced:
+            return False
 
     async def _copartitioned(self) -> set[str]:
         """Output topics with as many partitions as the events topic.
@@ -708,7 +937,7 @@ class KafkaPipeline:
                 cdrs.append(value)
                 append((k.topic_cdrs, to_cdr, cdr["call_id"].encode(), value))
             for notice in out.notices:
-                log.warning("partition %d: %s", p, notice)
+                log.warning("partition %d: %s", p, notice, extra=logsetup.RATE_LIMITED)
             for source, raw, err in out.dead_letters:
                 append((k.topic_dead_letter, None, None, _dumps(dead_letter_record(source, raw, err))))
                 log.warning("dead letter from %s: %s", source, err)
@@ -718,18 +947,25 @@ class KafkaPipeline:
             self.stats["dead_letters"] += len(out.dead_letters)
         return messages, cdrs, alerts
 
-    async def _publish(self, messages: list[Message]) -> None:
-        """Send and wait until the broker acknowledged every message (at-least-once: resend all on error)."""
+    async def _publish(self, messages: list[Message], epoch: int | None = None) -> None:
+        """Send and wait until the broker acknowledged every message (at-least-once: resend all on error).
+
+        With ``epoch``, raises ``Fenced`` instead of sending (or retrying) once the pipeline's epoch moved
+        on: what was folded under an older epoch must not write state any more.
+        """
         if not messages:
             return
         delay = 0.2
         while True:
+            if epoch is not None and epoch != self.epoch:
+                raise Fenced
             try:
                 producer = await self._producer()
                 await self._send_batched(producer, messages)
                 return
             except Exception as exc:
-                log.warning("publishing %d messages failed (%s); retry in %.1f s", len(messages), exc, delay)
+                log.warning("publishing %d messages failed (%s); retry in %.1f s", len(messages),
+                            exc or type(exc).__name__, delay, extra=logsetup.RATE_LIMITED)
                 await self.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -762,7 +998,7 @@ class KafkaPipeline:
         await asyncio.gather(*futures)
 
     def _changelog(self, p: int, key: str, value: Any) -> Message:
-        # faust's json codec for keys and values, so faust's recovery reads these back as usual.
+        # faust's json codec for keys and values (call_table.encode), as earlier workers' tables wrote.
         return (self.changelog_topic, p, *call_table.encode(key, value))
 
     def _state_messages(self, work: list[tuple[int, Outputs]], touched: dict[int, set[str]],
@@ -774,13 +1010,13 @@ class KafkaPipeline:
                 ids.update(m["call_id"] for m in out.cdrs)
                 ids.update(m["call_id"] for m in out.alerts)
                 ids.update(m["call_id"] for m in out.commands)
-        data = self.table.data
         messages: list[Message] = []
         for p, ids in touched.items():
             rt = self.runtimes.get(p)
             if rt is None:
                 continue
             states = rt.processor.states
+            written = rt.written
             for cid in ids:
                 st: CallState | None = states.get(cid)
                 if st is None:
@@ -789,39 +1025,33 @@ class KafkaPipeline:
                     if cid not in rt.closed_ids:
                         rt.closed.append((rt.last_offset, cid))
                         rt.closed_ids.add(cid)
-                    if cid not in data:
+                    if cid not in written:
                         # Born and closed within this batch, never written: no record and, at eviction,
                         # no tombstone. A re-delivery of the batch brings its call.setup along and
                         # rebuilds it; once the batch is committed nothing can reach it.
                         continue
-                value = call_table.state_value(p, st)
-                data[cid] = value
-                messages.append(self._changelog(p, cid, value))
+                written.add(cid)
+                messages.append(self._changelog(p, cid, call_table.state_value(p, st)))
         for p in beats:
             rt = self.runtimes.get(p)
             if rt is None:
                 continue
-            proc = rt.processor
-            seen = {"clocks": proc.clocks.to_dict(), "beats": dict(proc.heartbeats),
-                    "addresses": dict(proc.addresses)}
+            seen = _liveness_record(rt.processor)
             if seen != rt.live_written:
-                key = call_table.liveness_key(p)
-                value = {"p": p, **seen}
-                data[key] = value
-                messages.append(self._changelog(p, key, value))
+                messages.append(self._changelog(p, call_table.liveness_key(p), {"p": p, **seen}))
                 rt.live_written = seen
         return messages
 
-    async def _evict(self) -> None:
-        """Drop closed calls whose closing batch is committed (no re-delivery can reach them now)."""
+    def _evict(self) -> list[Message]:
+        """Drop closed calls whose closing batch is committed (no re-delivery can reach them now);
+        returns their tombstones."""
         committed = self.app.consumer._committed_offset
-        data = self.table.data
         messages: list[Message] = []
-        tombstones: list[Message] = []
         for p, rt in self.runtimes.items():
             done = committed.get(TP(self.topic, p))
             if done is None:
                 continue
+            tombstones: list[Message] = []
             states = rt.processor.states
             while rt.closed:
                 at, cid = rt.closed[0]
@@ -835,40 +1065,216 @@ class KafkaPipeline:
                     continue
                 del states[cid]
                 rt.processor.closed.add(cid, st.end_ms or 0)
-                if cid in data:  # else never written (see _state_messages): nothing to tombstone
-                    del data[cid]
+                if cid in rt.written:  # else never written (see _state_messages): nothing to tombstone
+                    rt.written.discard(cid)
                     tombstones.append(self._changelog(p, cid, None))
             new = rt.processor.closed.take_new()
             if new:
                 # The closed-call memory before the tombstones, on the same partition: a restart never
-                # finds a call neither in the table nor in the memory.
-                tag = f"{done}-{uuid.uuid4().hex[:8]}"
-                key = call_table.closed_key(p, tag)
+                # finds a dropped call neither in the table nor in the memory.
+                key = call_table.closed_key(p, f"{done}-{uuid.uuid4().hex[:8]}")
                 messages.append(self._changelog(p, key, call_table.closed_value(p, new)))
             messages += tombstones
-            tombstones = []
-        await self._publish(messages)
+        return messages
+
+    # -- status -------------------------------------------------------------------------------------
+    def status(self, state: str = "running") -> dict[str, Any]:
+        """What ``sipledger status`` shows of this worker."""
+        now = _now_ms()
+        parts: dict[str, Any] = {}
+        for p in sorted(self.assigned | set(self.runtimes)):
+            rt = self.runtimes.get(p)
+            if rt is None:
+                parts[str(p)] = {"state": "restoring"}
+            else:
+                parts[str(p)] = {"state": "caught_up" if rt.caught_up else "catching_up",
+                                 "since_ms": rt.served_at_ms, "offset": rt.last_offset,
+                                 "open_calls": sum(1 for s in rt.processor.states.values() if not s.closed),
+                                 "restore": rt.restore}
+        return {"worker": self.worker_id, "app_id": self.app_id, "host": socket.gethostname(),
+                "pid": os.getpid(), "state": state, "ts_ms": now, "started_ms": self.started_ms,
+                "topic": self.topic, "changelog": self.changelog_topic, "partitions": parts,
+                "restore_failures": self.restore_failures,
+                "writer": {"pending_rows": self.writer.pending_rows,
+                           "pending_batches": self.writer.pending_batches, "alive": self.writer.alive()},
+                "deliveries_in_flight": sum(1 for f in self._flights if not f.done()),
+                "stats": dict(self.stats)}
+
+    def _maybe_publish_status(self) -> None:
+        now = time.monotonic()
+        if self._status_task is not None and not self._status_task.done():
+            return  # the last one is still under way (a broker that is away): skip, do not pile up
+        if not self._status_dirty and now - self._status_at < STATUS_INTERVAL_S:
+            return
+        self._status_at = now
+        self._status_dirty = False
+        self._status_task = asyncio.ensure_future(self.publish_status(self.status()))
+
+    async def publish_status(self, status: dict[str, Any], timeout: float = BROKER_CALL_S) -> None:
+        """Best effort: status is information, never worth holding anything up for."""
+        producer = self.status_producer
+        try:
+            if producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap, acks=1, linger_ms=0,
+                                            request_timeout_ms=int(timeout * 1000),
+                                            client_id=f"{self.app_id}-status")
+                await asyncio.wait_for(producer.start(), timeout)
+                self.status_producer = producer
+            await asyncio.wait_for(producer.send_and_wait(
+                self.status_topic, key=self.worker_id.encode(), value=_dumps(status)), timeout)
+        except Exception as exc:
+            log.debug("publishing the worker status failed: %s", exc)
+            self.status_producer = None
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), timeout)
+
+    # -- shutdown -----------------------------------------------------------------------------------
+    async def shutdown(self, reason: str) -> None:
+        """Stop within ``pipeline.shutdown_grace`` + a few broker calls, delivering what is in flight if
+        it can and acking nothing that is not; then end the process."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._served.set()
+        grace = self.cfg.pipeline.shutdown_grace
+        log.info("%s: stopping; waiting up to %.1f s for the deliveries in flight", reason, grace)
+        drained = await self._quiesce(grace)
+        self.epoch += 1  # nothing started from here on writes state
+        consumer = self.app.consumer
+        if drained:
+            try:
+                await asyncio.wait_for(consumer.commit(), SHUTDOWN_CALL_S)
+            except Exception as exc:
+                log.warning("committing offsets at shutdown failed (%s); they are re-read", exc or "timeout")
+        else:
+            log.warning("deliveries still in flight after %.1f s: not acked, their events are re-read by "
+                        "the next owner", grace)
+        # Both bounded, and side by side: with the broker away each would use its whole bound.
+        last = self.status("stopped")
+        await asyncio.gather(self._leave_group(), self.publish_status(last, SHUTDOWN_CALL_S))
+        self.writer.kill()  # rows of undelivered batches: their events are re-read, so are the rows
+        log.info("stopped (%d events, %d CDRs processed)", self.stats["events"], self.stats["cdrs"])
+        _exit_now(0)
+
+    async def _leave_group(self) -> None:
+        # So that the group moves this worker's partitions now rather than after the session timeout.
+        # Closing the coordinator, not only sending LeaveGroup: a coordinator left running rejoins the
+        # group at once, and the group then waits for this dead member's session to expire.
+        try:
+            thread = cast(Any, self.app.consumer)._thread
+            coordinator = thread._ensure_consumer()._coordinator
+            await asyncio.wait_for(thread.call_thread(coordinator.close), SHUTDOWN_CALL_S)
+        except Exception as exc:
+            log.info("leaving the consumer group failed (%s); the group notices after the session timeout",
+                     exc or "timeout")
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a daemon thread of its own: a blocked read never holds up the loop, nor exit
+    (the default executor's threads are joined when a loop closes)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name=f"sipledger-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await fut
+
+
+class PipelineWorker(faust.Worker):
+    """faust's Worker with sipledger's logging and a bounded stop.
+
+    * Logging: ``sipledger.logsetup`` instead of faust's colorlog set-up (escape codes in redirected
+      logs, INFO chatter of every client): the level given here applies to sipledger's loggers.
+    * SIGTERM/SIGINT: ``KafkaPipeline.shutdown`` instead of faust's stop, which could hang in aiokafka's
+      consumer thread (stack-facts: after SIGTERM the worker closed its loop and hung until SIGKILL);
+      a watchdog thread ends the process if even that does not finish in time.
+    """
+
+    logger = logging.getLogger("faust.pipeline.worker")
+
+    def __init__(self, app: faust.App, pipe: KafkaPipeline, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.pipe = pipe
+        # faust's terminal spinner writes cursor escape codes even into a redirected log.
+        self.spinner = None
+        self._stopping: asyncio.Future[None] | None = None
+
+    def _setup_logging(self) -> None:
+        logsetup.configure(self.loglevel or "warn")
+
+    def _arm_watchdog(self) -> None:
+        limit = self.pipe.cfg.pipeline.shutdown_grace + SHUTDOWN_MARGIN_S
+
+        def expire() -> None:
+            log.error("not stopped within %.1f s; exiting now", limit)
+            _exit_now(0)
+
+        timer = threading.Timer(limit, expire)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_on(self, reason: str) -> None:
+        if self._stopping is None:
+            self._arm_watchdog()
+            self._stopping = asyncio.ensure_future(self.pipe.shutdown(reason), loop=self.loop)
+
+    def _on_sigterm(self) -> None:
+        self._stop_on("SIGTERM")
+
+    def _on_sigint(self) -> None:
+        self._stop_on("SIGINT")
+
+
+def _liveness_record(proc: Processor) -> dict[str, Any]:
+    """A partition's node record in the changelog (key ``~liveness/<p>``): node clocks, newest heartbeats,
+    probe addresses and the calls handed over from lost nodes (to release them if those come back)."""
+    snap = proc.snapshot_nodes()
+    return {"clocks": snap["clocks"], "beats": snap["heartbeats"], "addresses": snap["addresses"],
+            "taken_over": snap["taken_over"]}
 
 
 def _brokers(bootstrap: str) -> list[str]:
     return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
 
 
+def faust_settings(cfg: Config) -> dict[str, Any]:
+    """The group's timing, from ``pipeline.*`` keys, as faust settings (faust passes them to aiokafka's
+    consumer as session_timeout_ms, heartbeat_interval_ms and rebalance_timeout_ms)."""
+    p = cfg.pipeline
+    return {"broker_session_timeout": p.session_timeout, "broker_heartbeat_interval": p.heartbeat_interval,
+            "broker_rebalance_timeout": p.rebalance_timeout,
+            # faust refuses a session timeout above the request timeout (90 s by default).
+            "broker_request_timeout": max(90.0, p.session_timeout + 5.0)}
+
+
 def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAULT_BATCH,
              ready_file: str | None = None, store_events: bool = True, **settings: Any) -> faust.App:
-    """The faust app: batch path on the events topic, call-state table, enforcement timer.
+    """The faust app: batch path on the events topic, restores, enforcement timer.
 
     ``batch_size`` is the most records one fetch (one batch) holds. ``settings`` are passed to
-    ``faust.App`` (e.g. ``store="rocksdb://"``). The pipeline object is ``app.sipledger`` (stats,
-    runtimes) for tests and benchmarks.
+    ``faust.App``. The pipeline object is ``app.sipledger`` (stats, runtimes) for tests and benchmarks.
     """
     n = cfg.kafka.partitions
     datadir = cfg.path(".sipledger/faust") / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     conf: dict[str, Any] = {
         "broker": _brokers(cfg.kafka.bootstrap),
-        # The changelog is the durable copy; memory keeps recovery simple and needs no local disk
-        # state that could disagree with the log after a crash.
         "store": "memory://",
         "topic_partitions": n,
         "topic_replication_factor": 1,
@@ -880,27 +1286,27 @@ def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAUL
         # One fetch = one batch; per partition a fetch holds up to consumer_max_fetch_size bytes.
         "broker_max_poll_records": max(500, batch_size),
         "consumer_max_fetch_size": 4 * 1024 * 1024,
+        # No faust table, so no standby replicas: a restore reads the compacted changelog instead.
         "table_standby_replicas": 0,
+        # faust's leader-election topic serves nothing here (no faust table, no leader-only work).
+        "topic_disable_leader": True,
         "autodiscover": False,
+        **faust_settings(cfg),
     }
     conf.update(settings)
     app = PipelineApp(app_id, **conf)
     events = app.topic(cfg.kafka.topic_events, key_serializer="raw", value_serializer="raw", partitions=n)
-    # No key/value types: faust then uses its json codec both ways (str keys, dict values).
-    table = app.Table(TABLE_NAME, default=None, partitions=n)
-    pipe = KafkaPipeline(cfg, app, table, store_events=store_events, ready_file=ready_file)
+    pipe = KafkaPipeline(cfg, app, store_events=store_events, ready_file=ready_file)
     app.sipledger = pipe  # type: ignore[attr-defined]
     # Subscribed through faust's conductor (so faust assigns, seeks and commits it), consumed in batches.
     app.topics.add(events)
-    cast(BatchConsumer, app.consumer).batch_handlers[cfg.kafka.topic_events] = pipe.process_records
+    consumer = cast(BatchConsumer, app.consumer)
+    consumer.batch_handlers[cfg.kafka.topic_events] = pipe.process_records
+    consumer.gate = pipe
 
-    @table.on_recover
-    async def _recovered() -> None:
-        await pipe.on_recover()
-
-    @app.on_partitions_revoked.connect
-    async def _revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
-        await pipe.on_revoked()
+    @app.on_partitions_assigned.connect
+    async def _assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        await pipe.on_assigned(assigned)
 
     @app.timer(TICK_INTERVAL)
     async def _tick() -> None:
@@ -908,19 +1314,55 @@ def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAUL
             await pipe.on_timer()
         except Exception:
             log.critical("tick failed; exiting", exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+            _exit_now(EXIT_FAILED)
 
     return app
+
+
+def ensure_topics(cfg: Config, app_id: str) -> None:
+    """The events topic must exist; the changelog and status topics are created if missing (compacted).
+
+    Raises ``RuntimeError`` with a one-line reason. The changelog must have as many partitions as the
+    events topic: changelog partition ``p`` holds the states of events partition ``p``.
+    """
+    from sipledger.stack.kafka_broker import create_topics, topic_partitions
+    from sipledger.stack.process import StackError
+
+    bootstrap = cfg.kafka.bootstrap
+    changelog = call_table.changelog_topic(app_id)
+    try:
+        counts = topic_partitions(bootstrap, [cfg.kafka.topic_events, changelog])
+        events = counts.get(cfg.kafka.topic_events)
+        if not events:
+            raise RuntimeError(f"no topic {cfg.kafka.topic_events!r} (kafka.topic_events) on Kafka at "
+                               f"{bootstrap}: create it first (`sipledger stack init`)")
+        if counts.get(changelog, events) != events:
+            raise RuntimeError(f"changelog topic {changelog!r} has {counts[changelog]} partitions, the "
+                               f"events topic {events}: each events partition needs its own changelog "
+                               "partition")
+        create_topics(bootstrap, {changelog: events, status_topic(app_id): 1},
+                      configs={changelog: CHANGELOG_CONFIGS, status_topic(app_id): STATUS_CONFIGS})
+    except StackError as exc:
+        raise RuntimeError(str(exc)) from None
+    except RuntimeError:
+        raise
+    except Exception as exc:
+        raise RuntimeError(f"Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from None
 
 
 def run_worker(cfg: Config, app_id: str = DEFAULT_APP_ID, loglevel: str = "warn",
                batch_size: int = DEFAULT_BATCH, ready_file: str | None = None, store_events: bool = True,
                **settings: Any) -> None:
     """Run one worker in this process until it is stopped (SIGTERM/SIGINT)."""
+    logsetup.configure(loglevel)
+    try:
+        ensure_topics(cfg, app_id)
+    except RuntimeError as exc:
+        log.critical("cannot start: %s", exc)
+        _exit_now(EXIT_UNAVAILABLE)
     app = make_app(cfg, app_id=app_id, batch_size=batch_size, ready_file=ready_file,
                    store_events=store_events, **settings)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = PipelineWorker(app, app.sipledger, loglevel=loglevel, quiet=True)  # type: ignore[attr-defined]
     worker.execute_from_commandline()
 
 

@@ -301,15 +301,18 @@ class Processor:
                     del self.taken_over[node]
         return len(closed)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Call states, node clocks and heartbeats as JSON-ready data (the closed-call memory is the
-        driver's to persist: see ``ClosedCalls.take_new``)."""
-        return {"states": {cid: s.to_dict() for cid, s in self.states.items()},
-                "clocks": self.clocks.to_dict(), "heartbeats": dict(self.heartbeats),
-                "addresses": dict(self.addresses), "events_seen": self.events_seen,
-                "late_events": self.late_events,
+    def snapshot_nodes(self) -> dict[str, Any]:
+        """What the processor knows of the nodes, JSON-ready: clocks, heartbeats, addresses, takeovers."""
+        return {"clocks": self.clocks.to_dict(), "heartbeats": dict(self.heartbeats),
+                "addresses": dict(self.addresses),
                 "taken_over": {n: {c: list(v) for c, v in calls.items()}
                                for n, calls in self.taken_over.items()}}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Call states and node knowledge as JSON-ready data (the closed-call memory is the driver's to
+        persist: see ``ClosedCalls.take_new``)."""
+        return {"states": {cid: s.to_dict() for cid, s in self.states.items()}, **self.snapshot_nodes(),
+                "events_seen": self.events_seen, "late_events": self.late_events}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
         # States as dicts (checkpoints) or already decoded (the faust worker's table).

@@ -16,7 +16,10 @@ The child keeps retrying a store that is down (the sink backs off and logs its l
 before the rows are stored, so a worker whose store is down stops taking new batches instead of piling
 rows up in memory.
 
-The child ends when the worker does: a closed pipe (the worker exited or was killed) ends its loop.
+The child ends when the worker does: a closed pipe (the worker exited or was killed) ends it at once,
+even in the middle of a flush retrying against a store that is down - the rows it held belong to batches
+the worker never acknowledged, whose events the next owner re-reads. (Its flushing threads would
+otherwise keep it alive until the store came back.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -49,9 +53,10 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
 
     from pipeline.gc_policy import settle_after_startup
     from pipeline.store_sink import StoreSink
+    from sipledger import logsetup
     from sipledger.store import migrate, open_store
 
-    logging.basicConfig(level=loglevel, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    logsetup.configure(loglevel)
 
     def connect() -> Any:
         store = open_store(store_url, base_dir)
@@ -101,7 +106,7 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
             try:
                 request = conn.recv()
             except (EOFError, OSError):
-                return  # the worker is gone
+                os._exit(0)  # the worker is gone: nothing held here is owed to anyone (see above)
             if request is None:  # the worker is closing
                 if last is not None:
                     last.result()
@@ -152,6 +157,8 @@ class StoreWriterProcess:
         self._acks: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
         self._reader: threading.Thread | None = None
         self._dead: BaseException | None = None  # why no ack will come any more
+        # Rows handed to the child and not yet acknowledged as stored, per request (for the status).
+        self._pending: deque[int] = deque()
         self.written: dict[str, int] = {}
         self.timings: dict[str, float] = {}
 
@@ -185,11 +192,13 @@ class StoreWriterProcess:
             self.written, self.timings = written, timings
             with self._send_lock:
                 loop, fut = self._acks.popleft()
+                self._pending.popleft()
             loop.call_soon_threadsafe(_settle, fut, None)
         with self._send_lock:  # nothing more will come: fail whatever waits, and every later write
             self._dead = error
             waiting = list(self._acks)
             self._acks.clear()
+            self._pending.clear()
         for loop, fut in waiting:
             loop.call_soon_threadsafe(_settle, fut, error)
 
@@ -198,11 +207,13 @@ class StoreWriterProcess:
             if self._dead is not None:
                 raise self._dead
             self._acks.append((loop, fut))
+            self._pending.append(sum(map(len, request)))
             assert self._conn is not None
             try:
                 self._conn.send(request)
             except OSError:
                 self._acks.pop()  # never sent, so no ack is owed (write() raises instead)
+                self._pending.pop()
                 raise
 
     async def write(self, raws: list[bytes], cdrs: list[bytes], alerts: list[bytes]) -> None:
@@ -222,6 +233,24 @@ class StoreWriterProcess:
             code = self._proc.exitcode if self._proc is not None else None
             raise RuntimeError(f"store writer process died (exit code {code})") from exc
         await fut
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows (events, CDRs, alerts) handed to the child and not yet acknowledged as stored."""
+        return sum(self._pending)
+
+    @property
+    def pending_batches(self) -> int:
+        return len(self._pending)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive() and self._dead is None
+
+    def kill(self) -> None:
+        """End the child at once (the worker is stopping): unacknowledged rows are dropped, and their
+        batches, never acknowledged either, are re-read by the next owner."""
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
 
     def cpu_seconds(self) -> float | None:
         """CPU time the child has used so far, for the worker's figures; None if unknown."""

@@ -7,12 +7,12 @@ imported by ``sipledger.cli`` to register the command, so importing back would b
 from __future__ import annotations
 
 import errno
-import logging
 from pathlib import Path
 
 import click
 
 from sipledger import config as config_mod
+from sipledger import logsetup
 from sipledger.config import ConfigError
 
 DEFAULT_CONFIG = "sipledger.toml"
@@ -33,7 +33,7 @@ def b2bua_command(config_path: str | None, overrides: tuple[str, ...], log_level
         cfg = config_mod.load(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(log_level)
     from b2bua.server import run
 
     try:

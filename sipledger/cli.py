@@ -373,23 +373,20 @@ def report_quality(cfg: Config, store_url: str | None, since: str | None, until:
 
 # --- pipeline ----------------------------------------------------------------------------------
 
-def _setup_logging(level: str) -> None:
-    import logging
-
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 @main.command("pipeline")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--app-id", default=None,
+              help="Kafka mode: the workers' faust app id = consumer group (default: sipledger-pipeline)")
 @with_config
-def pipeline_cmd(cfg: Config, log_level: str) -> None:
+def pipeline_cmd(cfg: Config, log_level: str, app_id: str | None) -> None:
     """Run the pipeline: faust workers on Kafka (events.log = kafka://...) or embedded (file:// + chDB)."""
-    _setup_logging(log_level)
+    from . import logsetup
+
+    logsetup.configure(log_level)
     if cfg.events.log.startswith("kafka:"):
         from pipeline import faust_app
 
-        faust_app.run(cfg)
+        faust_app.run(cfg, {"loglevel": log_level, **({"app_id": app_id} if app_id else {})})
         return
     import signal
     import threading
@@ -504,6 +501,31 @@ def audit_cmd(cfg: Config, source: str | None, store_url: str | None, fmt: str, 
                    f"audit FAILED: {len(res.discrepancies)} discrepancies")
     if not res.ok:
         sys.exit(1)
+
+
+@main.command("status")
+@click.option("--app-id", default=None,
+              help="The workers' faust app id = consumer group (default: the one `sipledger pipeline` uses)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@with_config
+def status_cmd(cfg: Config, app_id: str | None, fmt: str) -> None:
+    """Kafka mode: per-partition lag of the workers' group, each partition's restore state and worker,
+    the store writers' pending rows (from the broker alone; no Kafka Java tools)."""
+    from pipeline.call_table import DEFAULT_APP_ID
+
+    from .pipeline_status import StatusError, collect, render
+
+    if not cfg.events.log.startswith("kafka:"):
+        raise click.ClickException("`sipledger status` shows the faust workers of Kafka mode "
+                                   f"(events.log = kafka://...), not events.log = {cfg.events.log!r}")
+    try:
+        status = collect(cfg.kafka.bootstrap, cfg.kafka.topic_events, app_id or DEFAULT_APP_ID)
+    except StatusError as exc:
+        raise click.ClickException(f"{exc} (kafka.bootstrap)") from None
+    if fmt == "json":
+        click.echo(json.dumps(status, indent=2))
+    else:
+        render(status, click.echo)
 
 
 @main.command("calls")

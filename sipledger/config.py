@@ -166,6 +166,25 @@ class PipelineConfig:
     webhook_url: str = opt("", "HTTP endpoint that receives each zombie alert as JSON (empty = off)")
     batch_size: int = opt(50_000, "Most rows per ClickHouse insert (each insert writes a part: fewer, "
                           "larger ones are cheaper)", lo=1)
+    # Kafka mode (faust workers). The session timeout's default is the lowest a broker accepts by
+    # default (group.min.session.timeout.ms = 6000): it is the time a dead worker's partitions sit idle.
+    session_timeout: float = opt(6.0, "Kafka mode: seconds a worker may stay silent before the group "
+                                 "hands its partitions to the others (a dead worker's failover time); "
+                                 "at least the broker's group.min.session.timeout.ms", lo=1)
+    heartbeat_interval: float = opt(1.0, "Kafka mode: seconds between a worker's group heartbeats, "
+                                    "below a third of session_timeout (how soon the others notice "
+                                    "a rebalance)", lo=0.1)
+    rebalance_timeout: float = opt(15.0, "Kafka mode: seconds the group waits for every worker to rejoin "
+                                   "a rebalance; a worker gives its batches in flight at most half of "
+                                   "it before handing its partitions over", lo=1)
+    shutdown_grace: float = opt(3.0, "Kafka mode: seconds a worker stopped by SIGTERM/SIGINT waits for "
+                                "the batches in flight before it exits (what is not delivered by then "
+                                "is re-read by the next owner)", lo=0)
+    restore_stall_timeout: float = opt(10.0, "Kafka mode: seconds a partition's state restore from the "
+                                       "changelog may go without receiving a record before the "
+                                       "attempt is abandoned", lo=0.5)
+    restore_attempts: int = opt(3, "Kafka mode: restore attempts of a partition before the worker "
+                                "exits with an error (for its supervisor to restart it)", lo=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +399,10 @@ def _one_broker_address(raw: dict[str, Any]) -> None:
 
 
 def _check_references(cfg: Config) -> None:
+    p = cfg.pipeline
+    if p.heartbeat_interval >= p.session_timeout:
+        raise ConfigError("pipeline.heartbeat_interval", f"{p.heartbeat_interval} must be below "
+                          f"pipeline.session_timeout ({p.session_timeout})")
     names = [g.name for g in cfg.gateways]
     for i, gw in enumerate(cfg.gateways):
         if not gw.name:

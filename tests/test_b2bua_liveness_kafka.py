@@ -85,6 +85,11 @@ def _ms(ts: str) -> int:
 def _consume(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Everything on ``topic`` up to its end when called (heartbeats never let it go quiet)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    known = time.monotonic() + 10
+    # A topic created moments ago may not be in the metadata this consumer fetched yet (seen on a loaded
+    # machine: an empty partition set, then "No partitions are currently assigned").
+    while not consumer.partitions_for_topic(topic) and time.monotonic() < known:
+        time.sleep(0.2)
     parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     ends = consumer.end_offsets(parts)
     consumer.assign(parts)

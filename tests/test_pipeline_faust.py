@@ -269,6 +269,8 @@ def test_batch_acks_advance_faust_commit_offset(tmp_path: Path) -> None:
     app = make_app(config_mod.load(str(cfg_file), []), app_id=f"unit-{uuid.uuid4().hex[:6]}")
     consumer = app.consumer
     assert isinstance(consumer, BatchConsumer) and "ev" in consumer.batch_handlers
+    assert consumer.gate is app.sipledger  # type: ignore[attr-defined]
+    app.sipledger.writer.kill()  # type: ignore[attr-defined]
 
     @dataclass
     class Rec:
@@ -282,3 +284,40 @@ def test_batch_acks_advance_faust_commit_offset(tmp_path: Path) -> None:
     consumer._ack_records({tp: [Rec(o) for o in (15, 16)]})
     consumer._ack_records({tp: [Rec(o) for o in (19, 20)]})  # 17-18 not acked: commit stops before them
     assert consumer._new_offset(tp) == 17
+
+
+def test_the_group_timeouts_reach_aiokafka_from_the_config(tmp_path: Path) -> None:
+    """pipeline.session_timeout / heartbeat_interval / rebalance_timeout are what the consumer that joins
+    the group is built with (faust's own defaults left a dead worker's partitions idle about 61 s)."""
+    import asyncio
+
+    from pipeline.faust_app import make_app
+    from sipledger import config as config_mod
+
+    cfg_file = tmp_path / "sipledger.toml"
+    cfg_file.write_text('[kafka]\nbootstrap = "127.0.0.1:1"\ntopic_events = "ev"\n')
+    defaults = config_mod.load(str(cfg_file), [])
+    assert (defaults.pipeline.session_timeout, defaults.pipeline.heartbeat_interval) == (6.0, 1.0)
+    cfg = config_mod.load(str(cfg_file), ["pipeline.session_timeout=7", "pipeline.heartbeat_interval=0.5",
+                                          "pipeline.rebalance_timeout=12"])
+
+    async def build() -> Any:
+        app = make_app(cfg, app_id=f"unit-{uuid.uuid4().hex[:6]}")
+        try:
+            consumer = app.consumer._thread._create_worker_consumer(app.consumer.transport)
+            return {k: getattr(consumer, k) for k in ("_session_timeout_ms", "_heartbeat_interval_ms",
+                                                      "_rebalance_timeout_ms", "_fetch_max_wait_ms")}
+        finally:
+            app.sipledger.writer.kill()
+
+    assert asyncio.run(build()) == {"_session_timeout_ms": 7000, "_heartbeat_interval_ms": 500,
+                                    "_rebalance_timeout_ms": 12000, "_fetch_max_wait_ms": 100}
+
+
+def test_a_heartbeat_interval_not_below_the_session_timeout_is_refused(tmp_path: Path) -> None:
+    from sipledger import config as config_mod
+    from sipledger.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config_mod.load(None, ["pipeline.session_timeout=6", "pipeline.heartbeat_interval=6"])
+    assert err.value.key == "pipeline.heartbeat_interval"

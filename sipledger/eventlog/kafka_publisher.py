@@ -11,6 +11,7 @@ duplicate event_ids) but never out of order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -54,11 +55,25 @@ class SpooledKafkaPublisher:
             time.sleep(0.05)
         return False
 
-    def close(self, timeout: float = 10.0) -> None:
-        self.flush(timeout)
+    def close(self, timeout: float = 2.0) -> None:
+        """Deliver what is spooled for up to ``timeout`` s, then stop. Bounded whatever the broker does:
+        what is left stays in the spool on disk and the next start delivers it, in order."""
+        deadline = time.monotonic() + timeout
+        if self.connected:  # an unreachable broker would only use the time up
+            self.flush(max(0.0, timeout - 0.5))
         self._stop.set()
-        self._thread.join(timeout)
-        self._drop_producer()
+        self._thread.join(max(0.1, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            # Still inside kafka-python with a broker that does not answer (a flush or a connect): fail
+            # what the producer holds so that the thread returns - its batch was not committed in the
+            # spool, so the next start sends it again (a duplicate the pipeline drops, never a loss).
+            producer = self._producer
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    abandon_producer(producer, join_timeout=0.5)
+            self._thread.join(0.5)
+        if not self._thread.is_alive():
+            self._drop_producer()
         self.spool.close()
 
     # -- delivery thread -----------------------------------------------------------------------
@@ -71,6 +86,9 @@ class SpooledKafkaPublisher:
             bootstrap_servers=self.bootstrap, client_id=self._client_id, acks="all",
             linger_ms=5, max_in_flight_requests_per_connection=1, retries=3,
             request_timeout_ms=5000, max_block_ms=5000, api_version=(2, 8),
+            # A broker that is down is found out within seconds (kafka-python waits 30 s by default),
+            # so that the thread notices a stop request soon.
+            bootstrap_timeout_ms=3000,
         )
         self._partitions = None
         return self._producer

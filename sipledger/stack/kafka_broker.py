@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..ports import free_port
@@ -133,17 +134,20 @@ def _write_props(props: Path, data: Path, port: int, cport: int) -> None:
     ]))
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> list[str]:
-    """Create missing topics (name -> partitions). Returns the names it created."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0,
+                  configs: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """Create missing topics (name -> partitions; ``configs``: name -> topic configs such as
+    ``cleanup.policy``). Returns the names it created."""
+    from kafka.admin import KafkaAdminClient
     from kafka.errors import TopicAlreadyExistsError
 
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="sipledger-stack",
-                                     request_timeout_ms=10_000)
+                                     request_timeout_ms=10_000, bootstrap_timeout_ms=left_ms)
             break
         except Exception as exc:  # the broker may still be electing its controller
             last = exc
@@ -152,11 +156,29 @@ def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0)
         raise StackError(f"cannot reach Kafka at {bootstrap}: {last}")
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name=t, num_partitions=n, replication_factor=1)
-                   for t, n in topics.items() if t not in existing]
+        missing = {t: {"num_partitions": n, "replication_factor": 1,
+                       "configs": dict((configs or {}).get(t, {}))}
+                   for t, n in topics.items() if t not in existing}
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing, timeout_ms=15_000)
-        return [t.name for t in missing]
+        return list(missing)
+    finally:
+        admin.close()
+
+
+def topic_partitions(bootstrap: str, topics: list[str], timeout: float = 10.0) -> dict[str, int]:
+    """Partition counts of the topics that exist among ``topics``."""
+    from kafka.admin import KafkaAdminClient
+
+    ms = int(timeout * 1000)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="sipledger-stack", request_timeout_ms=ms,
+                             bootstrap_timeout_ms=ms)
+    try:
+        wanted = set(topics) & set(admin.list_topics())
+        if not wanted:
+            return {}
+        return {t["topic"] if "topic" in t else t["name"]: len(t["partitions"])
+                for t in admin.describe_topics(sorted(wanted))}
     finally:
         admin.close()

@@ -1,0 +1,1 @@
+"""Fault drills on a production-shape deployment (tests/drills/harness.py)."""
