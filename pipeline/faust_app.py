@@ -167,7 +167,10 @@ EXIT_UNAVAILABLE = 69
 CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(10 * 60 * 1000),
                      "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
                      "delete.retention.ms": str(60 * 60 * 1000)}
-STATUS_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
+# Status topic: one record per worker process (host:pid), so a worker restarted many times leaves many
+# keys; deletion after a day (on top of compaction) forgets those of processes long gone.
+STATUS_CONFIGS = {"cleanup.policy": "compact,delete", "retention.ms": str(24 * 60 * 60 * 1000),
+                  "segment.ms": str(60 * 60 * 1000)}
 
 # aiokafka records of one fetch of one topic, by partition.
 Records = Mapping[TP, Sequence[Any]]

@@ -10,7 +10,8 @@ Everything comes from the broker with Kafka's protocol (kafka-python), no Java t
   (``restoring`` its call states from the changelog, ``catching_up`` with the log, ``caught_up``) with the
   restore's record count, end offset and time, the store writer's pending rows and the deliveries in
   flight. A worker silent for ``STALE_AFTER_S`` is shown as such (killed, or cut off from the broker);
-  one that stopped cleanly says so.
+  one that stopped cleanly says so; reports older than ``FORGET_AFTER_S`` (processes long gone) are left
+  out.
 
 Kafka mode only (``events.log = "kafka://..."``); the embedded pipeline has no group.
 """
@@ -25,6 +26,8 @@ import orjson
 
 STATUS_INTERVAL_S: Final = 2.0
 STALE_AFTER_S: Final = 10.0
+# Reports older than this are of processes long gone (every restart is a new worker id): not shown.
+FORGET_AFTER_S: Final = 3600.0
 # Broker calls of the CLI: an operator wants an answer, or the reason there is none, within seconds.
 CLI_TIMEOUT_S: Final = 5.0
 
@@ -90,8 +93,13 @@ def collect(bootstrap: str, topic: str, app_id: str, now_ms: int | None = None) 
         raise StatusError(str(exc)) from None
     state, members, committed = _group(bootstrap, app_id, topic)
     served: dict[int, tuple[str, dict[str, Any]]] = {}
+    forgotten = 0
     for wid, st in sorted(workers.items()):
         age_s = (now_ms - int(st.get("ts_ms", 0))) / 1000
+        if age_s > FORGET_AFTER_S:
+            del workers[wid]
+            forgotten += 1
+            continue
         st["age_s"] = round(age_s, 1)
         st["live"] = st.get("state") == "running" and age_s <= STALE_AFTER_S
         if st["live"]:
@@ -106,7 +114,7 @@ def collect(bootstrap: str, topic: str, app_id: str, now_ms: int | None = None) 
                            "state": info.get("state", "unassigned"), "restore": info.get("restore")})
     return {"bootstrap": bootstrap, "group": app_id, "topic": topic, "group_state": state,
             "members": members, "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
-            "workers": workers}
+            "workers": workers, "forgotten_workers": forgotten}
 
 
 def render(status: dict[str, Any], echo: Callable[[str], Any]) -> None:
@@ -122,7 +130,7 @@ def render(status: dict[str, Any], echo: Callable[[str], Any]) -> None:
         echo(f"{p['partition']:>9} {p['end']:>10} {committed:>10} {p['lag']:>8}  {p['state']:<12} "
              f"{p['worker'] or '-':<28} {restore}")
     if not status["workers"]:
-        echo("no worker has published a status (none started with this app id?)")
+        echo("no worker has published a status within the last hour (none started with this app id?)")
     for wid, w in sorted(status["workers"].items()):
         if w.get("state") == "stopped":
             life = f"stopped {w['age_s']:.0f} s ago"
