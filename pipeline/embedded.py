@@ -8,7 +8,7 @@ state snapshot) is saved only after the store acknowledged the rows, so a crash
 re-reads at most the last unacknowledged stretch and the store's FINAL folds repeats.
 
 The store never stalls decisions: while it refuses rows they stay buffered (up to
-``MAX_PENDING_ROWS``, then reading pauses) and reading, folding, commands and alerts go on.
+``pipeline.max_pending_rows``, then reading pauses) and reading, folding, commands and alerts go on.
 Deadlines are judged on the nodes' own clocks, so nothing is decided from the wall clock
 that ran meanwhile. Node liveness (``NodeWatch``) counts silence only while this runner is
 caught up with the journal, probes a silent node, and writes a node.lost verdict into the
@@ -48,8 +48,6 @@ log = logging.getLogger("sipledger.pipeline")
 # Rows are stored (and the input position committed) at least this often, and checkpoints written.
 FLUSH_INTERVAL_S = 0.5
 CHECKPOINT_INTERVAL_S = 2.0
-# Rows held for a store that refuses them before reading pauses (memory bound; reading resumes with it).
-MAX_PENDING_ROWS = 2_000_000
 # The closed-call file is rewritten (expired records dropped) once it holds this many times the live ones.
 CLOSED_REWRITE_FACTOR = 2
 
@@ -170,7 +168,8 @@ class EmbeddedPipeline:
         """
         n = 0
         with self.lock:
-            caught_up = self.sink.pending() < MAX_PENDING_ROWS
+            # Rows held for a store that refuses them: up to the bound reading goes on, then it pauses.
+            caught_up = self.sink.pending() < self.cfg.pipeline.max_pending_rows
             if caught_up:
                 wall_ms = int(self.clock() * 1000)
                 for pos, raw in read_journal(self.paths.events, self.read_offset):

@@ -49,8 +49,12 @@ Design
 * Order per batch (and per timer tick):
   1. under the lock, fold events (``Processor.feed_raw``: invalid ones become dead letters), take the
      outputs and encode the changelog records of every touched call (the state as of this batch);
-     then start the delivery (steps 2-4) and return; the next batch folds meanwhile, with at most
-     ``MAX_IN_FLIGHT`` deliveries in flight;
+     then start the delivery (steps 2-4) and return; the next batch folds meanwhile. Deliveries in
+     flight are bounded by the rows the store writer holds unacknowledged (``pipeline.max_pending_rows``)
+     and by ``MAX_IN_FLIGHT``, not by a small count: a store that is slow or down holds offsets and state
+     back, but reading, folding, commands and alerts go on (issue 11: the sink never stalls decisions)
+     until that memory bound is reached, and then reading pauses (which the node watch sees as not
+     caught up, so nothing is judged from the silence that follows);
   2. publish commands / alerts / CDRs / dead letters with a separate aiokafka producer (one produce batch
      per partition) and meanwhile hand CDRs, alerts and the raw call events to the store writer process
      (pipeline/store_writer.py: a ``StoreSink`` on the second core); wait until the broker acknowledged
@@ -146,8 +150,9 @@ DEFAULT_BATCH = 16_000  # records a fetch: per-batch costs (parts, produce reque
 TICK_INTERVAL = 0.1
 EVICT_INTERVAL = 2.0
 PROFILE_EVERY = 10.0
-# Deliveries (outputs, rows, state) of folded batches under way while the next batch folds.
-MAX_IN_FLIGHT = 2
+# Deliveries (outputs, rows, state) of folded batches under way while the next batch folds: a bound on
+# futures and buffers; the real bound while the store is down is pipeline.max_pending_rows.
+MAX_IN_FLIGHT = 256
 # The longest a fetch waits on the broker for new records (see ShortPollConsumerThread).
 FETCH_MAX_WAIT_MS = 100
 # Bytes per produce batch: well under the broker's default message.max.bytes (1 MiB).
@@ -750,7 +755,8 @@ class KafkaPipeline:
 
     async def _chain(self, work: list[tuple[int, Outputs]], state: list[Message],
                      raws: list[bytes]) -> asyncio.Future[bool]:
-        """Start delivering a folded batch (or tick); at most ``MAX_IN_FLIGHT`` deliveries are in flight.
+        """Start delivering a folded batch (or tick); waits while ``MAX_IN_FLIGHT`` deliveries or
+        ``pipeline.max_pending_rows`` rows are in flight.
 
         Call under the lock, with the outputs taken and the state records encoded at the end of the fold
         (``_state_messages``): the processors move on with the next batch meanwhile, and state written
@@ -763,7 +769,8 @@ class KafkaPipeline:
         flights = self._flights
         while flights and flights[0].done():
             flights.popleft()
-        if len(flights) >= MAX_IN_FLIGHT:
+        budget = self.cfg.pipeline.max_pending_rows
+        while flights and (len(flights) >= MAX_IN_FLIGHT or self.writer.pending_rows >= budget):
             await flights.popleft()  # completes only after every delivery before it
         previous = flights[-1] if flights else None
         delivered = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws, previous, epoch)))

@@ -164,6 +164,8 @@ class PipelineConfig:
     sell_rates: str = opt("", "Rate deck CSV of the sell side (accounts); empty = unrated")
     buy_rates: str = opt("", "Rate deck CSV of the buy side (vendors); empty = unrated")
     webhook_url: str = opt("", "HTTP endpoint that receives each zombie alert as JSON (empty = off)")
+    max_pending_rows: int = opt(1_000_000, "Rows held for a store that is slow or down before reading "
+                                "pauses; until then reading, folding, commands and alerts go on", lo=1000)
     batch_size: int = opt(50_000, "Most rows per ClickHouse insert (each insert writes a part: fewer, "
                           "larger ones are cheaper)", lo=1)
     # Kafka mode (faust workers). The session timeout's default is the lowest a broker accepts by
