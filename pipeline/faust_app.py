@@ -153,6 +153,9 @@ PROFILE_EVERY = 10.0
 # Deliveries (outputs, rows, state) of folded batches under way while the next batch folds: a bound on
 # futures and buffers; the real bound while the store is down is pipeline.max_pending_rows.
 MAX_IN_FLIGHT = 256
+# The broker counts as reachable for the node watch while it acknowledged a status record this recently
+# (one goes every STATUS_INTERVAL_S).
+BROKER_SILENCE_MS = 7_000
 # The longest a fetch waits on the broker for new records (see ShortPollConsumerThread).
 FETCH_MAX_WAIT_MS = 100
 # Bytes per produce batch: well under the broker's default message.max.bytes (1 MiB).
@@ -520,6 +523,9 @@ class KafkaPipeline:
         self.ready_file = ready_file
         self._ready_written = False
         self._last_evict = 0.0
+        # When the broker last acknowledged this worker's status record: a broker that is away makes
+        # every partition look caught up (its highwater is stale), and silence then means nothing.
+        self._broker_ok_ms = 0
         p = cfg.pipeline
         self.watch = NodeWatch(p.node_timeout, f"{self.app_id}@{self.worker_id}", p.probe_attempts,
                                p.probe_timeout, takeover=p.takeover)
@@ -862,6 +868,8 @@ class KafkaPipeline:
         highwater: only then is a node's silence news (pipeline/domain/liveness.py)."""
         if not self.assigned or self.assigned != self.runtimes.keys():
             return False
+        if _now_ms() - self._broker_ok_ms > BROKER_SILENCE_MS:
+            return False
         consumer = self.app.consumer
         for p, rt in self.runtimes.items():
             if not rt.caught_up:
@@ -1132,6 +1140,7 @@ class KafkaPipeline:
                 self.status_producer = producer
             await asyncio.wait_for(producer.send_and_wait(
                 self.status_topic, key=self.worker_id.encode(), value=_dumps(status)), timeout)
+            self._broker_ok_ms = _now_ms()
         except Exception as exc:
             log.debug("publishing the worker status failed: %s", exc)
             self.status_producer = None

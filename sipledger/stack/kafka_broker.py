@@ -59,8 +59,13 @@ def _java(libs: Path, *args: str, log4j: Path) -> list[str]:
             "-cp", f"{libs}/*", *args]
 
 
-def up(stack_dir: Path, port: int = 0, timeout: float = 60.0) -> tuple[ServiceRecord, bool]:
-    """Start the broker unless one of ours runs already. Returns (record, started_now)."""
+def up(stack_dir: Path, port: int = 0, timeout: float = 60.0,
+       extra_listener: tuple[int, int] | None = None) -> tuple[ServiceRecord, bool]:
+    """Start the broker unless one of ours runs already. Returns (record, started_now).
+
+    ``extra_listener``: (port, advertised port) of a second plaintext listener ``EXTRA``, for clients that
+    must reach the broker through something in between (a test's proxy that can cut one client off).
+    """
     rec = running_record(stack_dir, NAME)
     if rec is not None:
         return rec, False
@@ -84,7 +89,7 @@ def up(stack_dir: Path, port: int = 0, timeout: float = 60.0) -> tuple[ServiceRe
         cport = free_port()
         if data.exists():
             shutil.rmtree(data)
-        _write_props(props, data, port, cport)
+        _write_props(props, data, port, cport, extra_listener)
         uuid = subprocess.run(_java(libs, "kafka.tools.StorageTool", "random-uuid", log4j=log4j),
                               capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res = subprocess.run(_java(libs, "kafka.tools.StorageTool", "format", "-t", uuid, "-c", str(props),
@@ -110,15 +115,21 @@ def _started(log: Path, offset: int) -> bool:
         return False
 
 
-def _write_props(props: Path, data: Path, port: int, cport: int) -> None:
+def _write_props(props: Path, data: Path, port: int, cport: int,
+                 extra_listener: tuple[int, int] | None = None) -> None:
+    listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}"
+    advertised = f"PLAINTEXT://127.0.0.1:{port}"
+    if extra_listener is not None:
+        listeners += f",EXTRA://127.0.0.1:{extra_listener[0]}"
+        advertised += f",EXTRA://127.0.0.1:{extra_listener[1]}"
     props.write_text("\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{cport}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        f"listeners={listeners}",
+        f"advertised.listeners={advertised}",
         "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,EXTRA:PLAINTEXT",
         "inter.broker.listener.name=PLAINTEXT",
         f"log.dirs={data}",
         "offsets.topic.replication.factor=1",

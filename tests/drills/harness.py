@@ -64,11 +64,13 @@ APP_ID = DEFAULT_APP_ID  # what `sipledger pipeline` uses: the drill runs the de
 class DrillStack:
     """Kafka and ClickHouse of the drill's own, which it may kill; a restart keeps data and ports."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, extra_listener: tuple[int, int] | None = None) -> None:
         self.dir = private_stack_dir(name)
         shutil.rmtree(self.dir / "kafka" / "data", ignore_errors=True)  # a fresh log per drill
         self.kafka_port = 0
         self.clickhouse_port = 0
+        # (port, advertised port) of the broker's second listener, reached through a drill's proxy
+        self.extra_listener = extra_listener
 
     def start(self, clickhouse: bool = True) -> DrillStack:
         self.start_kafka()
@@ -85,7 +87,7 @@ class DrillStack:
         return f"clickhouse://default:@127.0.0.1:{self.clickhouse_port}/{database}"
 
     def start_kafka(self) -> None:
-        rec, _ = kafka_broker.up(self.dir, port=self.kafka_port)
+        rec, _ = kafka_broker.up(self.dir, port=self.kafka_port, extra_listener=self.extra_listener)
         self.kafka_port = rec.port
 
     def kafka_pid(self) -> int:
@@ -388,7 +390,7 @@ class Drill:
 
     def __init__(self, stack: DrillStack, workdir: Path, *, nodes: int = 2, workers: int = 2,
                  mix: Sequence[CallKind] = DEFAULT_MIX, database: str = "drill",
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", node_overrides: dict[int, list[str]] | None = None) -> None:
         self.stack, self.workdir, self.mix = stack, workdir, list(mix)
         self.database = database
         workdir.mkdir(parents=True, exist_ok=True)
@@ -403,7 +405,8 @@ class Drill:
         self.nodes = [Service(f"n{i + 1}", ["b2bua", "--config", str(self.config), "--log-level", "info",
                                             "--set", f'node.id="n{i + 1}"',
                                             "--set", f"sip.listen_port={self.node_ports[i]}",
-                                            "--set", f'events.spool_dir="{workdir / f"spool-n{i + 1}"}"'],
+                                            "--set", f'events.spool_dir="{workdir / f"spool-n{i + 1}"}"',
+                                            *(node_overrides or {}).get(i, [])],
                               workdir / f"node{i + 1}.log") for i in range(nodes)]
         self.workers = [Service(f"w{i + 1}",
                                 ["pipeline", "--config", str(self.config), "--log-level", "info"],
