@@ -1702,7 +1702,7 @@ class B2BUACore:
         if call_id in self.taken_over or call_id in self.calls:
             self.stats["commands_ignored"] += 1
             return
-        t = Takeover(call_id, cmd["command_id"], cmd["dead_node"], int(cmd["seq"]))
+        t = Takeover(call_id, cmd["command_id"], cmd["dead_node"], int(cmd["seq"]), sent=self._ts(self._now))
         self.taken_over[call_id] = t
         while len(self.taken_over) > 100_000:
             self.taken_over.popitem(last=False)

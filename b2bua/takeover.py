@@ -68,6 +68,7 @@ class Takeover:
     command_id: str
     dead_node: str
     seq: int  # the call's seq for the call.terminated this node reports
+    sent: str = ""  # ts of the BYEs: the end of the exposure, whenever the answers come (or time out)
     legs: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {"status", "outcome"}
 
     def bye(self, role: str, state: dict[str, Any], *, branch: str, local_contact: str, via_sent_by: str,
@@ -95,8 +96,11 @@ class Takeover:
 
     def report(self) -> dict[str, Any]:
         """The ``takeover`` object of the call.terminated this node emits."""
-        return {"dead_node": self.dead_node, "command_id": self.command_id,
-                "legs": {role: dict(self.legs[role]) for role in LEGS}}
+        out: dict[str, Any] = {"dead_node": self.dead_node, "command_id": self.command_id,
+                               "legs": {role: dict(self.legs[role]) for role in LEGS}}
+        if self.sent:
+            out["sent"] = self.sent
+        return out
 
 
 def reason_header(dead_node: str, node: str) -> str:

@@ -55,7 +55,10 @@ def _taken_over(st: CallState, ev: dict[str, Any], ts: int, takeover: dict[str, 
     if still_open or takeover["legs"]["caller"]["outcome"] in ("timeout", "not_sent"):
         legs = ", ".join(f"{leg} {v['outcome']}" for leg, v in sorted(takeover["legs"].items()))
         raise_once(st, "takeover_failed", ts, f"takeover by {ev['node']}: BYE {legs}", fx)
-    close_call(st, end, "orphaned", "system", None, fx, end_ts, exposure_end_ms=max(end, ts),
+    # The exposure ends when the BYEs went out, not when their answers came (or timed out) later.
+    sent = takeover.get("sent")
+    bye_at = parse_ts(sent) if sent else ts
+    close_call(st, end, "orphaned", "system", None, fx, end_ts, exposure_end_ms=max(end, bye_at),
                exposure_open=still_open)
 
 
