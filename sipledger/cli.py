@@ -452,6 +452,103 @@ def replay_cmd(cfg: Config, source: str, target: str, rates: str | None, buy_rat
                "still open")
 
 
+@main.command("nettest")
+@click.argument("target")
+@click.option("--count", "-n", default=10, show_default=True, help="Pings per transport")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between pings")
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for each answer")
+@click.option("--transport", type=click.Choice(["udp", "tcp", "both"]), default=None,
+              help="Default: the gateway's transport, or udp for a host:port")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@with_config
+def nettest_cmd(cfg: Config, target: str, count: int, interval: float, timeout: float,
+                transport: str | None, fmt: str) -> None:
+    """SIP OPTIONS round trips to a gateway (by name) or any host:port: loss, RTT min/avg/max, jitter,
+    and the statuses seen, per transport (VOS3000's network test). Exit 1 when nothing answered."""
+    from .nettest import resolve, run
+
+    label, address, transports = resolve(target, cfg)
+    if transport is not None:
+        transports = ("udp", "tcp") if transport == "both" else (transport,)
+
+    def show(t: str, i: int, p: Any) -> None:
+        if fmt == "table":
+            what = f"{p.status} in {p.rtt_ms:.1f} ms" if p.status is not None else (p.error or "no answer")
+            click.echo(f"  {t} #{i}: {what}")
+
+    if fmt == "table":
+        click.echo(f"OPTIONS to {label} ({address}), {count} per transport, every {interval:g} s")
+    results = [r.as_dict() for r in run(address, transports, count, interval, timeout, label, show)]
+    if fmt == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            rtt = ("-" if r["rtt_avg_ms"] is None else
+                   f"{r['rtt_min_ms']}/{r['rtt_avg_ms']}/{r['rtt_max_ms']} ms")
+            jitter = "-" if r["jitter_ms"] is None else f"{r['jitter_ms']} ms"
+            click.echo(f"{r['transport']}: {r['answered']}/{r['sent']} answered, loss {r['loss_pct']}%, "
+                       f"rtt min/avg/max {rtt}, jitter {jitter}, statuses {r['statuses']}")
+    if not any(r["answered"] for r in results):
+        sys.exit(1)
+
+
+@main.command("route")
+@click.argument("number")
+@click.option("--account", default=None, help="The calling account (its sell rate)")
+@click.option("--at", "at", default=None, help="UTC time the rates apply at (default: now)")
+@click.option("--probe", is_flag=True, help="Ping each gateway once (SIP OPTIONS) for its health")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@with_config
+def route_cmd(cfg: Config, number: str, account: str | None, at: str | None, probe: bool, fmt: str) -> None:
+    """Where a call to NUMBER would go and what it would get, without placing it: the matched prefix,
+    the gateways in order (with --probe, their health), the sell and buy rates, and the limits."""
+    import time
+
+    from pipeline.processor import load_decks
+
+    from .route_view import analyse
+    from .sip_ping import ping
+    from .store.cdr_export import utc_ms
+
+    try:
+        at_ms = utc_ms(at, "--at") if at else int(time.time() * 1000)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if account is not None and account not in {a.name for a in cfg.accounts}:
+        raise click.ClickException(f"no account {account!r} in the configuration")
+    sell, buy = load_decks(cfg)
+
+    def health(gw: Any) -> str:
+        p = ping(f"{gw.host}:{gw.port}", gw.transport, 1.0)
+        return f"up ({p.status}, {p.rtt_ms:.1f} ms)" if p.status is not None else \
+            f"down ({p.error or 'no answer'})"
+
+    view = analyse(cfg, number, account, at_ms, sell, buy, health if probe else None)
+    if fmt == "json":
+        click.echo(json.dumps(view, indent=2))
+        return
+    if not view["routable"]:
+        click.echo(f"{number}: no route (the caller would get 404)")
+        sys.exit(1)
+    sr = view["sell_rate"]
+    click.echo(f"{number} matches prefix {view['prefix']!r} at {view['at']}")
+    click.echo("sell: " + (f"{sr['rate_per_minute']} {sr['currency']}/min, {sr['increments']}, fee "
+                           f"{sr['connection_fee']}, minimum {sr['minimum_duration_s']} s (prefix "
+                           f"{sr['prefix']!r}, account {account})" if sr else
+                           f"no sell rate{'' if account else ' (give --account)'}"))
+    for gw in view["gateways"]:
+        br = gw["buy_rate"]
+        buy_txt = (f"{br['rate_per_minute']} {br['currency']}/min {br['increments']} fee "
+                   f"{br['connection_fee']}" if br else "no buy rate")
+        click.echo(f"  {gw['order']}. {gw['gateway']} {gw['address']} vendor {gw['vendor']}: {buy_txt}; "
+                   f"{gw['health']}")
+    lim = view["limits"]
+    st = lim["session_timer"]
+    click.echo(f"limits: session timer {st['session_expires_s']} s (refresh every {st['refresh_every_s']} s, "
+               f"Min-SE {st['min_se_s']}), no-timer cap {lim['no_timer_cap_s'] or 'off'}, "
+               f"max duration {lim['max_call_duration_s'] or 'off'}")
+
+
 @main.command("audit")
 @click.option("--from", "source", default=None,
               help="The event log: kafka, kafka://host:port or file:///path (default: events.log)")

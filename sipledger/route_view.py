@@ -1,0 +1,58 @@
+"""`sipledger route NUMBER`: where a call to this number would go and what it would get, placing none.
+
+The prefix the route table matches (longest wins, as the B2BUA routes), the gateways in the order the
+B2BUA tries them (with their health when asked to probe them), the rate each side would apply (the
+account's sell rate, each gateway's vendor's buy rate: prefix, per minute, increments, fee, minimum),
+and the limits the call would get (session timer, no-timer cap, maximum duration). The same code the
+B2BUA and the pipeline run: b2bua/routing.py, pipeline/domain/rating.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from b2bua.routing import RouteTable
+from pipeline.domain.rating import Rate, RateDeck
+from pipeline.domain.timeutil import format_ts
+
+from .config import Config, Gateway
+
+
+def rate_view(rate: Rate | None) -> dict[str, Any] | None:
+    if rate is None:
+        return None
+    return {"prefix": rate.prefix, "rate_per_minute": str(rate.rate_per_minute),
+            "increments": f"{rate.initial_increment}/{rate.subsequent_increment}",
+            "connection_fee": str(rate.connection_fee), "minimum_duration_s": rate.minimum_duration,
+            "currency": rate.currency, "effective_from": format_ts(rate.effective_from_ms)}
+
+
+def analyse(cfg: Config, number: str, account: str | None, at_ms: int, sell: RateDeck | None,
+            buy: RateDeck | None, health: Callable[[Gateway], str] | None = None) -> dict[str, Any]:
+    """The route, rates and limits of a call to ``number`` from ``account`` at ``at_ms``."""
+    match = RouteTable.from_config(cfg).lookup(number)
+    gateways = []
+    for order, gw in enumerate(match.gateways if match else (), start=1):
+        vendor = gw.vendor or gw.name
+        gateways.append({
+            "order": order, "gateway": gw.name, "address": f"{gw.transport}:{gw.host}:{gw.port}",
+            "vendor": vendor, "health": health(gw) if health is not None else "not probed",
+            "buy_rate": rate_view(buy.lookup(vendor, number, at_ms) if buy is not None else None),
+        })
+    t = cfg.timers
+    limits = {
+        "session_timer": {"session_expires_s": t.session_ttl, "min_se_s": t.min_se,
+                          "refresh_every_s": t.session_ttl // max(1, t.session_update_segment),
+                          "early_hangup_s": t.session_timeout_early_hangup},
+        "no_timer_cap_s": t.no_timer_max_duration or None,
+        "max_call_duration_s": t.max_call_duration or None,
+    }
+    return {
+        "number": number, "account": account, "at": format_ts(at_ms),
+        "prefix": match.prefix if match else None,
+        "routable": match is not None,
+        "sell_rate": rate_view(sell.lookup(account, number, at_ms) if sell is not None and account else None),
+        "gateways": gateways,
+        "limits": limits,
+    }
