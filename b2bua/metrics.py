@@ -40,8 +40,11 @@ def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) ->
         yield counter("sipledger_b2bua_commands_applied", "Pipeline commands obeyed",
                       c.stats["commands_applied"])
         spool = getattr(publisher, "spool", None)
-        yield gauge("sipledger_b2bua_spool_depth", "Events waiting in the disk spool for the broker",
-                    spool.pending() if spool is not None else 0)
-        yield gauge("sipledger_b2bua_info", "This node", 1, labels=["node"], samples=[((node,), 1)])
+        # Bytes, from the segment files' sizes: counting records would read the whole spool per scrape
+        # during the broker outage it is there for.
+        yield gauge("sipledger_b2bua_spool_bytes", "Bytes of events waiting in the disk spool for the "
+                    "broker (0: everything delivered, or no Kafka)",
+                    spool.pending_bytes() if spool is not None else 0)
+        yield gauge("sipledger_b2bua_info", "This node", labels=["node"], samples=[((node,), 1)])
 
     return collect

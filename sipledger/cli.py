@@ -392,12 +392,18 @@ def pipeline_cmd(cfg: Config, log_level: str, app_id: str | None) -> None:
     import threading
 
     from pipeline.embedded import EmbeddedPipeline
+    from pipeline.metrics import embedded_families, serve_pipeline
 
     from .store import StoreError
 
     try:
         pipe = EmbeddedPipeline(cfg)
     except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        metrics = serve_pipeline(cfg, embedded_families(pipe))
+    except ConfigError as exc:
+        pipe.close()
         raise click.ClickException(str(exc)) from None
     endpoint = pipe.serve_queries()
     click.echo(f"pipeline: following {pipe.paths.events}, store {pipe.store.url}, queries at {endpoint}")
@@ -407,6 +413,10 @@ def pipeline_cmd(cfg: Config, log_level: str, app_id: str | None) -> None:
     try:
         pipe.run(stop)
     finally:
+        if metrics is not None:
+            from .metrics import stop
+
+            stop(metrics)
         pipe.close()
         click.echo(f"pipeline: stopped; {pipe.stats}")
 
