@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_scrape import by, one, scrape
 from sip_harness.b2bua_runner import RunningB2BUA, make_config
 from sip_harness.fixtures import start_caller, start_carrier
 
@@ -35,28 +34,6 @@ from sipledger.ports import free_port
 pytestmark = pytest.mark.sipp
 
 ANSWERED, BUSY, CAPPED, GHOST = 5, 3, 2, 3
-
-
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """name -> [(labels, value)] of every sample, as Prometheus would read them."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return out
-
-
-def by(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, label: str) -> dict[str, int]:
-    return {labels[label]: int(v) for labels, v in samples.get(name, []) if v}
-
-
-def one(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
-    values = samples[name]
-    assert len(values) == 1, values
-    return values[0][1]
 
 
 def wait_for(pred: Any, timeout: float, what: str) -> None:
