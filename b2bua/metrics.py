@@ -12,6 +12,13 @@ from sipledger.metrics import counter, gauge, histogram
 
 Families = Callable[[], Iterator[Metric]]
 
+# Every family ``families`` yields (counters get ``_total`` on the wire, the histogram ``_bucket``,
+# ``_sum`` and ``_count``): what dashboards may name (tests/test_dashboard.py).
+NAMES = ("sipledger_b2bua_active_calls", "sipledger_b2bua_calls", "sipledger_b2bua_setup_latency_seconds",
+         "sipledger_b2bua_refreshes", "sipledger_b2bua_byes_sent", "sipledger_b2bua_refused_requests",
+         "sipledger_b2bua_takeovers", "sipledger_b2bua_commands_applied", "sipledger_b2bua_spool_bytes",
+         "sipledger_b2bua_info")
+
 
 def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) -> Families:
     """The families of one node; ``core`` returns the running core (None before start)."""

@@ -46,6 +46,23 @@ if TYPE_CHECKING:
 
 Families = Callable[[], Iterator[Metric]]
 
+# Every family each driver yields (counters get ``_total`` on the wire): what dashboards may name.
+COMMON_NAMES = ("sipledger_pipeline_events", "sipledger_pipeline_cdrs", "sipledger_pipeline_dead_letters",
+                "sipledger_pipeline_alerts", "sipledger_pipeline_commands",
+                "sipledger_pipeline_deadlines_pending", "sipledger_pipeline_open_calls",
+                "sipledger_pipeline_sink_pending_rows", "sipledger_pipeline_sink_oldest_pending_seconds",
+                "sipledger_pipeline_sink_rows_written", "sipledger_pipeline_info")
+EMBEDDED_NAMES = (*COMMON_NAMES, "sipledger_pipeline_late_events", "sipledger_pipeline_clamped_events",
+                  "sipledger_pipeline_stale_verdicts", "sipledger_pipeline_journal_lag_bytes",
+                  "sipledger_pipeline_sink_failures")
+FAUST_NAMES = (*COMMON_NAMES, "sipledger_pipeline_batches", "sipledger_pipeline_partition_lag",
+               "sipledger_pipeline_partition_commit_lag", "sipledger_pipeline_partition_caught_up",
+               "sipledger_pipeline_partition_restore_seconds", "sipledger_pipeline_partition_restore_records",
+               "sipledger_pipeline_partitions_assigned", "sipledger_pipeline_partitions_restoring",
+               "sipledger_pipeline_restores", "sipledger_pipeline_restore_failures",
+               "sipledger_pipeline_deliveries_in_flight", "sipledger_pipeline_sink_pending_batches",
+               "sipledger_pipeline_store_writer_alive")
+
 
 class PipelineCounts:
     """What a driver counts as it publishes: alerts by kind, commands by type, partitions restored.

@@ -21,6 +21,12 @@ def scrape(port: int, host: str = "127.0.0.1") -> Samples:
     return out
 
 
+def family_names(port: int, host: str = "127.0.0.1") -> set[str]:
+    """The metric families ``http://host:port/metrics`` declares (HELP/TYPE), samples or not."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+        return {f.name for f in text_string_to_metric_families(resp.read().decode())}
+
+
 def by(samples: Samples, name: str, label: str) -> dict[str, int]:
     """The non-zero samples of ``name`` by the value of ``label``."""
     return {labels[label]: int(v) for labels, v in samples.get(name, []) if v}

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metrics_scrape import by, scrape
+from metrics_scrape import by, family_names, scrape
 from metrics_scrape import total as _total
 
 from pipeline.kafka_io import WorkerProcess, make_producer, produce_events, read_topic
+from pipeline.metrics import FAUST_NAMES
 from pipeline.synthetic import SyntheticSpec, generate
 from sipledger.ports import free_port
 from sipledger.stack.kafka_broker import create_topics
@@ -129,6 +130,7 @@ def test_faust_worker_metrics_show_lag_and_match_the_store(real_stack: Any, tmp_
                     and _total(m, "sipledger_pipeline_deliveries_in_flight") == 0)
 
         m = _scrape_when(up_port, done, 120)
+        assert family_names(up_port) == set(FAUST_NAMES)
     finally:
         worker.stop()
     with open_store(real_stack.clickhouse_url(database)) as store:

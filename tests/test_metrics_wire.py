@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metrics_scrape import by, one, scrape
+from metrics_scrape import by, family_names, one, scrape
 from sip_harness.b2bua_runner import RunningB2BUA, make_config
 from sip_harness.fixtures import start_caller, start_carrier
 
+from b2bua.metrics import NAMES as B2BUA_NAMES
 from pipeline.domain.timeutil import format_ts
 from pipeline.embedded import EmbeddedPipeline
-from pipeline.metrics import embedded_families, serve_pipeline
+from pipeline.metrics import EMBEDDED_NAMES, embedded_families, serve_pipeline
 from pipeline.synthetic import SyntheticSpec, generate
 from sipledger.config import from_dict
 from sipledger.eventlog import FileJournal
@@ -95,6 +96,7 @@ def test_scraped_counters_match_the_cdrs(tmp_path: Path) -> None:
             wait_for(lambda: pipe.stats["cdrs"] >= total and pipe.stats["commands"] >= GHOST, 30,
                      "the pipeline's CDRs and commands")
             b2bua = scrape(b2bua_port)
+            b2bua_families = family_names(b2bua_port)
         finally:
             node.stop()
         # The node stopped (no more heartbeats): the pipeline reads the journal to its end and stores all.
@@ -102,6 +104,7 @@ def test_scraped_counters_match_the_cdrs(tmp_path: Path) -> None:
                  "the pipeline to catch up")
         time.sleep(0.6)  # one more flush interval: the last rows acknowledged
         pipeline = scrape(pipeline_port)
+        pipeline_families = family_names(pipeline_port)
         with pipe.lock:
             cdrs = pipe.store.query("SELECT end_reason, answer_ms, node FROM cdrs FINAL")
             alerts = pipe.store.query("SELECT kind FROM zombie_alerts FINAL")
@@ -120,6 +123,10 @@ def test_scraped_counters_match_the_cdrs(tmp_path: Path) -> None:
           f"lines, CDRs {one(pipeline, 'sipledger_pipeline_cdrs_total'):.0f}, "
           f"alerts {by(pipeline, 'sipledger_pipeline_alerts_total', 'kind')}, "
           f"commands {by(pipeline, 'sipledger_pipeline_commands_total', 'type')}")
+
+    # What the endpoints declare is what dashboards may name.
+    assert b2bua_families == set(B2BUA_NAMES)
+    assert pipeline_families == set(EMBEDDED_NAMES)
 
     # The B2BUA: every call it ended, by result, is a CDR with that end reason.
     assert reasons == Counter({"normal_caller_bye": ANSWERED, "busy": BUSY, "no_timer_limit": CAPPED})
