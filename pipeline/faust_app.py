@@ -1285,7 +1285,9 @@ def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAUL
     ``faust.App``. The pipeline object is ``app.sipledger`` (stats, runtimes) for tests and benchmarks.
     """
     n = cfg.kafka.partitions
-    datadir = cfg.path(".sipledger/faust") / app_id
+    # faust's own folder (it keeps nothing there: no faust table) goes into the working directory, which a
+    # service can write (systemd's StateDirectory), not beside the config (/etc/sipledger), which it may not.
+    datadir = Path(".sipledger", "faust", app_id).resolve()
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     conf: dict[str, Any] = {
         "broker": _brokers(cfg.kafka.bootstrap),
