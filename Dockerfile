@@ -7,5 +7,7 @@ COPY b2bua ./b2bua
 COPY pipeline ./pipeline
 COPY schemas ./schemas
 RUN pip install --no-cache-dir .
+# `sipledger notebook run NAME` finds notebooks/NAME.ipynb in the working directory.
+COPY notebooks ./notebooks
 COPY deploy/docker/sipledger.toml /etc/sipledger/sipledger.toml
 ENTRYPOINT ["sipledger"]

@@ -12,6 +12,13 @@ from sipledger.metrics import counter, gauge, histogram
 
 Families = Callable[[], Iterator[Metric]]
 
+# Every family ``families`` yields (counters get ``_total`` on the wire, the histogram ``_bucket``,
+# ``_sum`` and ``_count``): what dashboards may name (tests/test_dashboard.py).
+NAMES = ("sipledger_b2bua_active_calls", "sipledger_b2bua_calls", "sipledger_b2bua_setup_latency_seconds",
+         "sipledger_b2bua_refreshes", "sipledger_b2bua_byes_sent", "sipledger_b2bua_refused_requests",
+         "sipledger_b2bua_takeovers", "sipledger_b2bua_commands_applied", "sipledger_b2bua_spool_bytes",
+         "sipledger_b2bua_info")
+
 
 def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) -> Families:
     """The families of one node; ``core`` returns the running core (None before start)."""
@@ -40,8 +47,11 @@ def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) ->
         yield counter("sipledger_b2bua_commands_applied", "Pipeline commands obeyed",
                       c.stats["commands_applied"])
         spool = getattr(publisher, "spool", None)
-        yield gauge("sipledger_b2bua_spool_depth", "Events waiting in the disk spool for the broker",
-                    spool.pending() if spool is not None else 0)
-        yield gauge("sipledger_b2bua_info", "This node", 1, labels=["node"], samples=[((node,), 1)])
+        # Bytes, from the segment files' sizes: counting records would read the whole spool per scrape
+        # during the broker outage it is there for.
+        yield gauge("sipledger_b2bua_spool_bytes", "Bytes of events waiting in the disk spool for the "
+                    "broker (0: everything delivered, or no Kafka)",
+                    spool.pending_bytes() if spool is not None else 0)
+        yield gauge("sipledger_b2bua_info", "This node", labels=["node"], samples=[((node,), 1)])
 
     return collect

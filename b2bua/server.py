@@ -27,7 +27,7 @@ from b2bua.core import B2BUACore, CoreConfig, contact_host
 from b2bua.routing import RouteTable
 from b2bua.sip.parser import ParserLimits
 from b2bua.transport import Incoming, TcpLimits, TimerTask, Transports
-from sipledger.config import Config
+from sipledger.config import Config, ConfigError
 from sipledger.eventlog import FileJournal, Publisher, open_publisher
 from sipledger.eventlog.kafka_publisher import SpooledKafkaPublisher
 
@@ -55,6 +55,7 @@ class B2BUAServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.event_errors = 0
+        self.metrics_server: Any = None
 
     @property
     def port(self) -> int:
@@ -64,6 +65,7 @@ class B2BUAServer:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._serve_metrics()
         limits = ParserLimits(max_message_size=cfg.sip.max_message_bytes, max_headers=cfg.sip.max_headers)
         self.transports = Transports(cfg.sip.listen_host, cfg.sip.listen_port, cfg.sip.transports,
                                      self.on_message, limits, udp_buffer_bytes=cfg.sip.udp_buffer_bytes,
@@ -81,6 +83,22 @@ class B2BUAServer:
         self._tasks.append(loop.create_task(self._heartbeats()))
         self._start_commands()
         print(f"b2bua: listening on {self.transports.describe()} (node {cfg.node.id})", flush=True)
+
+    def _serve_metrics(self) -> None:
+        # First, before any SIP socket: a port that is taken stops the start with the key named. The
+        # families read the core when scraped (none before it exists).
+        m = self.cfg.metrics
+        if not m.b2bua_port:
+            return
+        from b2bua.metrics import families
+        from sipledger.metrics import serve
+
+        try:
+            self.metrics_server, _ = serve(m.listen_host, m.b2bua_port,
+                                           families(lambda: self.core, self.publisher, self.cfg.node.id))
+        except OSError as exc:
+            raise ConfigError("metrics.b2bua_port", f"cannot listen on {m.listen_host}:{m.b2bua_port}: "
+                              f"{exc.strerror or exc}") from None
 
     def _start_commands(self) -> None:
         cfg = self.cfg
@@ -191,6 +209,11 @@ class B2BUAServer:
             log.warning("the event publisher did not close within %.0f s; what it did not deliver stays "
                         "spooled", PUBLISHER_CLOSE_S + 1.0)
         await followers
+        if self.metrics_server is not None:
+            from sipledger.metrics import stop
+
+            await asyncio.to_thread(stop, self.metrics_server)
+            self.metrics_server = None
 
     def _close_publisher(self, done: asyncio.Future[None]) -> None:
         try:

@@ -10,6 +10,7 @@ command -v clickhouse-server >/dev/null || need_apt+=(clickhouse-server clickhou
 command -v sipp >/dev/null || need_apt+=(sip-tester)
 command -v sipsak >/dev/null || need_apt+=(sipsak)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verifies deploy/systemd/ in the tests
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)

@@ -34,6 +34,7 @@ from typing import Any
 from pipeline.dead_letter import DeadLetterFile
 from pipeline.domain.closed_calls import RECORD
 from pipeline.gc_policy import settle_after_startup
+from pipeline.metrics import PipelineCounts
 from pipeline.node_watch import NodeWatch
 from pipeline.processor import Outputs, Processor, save_json_atomic
 from pipeline.query_server import QueryServer
@@ -91,6 +92,7 @@ class EmbeddedPipeline:
         self._last_flush = 0.0
         self.server: QueryServer | None = None
         self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0}
+        self.counts = PipelineCounts()  # alerts by kind, commands by type (pipeline/metrics.py)
         self._last_checkpoint = 0.0
 
     # -- checkpoint ---------------------------------------------------------------------------------
@@ -227,6 +229,7 @@ class EmbeddedPipeline:
         self.stats["alerts"] += len(out.alerts)
         self.stats["commands"] += len(out.commands)
         self.stats["dead_letters"] += len(out.dead_letters)
+        self.counts.add(out)
 
     def run(self, stop: threading.Event, interval: float = 0.05) -> None:
         settle_after_startup()

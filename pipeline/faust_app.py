@@ -135,6 +135,7 @@ from pipeline.changelog_restore import PartitionLog, read_partitions
 from pipeline.dead_letter import dead_letter_record
 from pipeline.domain import CallState
 from pipeline.gc_policy import settle_after_startup
+from pipeline.metrics import PipelineCounts, faust_families, serve_pipeline
 from pipeline.node_watch import NodeWatch
 from pipeline.processor import Outputs, Processor, load_decks, policy_from_config
 from pipeline.store_writer import StoreWriterProcess
@@ -533,6 +534,7 @@ class KafkaPipeline:
         self._cpu_at_assign: float | None = None
         self._writer_cpu_at_assign: float | None = None
         self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0, "batches": 0}
+        self.counts = PipelineCounts()  # alerts by kind, commands by type, restores (pipeline/metrics.py)
         self.profile = _profiling()
         # fold: decode..encode state; wait: for the previous delivery; outputs+store and state: inside the
         # deliveries (overlapping the next fold); between: outside the handler (fetching).
@@ -680,6 +682,7 @@ class KafkaPipeline:
                     rt.closed.append((None, cid))
                     rt.closed_ids.add(cid)
             self.runtimes[p] = rt
+            self.counts.restores += 1
             log.info("partition %d restored from %s: %d records up to end offset %d, %d calls (%d open), "
                      "%d deadlines armed, in %.2f s; serving", p, self.changelog_topic, plog.records,
                      plog.end_offset, len(proc.states), info["open_calls"], len(proc.deadlines), plog.seconds)
@@ -963,6 +966,7 @@ class KafkaPipeline:
             self.stats["alerts"] += len(out.alerts)
             self.stats["commands"] += len(out.commands)
             self.stats["dead_letters"] += len(out.dead_letters)
+            self.counts.add(out)
         return messages, cdrs, alerts
 
     async def _publish(self, messages: list[Message], epoch: int | None = None) -> None:
@@ -1290,7 +1294,9 @@ def make_app(cfg: Config, app_id: str = DEFAULT_APP_ID, batch_size: int = DEFAUL
     ``faust.App``. The pipeline object is ``app.sipledger`` (stats, runtimes) for tests and benchmarks.
     """
     n = cfg.kafka.partitions
-    datadir = cfg.path(".sipledger/faust") / app_id
+    # faust's own folder (it keeps nothing there: no faust table) goes into the working directory, which a
+    # service can write (systemd's StateDirectory), not beside the config (/etc/sipledger), which it may not.
+    datadir = Path(".sipledger", "faust", app_id).resolve()
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     conf: dict[str, Any] = {
         "broker": _brokers(cfg.kafka.bootstrap),
@@ -1381,6 +1387,11 @@ def run_worker(cfg: Config, app_id: str = DEFAULT_APP_ID, loglevel: str = "warn"
         _exit_now(EXIT_UNAVAILABLE)
     app = make_app(cfg, app_id=app_id, batch_size=batch_size, ready_file=ready_file,
                    store_events=store_events, **settings)
+    try:  # metrics.pipeline_port: read at scrape time from the worker's own state
+        serve_pipeline(cfg, faust_families(app.sipledger))  # type: ignore[attr-defined]
+    except config_mod.ConfigError as exc:
+        log.critical("cannot start: %s", exc)
+        _exit_now(1)
     worker = PipelineWorker(app, app.sipledger, loglevel=loglevel, quiet=True)  # type: ignore[attr-defined]
     worker.execute_from_commandline()
 

@@ -159,6 +159,7 @@ class StoreWriterProcess:
         self._dead: BaseException | None = None  # why no ack will come any more
         # Rows handed to the child and not yet acknowledged as stored, per request (for the status).
         self._pending: deque[int] = deque()
+        self._pending_since: deque[float] = deque()  # monotonic send time of each, for the metrics' age
         self.written: dict[str, int] = {}
         self.timings: dict[str, float] = {}
 
@@ -193,12 +194,14 @@ class StoreWriterProcess:
             with self._send_lock:
                 loop, fut = self._acks.popleft()
                 self._pending.popleft()
+                self._pending_since.popleft()
             loop.call_soon_threadsafe(_settle, fut, None)
         with self._send_lock:  # nothing more will come: fail whatever waits, and every later write
             self._dead = error
             waiting = list(self._acks)
             self._acks.clear()
             self._pending.clear()
+            self._pending_since.clear()
         for loop, fut in waiting:
             loop.call_soon_threadsafe(_settle, fut, error)
 
@@ -208,12 +211,14 @@ class StoreWriterProcess:
                 raise self._dead
             self._acks.append((loop, fut))
             self._pending.append(sum(map(len, request)))
+            self._pending_since.append(time.monotonic())
             assert self._conn is not None
             try:
                 self._conn.send(request)
             except OSError:
                 self._acks.pop()  # never sent, so no ack is owed (write() raises instead)
                 self._pending.pop()
+                self._pending_since.pop()
                 raise
 
     async def write(self, raws: list[bytes], cdrs: list[bytes], alerts: list[bytes]) -> None:
@@ -238,6 +243,15 @@ class StoreWriterProcess:
     def pending_rows(self) -> int:
         """Rows (events, CDRs, alerts) handed to the child and not yet acknowledged as stored."""
         return sum(self._pending)
+
+    @property
+    def oldest_pending_s(self) -> float:
+        """Seconds the oldest unacknowledged request has waited (0 when none)."""
+        since = self._pending_since
+        try:
+            return max(0.0, time.monotonic() - since[0])
+        except IndexError:
+            return 0.0
 
     @property
     def pending_batches(self) -> int:

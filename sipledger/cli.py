@@ -392,12 +392,18 @@ def pipeline_cmd(cfg: Config, log_level: str, app_id: str | None) -> None:
     import threading
 
     from pipeline.embedded import EmbeddedPipeline
+    from pipeline.metrics import embedded_families, serve_pipeline
 
     from .store import StoreError
 
     try:
         pipe = EmbeddedPipeline(cfg)
     except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        metrics = serve_pipeline(cfg, embedded_families(pipe))
+    except ConfigError as exc:
+        pipe.close()
         raise click.ClickException(str(exc)) from None
     endpoint = pipe.serve_queries()
     click.echo(f"pipeline: following {pipe.paths.events}, store {pipe.store.url}, queries at {endpoint}")
@@ -407,6 +413,10 @@ def pipeline_cmd(cfg: Config, log_level: str, app_id: str | None) -> None:
     try:
         pipe.run(stop)
     finally:
+        if metrics is not None:
+            from .metrics import stop
+
+            stop(metrics)
         pipe.close()
         click.echo(f"pipeline: stopped; {pipe.stats}")
 
@@ -842,6 +852,60 @@ def events_doc(out: str | None, check: bool) -> None:
         click.echo(f"wrote {out}")
     else:
         sys.stdout.write(page)
+
+
+@main.group("notebook")
+def notebook_group() -> None:
+    """The analysis notebooks (notebooks/*.ipynb), run headless."""
+
+
+@notebook_group.command("run")
+@click.argument("name")
+@click.option("--store", "store_url", default=None,
+              help="Store URL the notebook reads (SIPLEDGER_STORE_URL; default: store.url of the config)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help=f"TOML configuration (SIPLEDGER_CONFIG; default: ./{DEFAULT_CONFIG} when present)")
+@click.option("--events-log", default=None,
+              help="Log to reconcile the store with (SIPLEDGER_EVENTS_LOG; default: events.log)")
+@click.option("--sell-rates", default=None, help="Sell-side rate deck (SIPLEDGER_SELL_RATES; default: "
+              "pipeline.sell_rates)")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the executed notebook (with its figures) to this .ipynb")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds one cell may run")
+def notebook_run(name: str, store_url: str | None, config_path: str | None, events_log: str | None,
+                 sell_rates: str | None, out_path: str | None, timeout: float) -> None:
+    """Execute notebooks/NAME.ipynb (billing_accuracy, runaway_cost) and print its output.
+
+    Exit 1 when a cell fails: billing_accuracy fails when the store does not pass its suite or does
+    not match the event log.
+    """
+    from . import notebook_run as nbrun
+
+    if config_path is None and Path(DEFAULT_CONFIG).is_file():
+        config_path = DEFAULT_CONFIG
+    cfg = _load_config(config_path, ())
+    try:
+        path = nbrun.find(name)
+    except nbrun.NotebookError as exc:
+        raise click.ClickException(str(exc)) from None
+    env = {"SIPLEDGER_STORE_URL": store_url or nbrun.absolute_store_url(cfg.store.url, cfg.base_dir)}
+    if config_path is not None:
+        env["SIPLEDGER_CONFIG"] = str(Path(config_path).resolve())
+    if events_log is not None:
+        env["SIPLEDGER_EVENTS_LOG"] = events_log
+    if sell_rates is not None:
+        env["SIPLEDGER_SELL_RATES"] = str(Path(sell_rates).resolve())
+    click.echo(f"notebook {path}: store {env['SIPLEDGER_STORE_URL']}", err=True)
+    try:
+        result = nbrun.run(path, env, timeout=timeout, out=Path(out_path) if out_path else None)
+    except nbrun.NotebookError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("".join(result.text), nl=False)
+    if out_path:
+        click.echo(f"executed notebook written to {out_path} ({result.images} figures)", err=True)
+    if not result.ok:
+        click.echo(f"notebook {path.name} FAILED: {result.error}", err=True)
+        sys.exit(1)
 
 
 @main.command("demo")

@@ -190,6 +190,15 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen_host: str = opt("127.0.0.1", "Address the Prometheus endpoints (/metrics) bind; 0.0.0.0 for a "
+                           "Prometheus on another host or container")
+    b2bua_port: int = opt(0, "Port of the B2BUA's Prometheus endpoint (0 = off)", lo=0, hi=65535)
+    pipeline_port: int = opt(0, "Port of the pipeline's Prometheus endpoint, embedded runner or faust "
+                             "worker (0 = off; one port per process on a host)", lo=0, hi=65535)
+
+
+@dataclass(frozen=True, slots=True)
 class StackConfig:
     dir: str = opt(".stack", "Folder (ignored by git) for the local services' data, logs and jars")
     kafka_port: int = opt(0, "Kafka broker port on 127.0.0.1 (0 = pick a free one)", lo=0, hi=65535)
@@ -233,6 +242,7 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     accounts: list[Account] = field(default_factory=list)
     gateways: list[Gateway] = field(default_factory=list)
@@ -260,7 +270,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "node": NodeConfig, "sip": SipConfig, "timers": TimersConfig, "admission": AdmissionConfig,
     "events": EventsConfig, "kafka": KafkaConfig, "store": StoreConfig, "pipeline": PipelineConfig,
-    "stack": StackConfig,
+    "metrics": MetricsConfig, "stack": StackConfig,
 }
 TABLE_ARRAYS: dict[str, type] = {"accounts": Account, "gateways": Gateway, "routes": Route}
 

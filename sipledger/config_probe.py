@@ -26,6 +26,10 @@ def effective_addresses(cfg: Config) -> list[tuple[str, str]]:
     else:
         out.append(("events", f"journal {cfg.events.log} (embedded pipeline)"))
     out.append(("store", _redacted(cfg.store.url)))
+    m = cfg.metrics
+    ends = [f"{what} http://{m.listen_host}:{port}/metrics" for what, port in
+            (("B2BUA", m.b2bua_port), ("pipeline", m.pipeline_port)) if port]
+    out.append(("metrics", ", ".join(ends) if ends else "off (metrics.b2bua_port, metrics.pipeline_port)"))
     return out
 
 

@@ -3,7 +3,11 @@
 Each process (a B2BUA node, a pipeline worker, the embedded runner) hands a function that returns
 its metric families when scraped; nothing is updated on the hot path for Prometheus' sake (the
 counters already exist for the core's own use), and a scrape reads them without stopping anything.
-Off unless ``metrics.port`` (or the per-process key) is set.
+Off unless the process's key is set (``metrics.b2bua_port``, ``metrics.pipeline_port``).
+
+A scrape runs on the endpoint's own thread while the process goes on mutating its counters, without a
+lock: reading a dict that grows meanwhile may raise ``RuntimeError`` (changed size during iteration),
+so a collection is read whole and retried a few times rather than served half.
 """
 
 from __future__ import annotations
@@ -21,15 +25,27 @@ log = logging.getLogger("sipledger.metrics")
 Families = Callable[[], Iterable[Metric]]
 
 
+# Attempts at reading a process's families whole while it mutates them (see the module docstring).
+COLLECT_ATTEMPTS = 5
+
+
 class _Collector:
     def __init__(self, families: Families) -> None:
         self._families = families
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            yield from self._families()
-        except Exception:  # a scrape must never take the process down
-            log.exception("collecting metrics failed")
+        for attempt in range(1, COLLECT_ATTEMPTS + 1):
+            try:
+                metrics = list(self._families())
+            except RuntimeError:  # a dict grew while it was read: read again
+                if attempt == COLLECT_ATTEMPTS:
+                    log.exception("collecting metrics failed %d times", attempt)
+                continue
+            except Exception:  # a scrape must never take the process down
+                log.exception("collecting metrics failed")
+                return
+            yield from metrics
+            return
 
 
 def serve(host: str, port: int, families: Families) -> tuple[Any, threading.Thread]:
@@ -39,6 +55,12 @@ def serve(host: str, port: int, families: Families) -> tuple[Any, threading.Thre
     server, thread = start_http_server(port, addr=host, registry=registry)
     log.info("metrics on http://%s:%d/metrics", host, server.server_port)
     return server, thread
+
+
+def stop(server: Any) -> None:
+    """Stop an endpoint started by ``serve`` and free its port (blocks up to half a second)."""
+    server.shutdown()
+    server.server_close()
 
 
 def counter(name: str, doc: str, value: float | None = None, labels: Iterable[str] = (),

@@ -80,3 +80,18 @@ def test_the_b2bua_service_advertises_a_reachable_address(tmp_path: Path) -> Non
     assert CoreConfig.from_config(cfg).local_host == "198.51.100.7"
     with pytest.raises(config.ConfigError, match=r"sip\.advertised_host"):
         CoreConfig.from_config(config.load(REPO / "deploy/docker/sipledger.toml"))
+
+
+def test_prometheus_and_grafana_are_provisioned_from_the_repository() -> None:
+    doc = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = doc["services"]
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repository"
+    assert set(services["prometheus"]["depends_on"]) == {"b2bua", "pipeline"}
+    assert "grafana-clickhouse-datasource" in services["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/etc/grafana/dashboards/sipledger.json"
+    assert (REPO / "deploy/grafana/dashboards/sipledger.json").is_file()

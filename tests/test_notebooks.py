@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -183,3 +185,48 @@ def test_reconciliation_fails_loudly_where_every_cdr_looks_fine_alone(dataset: t
                                         "SIPLEDGER_CONFIG": str(cfg),
                                         "SIPLEDGER_EVENTS_LOG": f"file://{tmp}/events.jsonl"})
     assert "does not match the event log: 2 discrepancies" in str(err.value)
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "sipledger", "notebook", "run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_notebook_run_command_passes_and_writes_the_executed_notebook(dataset: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    tmp, cfg = dataset
+    res = _cli("billing_accuracy", "--store", f"chdb://{tmp}/store", "--config", str(cfg),
+               "--events-log", f"file://{tmp}/events.jsonl")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "billing-accuracy suite passed; the store matches the event log" in res.stdout
+    # From another folder, by path, with the executed notebook written out (its figures in it).
+    out = tmp_path / "runaway.ipynb"
+    res = _cli(str(REPO / "notebooks" / "runaway_cost.ipynb"), "--store", f"chdb://{tmp}/store",
+               "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "recommended caps:" in res.stdout and "[figure]" in res.stdout
+    executed = nbformat.read(out, as_version=4)
+    assert sum("image/png" in o.get("data", {}) for c in executed.cells for o in c.get("outputs", [])) >= 3
+
+
+def test_notebook_run_command_fails_with_the_audit(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    tmp, cfg = dataset
+    src = open_store(f"chdb://{tmp}/store")
+    good = fetch_cdrs(src)
+    src.close()
+    overcharged = dict(next(c for c in good if c["duration_ms"] > 10_000 and c["sell_rate"] is not None),
+                       sell_cost="9.990000")
+    bad = open_store(f"chdb://{tmp_path}/bad")
+    from sipledger.store import migrate
+
+    migrate(bad)
+    bad.insert("cdrs", CDR_COLUMNS, [cdr_to_row(c, 1) for c in good] + [cdr_to_row(overcharged, 2)])
+    bad.close()
+    res = _cli("billing_accuracy", "--store", f"chdb://{tmp_path}/bad", "--config", str(cfg),
+               "--events-log", f"file://{tmp}/events.jsonl")
+    assert res.returncode == 1
+    assert "notebook billing_accuracy.ipynb FAILED: AssertionError" in res.stderr
+    assert "failed the billing-accuracy suite" in res.stdout + res.stderr
+    res = _cli("no_such_notebook")
+    assert res.returncode == 1 and "known are billing_accuracy, runaway_cost" in res.stderr
