@@ -52,8 +52,8 @@ def test_a_node_cut_off_from_the_broker_and_a_pipeline_behind_hang_up_nothing(tm
                 time.sleep(max(0.0, t0 + second - time.monotonic()))
 
             def probed() -> bool:
-                return any("n2: no heartbeat in the log" in w.text() and "disconnected from the log" in w.text()
-                           for w in drill.workers)
+                return any("n2: no heartbeat in the log" in t and "disconnected from the log" in t
+                           for t in (w.text() for w in drill.workers))
 
             at(8)
             proxy.cut()  # node-2 alive, its way to the broker gone
