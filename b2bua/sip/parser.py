@@ -20,7 +20,6 @@ from b2bua.sip.message import (
     has_empty_param,
     is_digits,
     parse_cseq,
-    parse_name_addr,
     parse_uri,
     split_commas,
 )
@@ -303,11 +302,15 @@ def _validate(msg: Request | Response, fail: _Fail) -> None:
     if not (msg.headers.get("Call-ID") or "").strip():
         raise fail(ParseError("empty Call-ID"))
     try:
+        # Parsed through the message's cache: the core reads the same values again right after.
         msg.vias  # noqa: B018 -- every Via, not only the top one: evaluated for validation only
-        parse_name_addr(msg.headers.get("From") or "")
-        parse_name_addr(msg.headers.get("To") or "")
-        for contact in msg.headers.get_all("Contact"):
-            _check_contact(contact)
+        msg.from_  # noqa: B018
+        msg.to  # noqa: B018
+        contacts = msg.headers.get_all("Contact")
+        if contacts:
+            msg.contacts  # noqa: B018
+            for contact in contacts:
+                _check_contact_params(contact)
     except SipSyntaxError as exc:
         raise fail(ParseError(str(exc))) from None
     if isinstance(msg, Request):
@@ -316,10 +319,10 @@ def _validate(msg: Request | Response, fail: _Fail) -> None:
             raise fail(ParseError("bad Max-Forwards"))
 
 
-def _check_contact(value: str) -> None:
+def _check_contact_params(value: str) -> None:
+    """The grammar checks of a Contact value that parsing it leaves out (it was parsed already)."""
     if value.strip() == "*":
         return
-    parse_name_addr(value)
     gt = value.rfind(">")
     params = value[gt + 1 :] if gt >= 0 else value.partition(";")[1] + value.partition(";")[2]
     if has_empty_param(params):
