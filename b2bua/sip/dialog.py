@@ -7,6 +7,7 @@ that has ended.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -245,10 +246,10 @@ class Dialog:
         first = parse_name_addr(self.route_set[0])
         if first.uri.lr:
             return self.remote_target, list(self.route_set)
-        uri = first.uri
-        # Parameters not allowed in a Request-URI are stripped (19.1.1 table).
-        uri.params = {k: v for k, v in uri.params.items() if k not in ("method",)}
-        uri.headers = ""
+        # Parameters not allowed in a Request-URI are stripped (19.1.1 table); a copy, since parsed
+        # URIs are shared (message.parse_uri caches them).
+        uri = dataclasses.replace(first.uri, params={k: v for k, v in first.uri.params.items()
+                                                      if k not in ("method",)}, headers="")
         return str(uri), [*self.route_set[1:], f"<{self.remote_target}>"]
 
     def create_request(

@@ -382,7 +382,24 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
     return m.group(1), port
 
 
+# Parsed URIs by their text: the same Contact, From and To URIs come back in every message of a peer.
+# The SipUri objects are shared, so nobody may change one (copy with dataclasses.replace instead).
+_URI_CACHE: dict[str, SipUri] = {}
+_URI_CACHE_MAX = 4096
+
+
 def parse_uri(text: str) -> SipUri:
+    cached = _URI_CACHE.get(text)
+    if cached is not None:
+        return cached
+    uri = _parse_uri(text)
+    if len(_URI_CACHE) >= _URI_CACHE_MAX:
+        _URI_CACHE.clear()  # bounded: hostile traffic with ever new URIs cannot grow it
+    _URI_CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> SipUri:
     text = text.strip()
     scheme, sep, rest = text.partition(":")
     if not sep or not scheme or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):

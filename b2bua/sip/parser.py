@@ -19,7 +19,6 @@ from b2bua.sip.message import (
     canonical_name,
     has_empty_param,
     is_digits,
-    parse_cseq,
     parse_uri,
     split_commas,
 )
@@ -107,11 +106,16 @@ def is_keepalive(data: bytes) -> bool:
 
 
 def _split_lines(head: str) -> list[str]:
+    if head.count("\n") == head.count("\r\n"):
+        return head.split("\r\n")  # every line ends in CRLF (the usual case): no regex needed
     return re.split(r"\r?\n", head)
 
 
 def _unfold(lines: list[str], limits: ParserLimits, partial_err: list[ParseError]) -> list[str]:
     """Join continuation lines (RFC 3261 7.3.1 folding) onto the previous header line."""
+    if lines and max(map(len, lines)) <= limits.max_line_length and not any(
+            line[:1] in (" ", "\t") for line in lines):
+        return lines  # nothing folded, nothing too long: the usual case
     out: list[str] = []
     for line in lines:
         if len(line) > limits.max_line_length:
@@ -184,10 +188,10 @@ def parse_message(
     if not has_end:
         errors.append(ParseError("missing empty line after headers"))
 
-    is_request, partial = head.is_request, head.partial
+    is_request = head.is_request
 
     def fail(exc: ParseError) -> ParseError:
-        return ParseError(exc.reason, is_request, partial, exc.status)
+        return ParseError(exc.reason, is_request, head.partial, exc.status)
 
     if errors:
         raise fail(errors[0])
@@ -210,8 +214,17 @@ class _Head:
     status: int
     reason: str
     headers: Headers
-    partial: dict[str, list[str]]
     errors: list[ParseError]
+
+    @property
+    def partial(self) -> dict[str, list[str]]:
+        """The PARTIAL_HEADERS values read (for the answer to a malformed request); built only when
+        a message is refused, from the fields read."""
+        partial: dict[str, list[str]] = {}
+        for name, value in self.headers:
+            if name in PARTIAL_HEADERS:
+                partial.setdefault(name, []).append(value)
+        return partial
 
 
 def _read_head(head_bytes: bytes, limits: ParserLimits) -> _Head:
@@ -231,31 +244,37 @@ def _read_head(head_bytes: bytes, limits: ParserLimits) -> _Head:
         is_request = exc.is_request
 
     headers = Headers()
-    partial: dict[str, list[str]] = {}
+    # Filled directly: the names are canonical already (Headers.add would canonicalise again).
+    items: list[tuple[str, str]] = headers._items
     header_lines = _unfold(lines[1:], limits, errors)
+    token = _TOKEN_RE.match
     for line in header_lines[: limits.max_headers * 2]:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.match(name):
+        if not colon or not token(name):
             errors.append(ParseError(f"bad header line {line[:40]!r}"))
             continue
         cname = canonical_name(name)
         value = value.strip(" \t")
         if cname in MULTI_VALUE_HEADERS:
-            values = split_commas(value)
-            if cname in STRICT_LIST_HEADERS and _has_empty_element(value):
+            if "," in value:
+                values = split_commas(value)
+                empty = cname in STRICT_LIST_HEADERS and _has_empty_element(value)
+            else:
+                one = value.strip()
+                values = [one] if one else []
+                empty = not one and cname in STRICT_LIST_HEADERS
+            if empty:
                 # RFC 3261 25.1 spells these as elem *(COMMA elem): an empty element is a syntax
                 # error (RFC 4475 3.1.2.1 badinv01), not something to skip silently.
                 errors.append(ParseError(f"empty element in {cname}"))
+            for v in values:
+                items.append((cname, v))
         else:
-            values = [value]
-        for v in values:
-            headers.add(cname, v)
-            if cname in PARTIAL_HEADERS:
-                partial.setdefault(cname, []).append(v)
-    if len(headers) > limits.max_headers:
+            items.append((cname, value))
+    if len(items) > limits.max_headers:
         errors.append(ParseError("too many headers"))
-    return _Head(is_request, method, uri, status, reason, headers, partial, errors)
+    return _Head(is_request, method, uri, status, reason, headers, errors)
 
 
 def _has_empty_element(value: str) -> bool:
@@ -285,16 +304,23 @@ def _frame_body(headers: Headers, rest: bytes, stream: bool, fail: _Fail) -> byt
     return rest[:length]
 
 
+_COUNTED_HEADERS = frozenset(MANDATORY_REQUEST_HEADERS + MANDATORY_RESPONSE_HEADERS)
+
+
 def _validate(msg: Request | Response, fail: _Fail) -> None:
+    counts: dict[str, int] = {}
+    for name, _ in msg.headers:
+        if name in _COUNTED_HEADERS:
+            counts[name] = counts.get(name, 0) + 1
     mandatory = MANDATORY_REQUEST_HEADERS if isinstance(msg, Request) else MANDATORY_RESPONSE_HEADERS
     for name in mandatory:
-        if name not in msg.headers:
+        if not counts.get(name):
             raise fail(ParseError(f"missing {name}"))
     for name in ("From", "To", "Call-ID", "CSeq"):
-        if len(msg.headers.get_all(name)) != 1:
+        if counts.get(name, 0) != 1:
             raise fail(ParseError(f"duplicate {name}"))
     try:
-        cseq = parse_cseq(msg.headers.get("CSeq") or "")
+        cseq = msg.cseq
     except SipSyntaxError:
         raise fail(ParseError("bad CSeq")) from None
     if isinstance(msg, Request) and cseq.method != msg.method:
