@@ -31,14 +31,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from b2bua.actions import Action, Address, CancelTimer, Emit, Send, SetTimer  # noqa: E402
-from b2bua.admission import Admission  # noqa: E402
-from b2bua.call_events import CallEventFactory  # noqa: E402
-from b2bua.core import B2BUACore, CoreConfig  # noqa: E402
-from b2bua.routing import RouteTable  # noqa: E402
-from b2bua.sip.parser import parse_message  # noqa: E402
-from b2bua.timers import DeadlineQueue  # noqa: E402
-from sipledger.config import from_dict  # noqa: E402
+from b2bua.actions import Action, Address, CancelTimer, Emit, Send, SetTimer
+from b2bua.admission import Admission
+from b2bua.call_events import CallEventFactory
+from b2bua.core import B2BUACore, CoreConfig
+from b2bua.routing import RouteTable
+from b2bua.sip.parser import parse_message
+from b2bua.timers import DeadlineQueue
+from sipledger.config import from_dict
 
 CALLER = Address("127.0.0.1", 5070, "udp")
 CARRIER = Address("127.0.0.1", 5080, "udp")
