@@ -453,7 +453,25 @@ class NameAddr:
 _TOKEN_WORD = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 
 
+# Parsed name-addrs and Vias by their text, like URIs: a dialog's From and To (tags included) come
+# back in every one of its messages and responses echo the request's Via. Shared objects: read-only.
+_NAME_ADDR_CACHE: dict[str, NameAddr] = {}
+_VIA_CACHE: dict[str, Via] = {}
+_VALUE_CACHE_MAX = 16384
+
+
 def parse_name_addr(text: str) -> NameAddr:
+    cached = _NAME_ADDR_CACHE.get(text)
+    if cached is not None:
+        return cached
+    value = _parse_name_addr(text)
+    if len(_NAME_ADDR_CACHE) >= _VALUE_CACHE_MAX:
+        _NAME_ADDR_CACHE.clear()
+    _NAME_ADDR_CACHE[text] = value
+    return value
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     if text == "*":
         return NameAddr(uri=SipUri(), wildcard=True)
@@ -551,6 +569,17 @@ _VIA_RE = re.compile(
 
 def parse_via(value: str) -> Via:
     """Parse one Via value (not a comma list)."""
+    cached = _VIA_CACHE.get(value)
+    if cached is not None:
+        return cached
+    via = _parse_via(value)
+    if len(_VIA_CACHE) >= _VALUE_CACHE_MAX:
+        _VIA_CACHE.clear()
+    _VIA_CACHE[value] = via
+    return via
+
+
+def _parse_via(value: str) -> Via:
     m = _VIA_RE.match(value)
     if not m:
         raise SipSyntaxError(f"bad Via {value!r}")
