@@ -457,7 +457,18 @@ _TOKEN_WORD = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 # back in every one of its messages and responses echo the request's Via. Shared objects: read-only.
 _NAME_ADDR_CACHE: dict[str, NameAddr] = {}
 _VIA_CACHE: dict[str, Via] = {}
-_VALUE_CACHE_MAX = 16384
+_VALUE_CACHE_MAX = 4096
+
+
+def parse_cache_sizes() -> dict[str, int]:
+    """Entries in the parse caches (each bounded: hostile traffic cannot grow them past their cap)."""
+    return {"uri": len(_URI_CACHE), "name_addr": len(_NAME_ADDR_CACHE), "via": len(_VIA_CACHE)}
+
+
+def clear_parse_caches() -> None:
+    _URI_CACHE.clear()
+    _NAME_ADDR_CACHE.clear()
+    _VIA_CACHE.clear()
 
 
 def parse_name_addr(text: str) -> NameAddr:
