@@ -11,7 +11,6 @@ the controller (``core.B2BUACore``) ties them. No I/O: every side effect is an a
 from __future__ import annotations
 
 import traceback
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from b2bua.sip.message import (
     parse_uri,
 )
 from b2bua.sip.parser import ParseError
+from b2bua.sip.randomness import uuid4_hex
 from b2bua.sip.serializer import build_response, serialize
 from b2bua.sip.session_timer import (
     UasDecision,
@@ -77,6 +77,12 @@ class TxOwner:
     attempt: Attempt | EndedAttempt | None = None
 
 
+def _uuid4_text() -> str:
+    """``str(uuid.uuid4())`` from the urandom pool (b2bua/sip/randomness.py)."""
+    h = uuid4_hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class CoreState:
     """Tables and plumbing shared by the concepts (see the module docstring)."""
 
@@ -96,7 +102,7 @@ class CoreState:
         self.layer = TransactionLayer(timers=config.timers, rng=rng)
         # ``now`` + wall_offset = Unix time; only used to stamp expires_at in events.
         self.wall_offset = wall_offset
-        self._new_call_id = new_call_id or (lambda: str(uuid.uuid4()))
+        self._new_call_id = new_call_id or _uuid4_text
         self.calls: dict[str, Call] = {}
         # Ended calls become small tombstones (``EndedCall``), expired in end order from a queue.
         self.ended: dict[str, EndedCall] = {}

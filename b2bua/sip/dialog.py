@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from b2bua.sip.message import Headers, NameAddr, Request, Response, format_params, parse_name_addr
 
@@ -28,8 +27,9 @@ class DialogTerminatedError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class DialogId:
+class DialogId(NamedTuple):
+    """A dialog's key (12): hashed on every in-dialog request, so a NamedTuple (hashing in C)."""
+
     call_id: str
     local_tag: str
     remote_tag: str
