@@ -6,6 +6,7 @@ COPY sipledger ./sipledger
 COPY b2bua ./b2bua
 COPY pipeline ./pipeline
 COPY schemas ./schemas
+COPY tariff ./tariff
 RUN pip install --no-cache-dir .
 # `sipledger notebook run NAME` finds notebooks/NAME.ipynb in the working directory.
 COPY notebooks ./notebooks

@@ -4,7 +4,7 @@ The prefix the route table matches (longest wins, as the B2BUA routes), the gate
 B2BUA tries them (with their health when asked to probe them), the rate each side would apply (the
 account's sell rate, each gateway's vendor's buy rate: prefix, per minute, increments, fee, minimum),
 and the limits the call would get (session timer, no-timer cap, maximum duration). The same code the
-B2BUA and the pipeline run: b2bua/routing.py, pipeline/domain/rating.py.
+B2BUA and the pipeline run: b2bua/routing.py, tariff/rates.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from b2bua.routing import RouteTable
-from pipeline.domain.rating import Rate, RateDeck
 from pipeline.domain.timeutil import format_ts
+from tariff import Rate, RateDeck
 
 from .config import Config, Gateway
 

@@ -1,6 +1,8 @@
 """The walls between the parts hold: checked on the source, so a new import cannot break them quietly.
 
 * the B2BUA and the pipeline meet only in the log and the contracts: neither imports the other;
+* what both need of rating (rate decks, charges, what a prepaid balance affords) is the shared pure
+  package ``tariff``, which imports nothing of the project;
 * the pipeline's pure core (pipeline/domain) imports nothing of the project outside itself, and
   within itself only downwards: plain data at the bottom, the fold on top, no import loop.
 """
@@ -55,3 +57,10 @@ def test_the_pure_core_imports_only_downwards() -> None:
                 target = imported.lstrip(".").split(".")[0]
                 assert DOMAIN_LAYERS.index(target) < DOMAIN_LAYERS.index(name), \
                     f"pipeline/domain/{name}.py imports {target}, which is not below it"
+
+
+def test_the_shared_rating_package_imports_nothing_of_the_project() -> None:
+    project = ("pipeline", "sipledger", "b2bua", "schemas")
+    for path in (REPO / "tariff").rglob("*.py"):
+        bad = [m for m in _imports(path) if m.split(".")[0] in project]
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"

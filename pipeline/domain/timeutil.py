@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+# Rate decks' lenient effective_from parser lives with the decks (tariff/, shared with the B2BUA).
+from tariff.rates import parse_date_or_ts as parse_date_or_ts
+
 EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 # Naive twin of the epoch: formatting from it avoids the "+00:00" suffix isoformat() adds to aware values.
 _EPOCH_NAIVE = datetime(1970, 1, 1)
@@ -28,16 +31,3 @@ def parse_ts(ts: str) -> int:
 def format_ts(ms: int) -> str:
     """Epoch ms -> ``"2026-11-25T10:00:00.123Z"`` (always exactly three fractional digits)."""
     return (_EPOCH_NAIVE + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
-
-
-def parse_date_or_ts(value: str) -> int:
-    """An ISO date (``2026-01-01``, midnight UTC) or a date-time (naive means UTC) -> epoch ms.
-
-    Used for rate-deck ``effective_from`` columns, which humans write, so it is more lenient than
-    :func:`parse_ts` (which is for machine-produced event timestamps).
-    """
-    value = value.strip()
-    dt = _fromisoformat(value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - EPOCH_UTC) // ONE_MS
