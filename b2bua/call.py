@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from b2bua.actions import Address
+from b2bua.credit_book import Grant
 from b2bua.sip.dialog import Dialog
 from b2bua.sip.message import Request, Response
 from b2bua.sip.session_timer import SessionTimer, UacNegotiation, UasDecision
@@ -116,6 +117,7 @@ class Call:
     pending_carrier_ok: Response | None = None
     late_byes: set[str] = field(default_factory=set)  # late 2xx answers (Call-ID|tag) already hung up
     progress_emitted: bool = False
+    credit: Grant | None = None  # a prepaid call's limit and hold (b2bua/credit.py)
 
     def leg(self, role: LegRole) -> Leg:
         return self.caller if role == "caller" else self.carrier

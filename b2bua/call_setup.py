@@ -27,6 +27,8 @@ from b2bua.core_state import (
     refresher_label,
     user_of,
 )
+from b2bua.credit import CREDIT_GUARD_S, Credit
+from b2bua.credit_book import Grant
 from b2bua.routing import should_fail_over
 from b2bua.sip.dialog import Dialog
 from b2bua.sip.message import (
@@ -54,8 +56,12 @@ from b2bua.sip.transaction import (
 from b2bua.sip.transaction_layer import TransactionKey
 from b2bua.takeover import dialog_state
 
+# limit_source -> the end reason the limit timer ends the call with.
+_LIMIT_REASON = {"max_call_duration": "max_duration_limit", "no_timer_max_duration": "no_timer_limit",
+                 "credit_limit": "credit_limit"}
 
-class CallSetup(CoreState):
+
+class CallSetup(Credit, CoreState):
     """The caller's INVITE to the answer (or the failure) on both legs."""
 
     def _on_initial_invite(self, req: Request, key: TransactionKey | None) -> None:
@@ -92,6 +98,11 @@ class CallSetup(CoreState):
         if decision.mode == "reject_422":
             self._respond(key, req, 422, headers=decision.response_headers)
             return
+        # Prepaid: priced before the concurrency slot is taken, so a refusal holds nothing.
+        credit = self._authorize_credit(account, callee_of(req) or "unknown", decision)
+        if isinstance(credit, Refuse):
+            self._refuse(req, key, credit, decision, source, account=account.name)
+            return
         refusal = self.admission.acquire(account)
         if refusal is not None:
             self._refuse(req, key, refusal, decision, source, account=account.name)
@@ -99,7 +110,7 @@ class CallSetup(CoreState):
         if key is None:  # pragma: no cover - an INVITE always has a server transaction
             self.admission.release(account)
             return
-        call = self._create_call(req, key, account, decision, source)
+        call = self._create_call(req, key, account, decision, source, credit)
         self._current = call
         route = self.routes.lookup(call.callee)
         if route is None:
@@ -156,7 +167,7 @@ class CallSetup(CoreState):
         self._log("info", f"refused INVITE from {source}: {refusal.status} {refusal.detail}")
 
     def _create_call(self, req: Request, key: TransactionKey, account: Any, decision: UasDecision,
-                     source: Address) -> Call:
+                     source: Address, credit: Grant | None = None) -> Call:
         self.stats["calls"] += 1
         to_tag = self.layer.new_tag()
         caller = Leg("caller", source.transport, peer_source=source)
@@ -171,7 +182,11 @@ class CallSetup(CoreState):
         self.calls[call.id] = call
         self.by_server_key[key] = call
         self.dialogs[caller.dialog.id] = (call, "caller")
-        self._emit(call.id, "call.setup", **self._setup_fields(req, account.name, source))
+        fields = self._setup_fields(req, account.name, source)
+        if credit is not None:
+            fields["credit"] = credit.fields()
+            self._hold_credit(call, credit)
+        self._emit(call.id, "call.setup", **fields)
         return call
 
     def _start_attempt(self, call: Call) -> None:
@@ -399,8 +414,8 @@ class CallSetup(CoreState):
                 self._arm(call, f"probe:{role}", self._now + self.cfg.liveness_probe_interval)
         limit, source = self._limit_for(call)
         if limit is not None:
-            call.limit_at = self._now + limit
-            call.limit_reason = "max_duration_limit" if source == "max_call_duration" else "no_timer_limit"
+            call.limit_at = self._now + limit - (CREDIT_GUARD_S if source == "credit_limit" else 0.0)
+            call.limit_reason = _LIMIT_REASON[source]
             self._arm(call, "limit", call.limit_at)
         self._emit(
             call.id, "call.answered",
@@ -441,6 +456,8 @@ class CallSetup(CoreState):
             options.append((self.cfg.max_call_duration, "max_call_duration"))
         if not call.caller.has_timer and self.cfg.no_timer_max_duration > 0:
             options.append((self.cfg.no_timer_max_duration, "no_timer_max_duration"))
+        if call.credit is not None and call.credit.limit_ms is not None:
+            options.append((call.credit.limit_ms // 1000, "credit_limit"))  # whole seconds (tariff/credit.py)
         if not options:
             return None, "none"
         return min(options)

@@ -16,6 +16,7 @@ that owns it. Each concept is a module of its own, found by name:
 * ``liveness.py``         OPTIONS probes of legs without session timers;
 * ``termination.py``      BYE on both legs, end reasons, tombstones, the safety-net sweep;
 * ``commands.py``         the pipeline's commands: terminate, takeover (``takeover.py``), release;
+* ``credit.py``           prepaid accounts: the credit limit priced at setup, refusals, balance records;
 * ``core_state.py``       what they share: the call and transaction tables and the plumbing
                           (sending, answering, timers, events);
 * ``core_config.py``      the core's configuration and the constants of what we advertise.
@@ -93,6 +94,10 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
 
     def terminate_command(self, cmd: dict[str, Any], now: float) -> list[Action]:
         return self._guard(lambda: self._on_command(cmd), now, None, lambda: f"command {cmd!r}"[:300])
+
+    def balance_record(self, record: dict[str, Any], now: float) -> list[Action]:
+        """An account.balance record of the pipeline (b2bua/credit.py)."""
+        return self._guard(lambda: self._on_balance(record), now, None, lambda: f"balance {record!r}"[:300])
 
     def _on_parse_error(self, err: ParseError, source: Address) -> None:
         self.stats["parse_errors"] += 1

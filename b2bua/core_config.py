@@ -30,7 +30,7 @@ END_REASONS = frozenset(
         "normal_caller_bye", "normal_callee_bye", "caller_cancel", "busy", "no_route", "response_timeout",
         "call_progress_timeout", "session_expired", "session_refresh_failed", "liveness_probe_failed",
         "no_timer_limit", "max_duration_limit", "pipeline_terminate", "orphaned", "auth_failed",
-        "call_limit_exceeded", "rejected",
+        "call_limit_exceeded", "rejected", "credit_limit", "insufficient_balance",
     }
 )  # fmt: skip
 

@@ -27,6 +27,7 @@ from b2bua.core_config import (
     SUPPORTED,
     CoreConfig,
 )
+from b2bua.credit_book import CreditBook
 from b2bua.refusals import RefusalCounter
 from b2bua.routing import RouteTable
 from b2bua.sip.conformance import Rejection, check_body, check_method, check_require, check_uri_scheme
@@ -95,10 +96,13 @@ class CoreState:
         rng: Any = None,
         wall_offset: float = 0.0,
         new_call_id: Callable[[], str] | None = None,
+        credit: CreditBook | None = None,
     ) -> None:
         self.cfg = config
         self.admission = admission
         self.routes = routes
+        # Prepaid accounts and the node's view of their balances (b2bua/credit.py); none by default.
+        self.credit = credit if credit is not None else CreditBook()
         self.layer = TransactionLayer(timers=config.timers, rng=rng)
         # ``now`` + wall_offset = Unix time; only used to stamp expires_at in events.
         self.wall_offset = wall_offset
@@ -380,6 +384,10 @@ class CoreState:
 
     def _cancel_carrier(self, call: Call) -> None:
         """Implemented in b2bua/call_setup.py."""
+        raise NotImplementedError
+
+    def _credit_ended(self, call: Call) -> None:
+        """Implemented in b2bua/credit.py."""
         raise NotImplementedError
 
     def _force_forget(self, call: Call) -> None:

@@ -20,9 +20,11 @@ from urllib.parse import urlparse
 
 from b2bua.actions import Action, Address, CancelTimer, Emit, Log, Send, SetTimer
 from b2bua.admission import Admission
+from b2bua.balances_in import FileBalanceFollower, KafkaBalanceFollower
 from b2bua.call_events import CallEventFactory
 from b2bua.commands_in import FileCommandFollower, KafkaCommandFollower
 from b2bua.core import B2BUACore, CoreConfig, contact_host
+from b2bua.credit_book import CreditBook
 from b2bua.gc_policy import CollectorPolicy
 from b2bua.loop_stalls import LoopStallWatch
 from b2bua.routing import RouteTable
@@ -52,7 +54,7 @@ class B2BUAServer:
         self.core: B2BUACore | None = None
         self.transports: Transports | None = None
         self.timers: TimerTask | None = None
-        self.followers: list[FileCommandFollower | KafkaCommandFollower] = []
+        self.followers: list[FileCommandFollower | KafkaCommandFollower | KafkaBalanceFollower] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.event_errors = 0
@@ -83,6 +85,7 @@ class B2BUAServer:
             Admission(cfg.accounts, cfg.admission, os.urandom(32)),
             RouteTable.from_config(cfg),
             wall_offset=time.time() - loop.time(),
+            credit=credit_book(cfg),
         )
         self.timers = TimerTask(self.on_timer)
         self.timers.start()
@@ -90,6 +93,7 @@ class B2BUAServer:
         self.perform(self.core.start(loop.time()))
         self._tasks.append(loop.create_task(self._heartbeats()))
         self._start_commands()
+        self._start_balances()
         print(f"b2bua: listening on {self.transports.describe()} (node {cfg.node.id})", flush=True)
 
     def _serve_metrics(self) -> None:
@@ -122,6 +126,31 @@ class B2BUAServer:
         follower.start()
         self.followers.append(follower)
 
+    def _start_balances(self) -> None:
+        """Prepaid balances (b2bua/balances_in.py): loaded before the first call, then followed."""
+        cfg, core = self.cfg, self.core
+        if core is None or not core.credit.prepaid:
+            return
+        url = urlparse(cfg.events.log)
+        if url.scheme == "kafka":
+            core.credit.ready = False
+
+            def ready() -> None:
+                core.credit.ready = True
+                log.info("prepaid balances loaded: %d records", core.credit.records)
+
+            follower = KafkaBalanceFollower(url.netloc or cfg.kafka.bootstrap, cfg.kafka.topic_balances,
+                                            self.on_balance, ready)
+            follower.start()
+            self.followers.append(follower)
+            return
+        from sipledger.eventlog.layout import EmbeddedPaths
+
+        paths = EmbeddedPaths.from_config(cfg)
+        file_follower = FileBalanceFollower(paths.balances, paths.balances_snapshot, self.on_balance)
+        file_follower.start()
+        self.followers.append(file_follower)
+
     # -- inputs -----------------------------------------------------------------------------------
     def _now(self) -> float:
         assert self._loop is not None
@@ -145,6 +174,10 @@ class B2BUAServer:
 
     def on_command(self, cmd: dict[str, Any]) -> None:
         self._run_core(lambda core, now: core.terminate_command(cmd, now), lambda: f"command {cmd!r}"[:300])
+
+    def on_balance(self, record: dict[str, Any]) -> None:
+        self._run_core(lambda core, now: core.balance_record(record, now),
+                       lambda: f"balance {record!r}"[:300])
 
     # -- outputs ----------------------------------------------------------------------------------
     def perform(self, actions: list[Action]) -> None:
@@ -274,6 +307,17 @@ class B2BUAServer:
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+
+def credit_book(cfg: Config) -> CreditBook:
+    """The prepaid accounts of the config and the sell deck their calls are priced on (the pipeline's)."""
+    prepaid = {a.name: a.min_balance for a in cfg.accounts if a.prepaid}
+    if not prepaid:
+        return CreditBook()
+    from tariff import RateDeck
+
+    path = cfg.path(cfg.pipeline.sell_rates)
+    return CreditBook(prepaid, RateDeck.from_csv(path, version=path.stem))
 
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None, *, stop: asyncio.Event | None = None,

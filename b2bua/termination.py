@@ -106,6 +106,7 @@ class Termination(CoreState):
         if call.slot_held:
             call.slot_held = False
             self.admission.release(call.account)
+        self._credit_ended(call)
         self.calls.pop(call.id, None)
         self._bury(call)
         fields: dict[str, Any] = {"reason": reason, "initiator": initiator, "sip_status": sip_status}
@@ -123,6 +124,9 @@ class Termination(CoreState):
         if call.slot_held:
             call.slot_held = False
             self.admission.release(call.account)
+        if call.ended_at is None:
+            call.ended_at = self._now
+            self._credit_ended(call)
 
     def _sweep(self) -> None:
         """Safety net: calls that outlived every deadline they have (say after an internal error)."""

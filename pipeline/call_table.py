@@ -66,6 +66,15 @@ LAYOUTS: Final[dict[int, tuple[str, ...]]] = {
         "end_ts", "last_proof_ts", "end_reason", "ended_by", "sip_status", "terminate_issued",
         "alerts_raised", "next_seq", "held", "pending_since_ms", "scheduled_at_ms", "closed_by",
         "exposure_end_ms", "exposure_open", "dialogs", "takeover_node", "lost_ms"),
+    # 4: a prepaid call's hold and debit (pipeline/domain/ledger.py).
+    4: ("call_id", "phase", "node", "account", "caller", "callee", "source_ip", "vendor", "gateway",
+        "route_attempt", "setup_ms", "ring_ms", "answer_ms", "end_ms", "last_event_ms", "timer_mode",
+        "session_expires", "refresher_caller", "refresher_carrier", "effective_limit_s", "limit_source",
+        "refresh_count", "last_proof_ms", "session_expiry_ms", "setup_ts", "ring_ts", "answer_ts",
+        "end_ts", "last_proof_ts", "end_reason", "ended_by", "sip_status", "terminate_issued",
+        "alerts_raised", "next_seq", "held", "pending_since_ms", "scheduled_at_ms", "closed_by",
+        "exposure_end_ms", "exposure_open", "dialogs", "takeover_node", "lost_ms", "credit_hold",
+        "credit_debit"),
 }
 CURRENT_LAYOUT: Final = max(LAYOUTS)
 _FIELDS = LAYOUTS[CURRENT_LAYOUT]

@@ -1,8 +1,10 @@
 """Embedded mode: the pipeline in one process over the file journal, writing to chDB.
 
 The same ``Processor`` as the faust worker. It follows the events journal from a
-checkpointed byte offset, writes CDRs/alerts/events to the store, terminate commands
-to the commands journal (the B2BUA follows it), alerts to the alerts journal and
+checkpointed byte offset, writes CDRs/alerts/events and the prepaid ledger to the store,
+terminate commands to the commands journal and account.balance records to the balances
+journal (the B2BUA follows both; ``balances.json``, written at each checkpoint, holds the
+latest record of every account for a node that starts), alerts to the alerts journal and
 webhook, and refused input to the dead-letter file. The checkpoint (offset + call
 state snapshot) is saved only after the store acknowledged the rows, so a crash
 re-reads at most the last unacknowledged stretch and the store's FINAL folds repeats.
@@ -75,6 +77,7 @@ class EmbeddedPipeline:
         self.lock = threading.Lock()
         self.sink = StoreSink(self.store, batch_size=cfg.pipeline.batch_size)
         self.commands = FileJournal(self.paths.commands)
+        self.balances = FileJournal(self.paths.balances)
         self.alerts = FileJournal(self.paths.alerts)
         self.dead = DeadLetterFile(self.paths.dead_letter)
         self.webhook = (WebhookNotifier(cfg.pipeline.webhook_url, self.paths.webhook_dead_letter)
@@ -88,6 +91,8 @@ class EmbeddedPipeline:
         self._closed_gen = 0
         self._closed_bytes = 0
         self._load_checkpoint()
+        # The latest account.balance record of every account (what balances.json holds for nodes).
+        self.latest_balances = {a: self.processor.balance_record(a) for a in self.processor.ledger.books}
         self.read_offset = self.offset
         self._last_flush = 0.0
         self.server: QueryServer | None = None
@@ -140,6 +145,10 @@ class EmbeddedPipeline:
         snap = {"offset": self.offset, "snapshot": self.processor.snapshot(),
                 "closed_gen": self._closed_gen, "closed_bytes": self._closed_bytes}
         save_json_atomic(self.paths.checkpoint, snap)
+        # Every record up to here is flushed (_publish): the snapshot is current to the journal's size.
+        save_json_atomic(self.paths.balances_snapshot, {
+            "offset": self.paths.balances.stat().st_size if self.paths.balances.exists() else 0,
+            "records": [self.latest_balances[a] for a in sorted(self.latest_balances)]})
         if old is not None:
             old.unlink(missing_ok=True)
         self._last_checkpoint = self.clock()
@@ -218,12 +227,18 @@ class EmbeddedPipeline:
                 self.webhook.send(alert)
         for cmd in out.commands:
             self.commands.publish(cmd)
+        for row in out.ledger:
+            self.sink.add_ledger(row)
+        for rec in out.balances:
+            self.balances.publish(rec)
+            self.latest_balances[rec["account"]] = {**rec, "held": [], "debited": []}
         for source, raw, err in out.dead_letters:
             self.dead.put(source, raw, err)
             log.warning("dead letter from %s: %s", source, err)
         for notice in out.notices:
             log.warning("%s", notice)
         self.commands.flush()
+        self.balances.flush()
         self.alerts.flush()
         self.stats["cdrs"] += len(out.cdrs)
         self.stats["alerts"] += len(out.alerts)
@@ -244,6 +259,6 @@ class EmbeddedPipeline:
         if self.webhook is not None:
             self.webhook.close()
         self.watch.close()
-        for j in (self.commands, self.alerts, self.dead, self.verdicts):
+        for j in (self.commands, self.balances, self.alerts, self.dead, self.verdicts):
             j.close()
         self.store.close()

@@ -2,7 +2,9 @@
 
 It validates raw events (refusals become dead letters), folds them into per-call state with the pure
 domain core and turns the core's effects into contract messages: rated CDRs, alerts, terminate
-commands. Time is the log's: every event moves its node's clock (``NodeClocks``) and the deadlines of
+commands. Prepaid accounts' top-ups, holds and debits go into the ledger (``pipeline/domain/ledger.py``),
+whose changed accounts come out as account.balance records for the nodes and as ledger rows.
+Time is the log's: every event moves its node's clock (``NodeClocks``) and the deadlines of
 that node's calls are judged on it right after the event is folded, so a Processor decides the same
 whatever wall clock its driver runs on and however long it stopped reading. It never judges a node
 lost from silence: it closes a node's calls only when it reads a node.lost verdict in the log (the live
@@ -43,6 +45,7 @@ from pipeline.domain import (
     rerate,
 )
 from pipeline.domain.effects import Effect
+from pipeline.domain.ledger import Ledger, money
 from pipeline.domain.rules import close_orphan
 from pipeline.domain.timeutil import format_ts, parse_ts
 from schemas.validation import ContractError, decode_event, validate_event
@@ -61,9 +64,13 @@ class Outputs:
     dead_letters: list[tuple[str, bytes | str, ContractError]] = field(default_factory=list)
     # What the operator should know but nothing downstream consumes (clamped clocks, stale verdicts).
     notices: list[str] = field(default_factory=list)
+    # account.balance records for the nodes, and the ledger's rows for the store (account_ledger).
+    balances: list[dict[str, Any]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.cdrs or self.alerts or self.commands or self.dead_letters or self.notices)
+        return bool(self.cdrs or self.alerts or self.commands or self.dead_letters or self.notices
+                    or self.balances or self.ledger)
 
 
 def policy_from_config(cfg: Config) -> Policy:
@@ -115,6 +122,11 @@ class Processor:
         # on, detection ms). If the node heart-beats again after that, it was cut off, not dead, and is
         # told to forget them (call.release) instead of running calls another node has ended.
         self.taken_over: dict[str, dict[str, tuple[str, int | None, int]]] = {}
+        # Prepaid balances. ``partition``: the events partition this processor folds (faust), None for
+        # the whole log; it names the ledger's share in the account.balance records.
+        self.ledger = Ledger()
+        self.partition: int | None = None
+        self._ledger_ts: str | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> Processor:
@@ -162,6 +174,9 @@ class Processor:
         if etype == "node.lost":
             self._node_lost(event)
             return
+        if etype == "account.topup":
+            self._topup(event)
+            return
         call_id = event["call_id"]
         state = self.states.get(call_id)
         if state is None and call_id in self.closed:
@@ -184,6 +199,8 @@ class Processor:
         state, effects = apply(state, event, self.policy)
         self.states[call_id] = state
         self.node_calls.track(state)
+        if state.credit_hold is not None and state.credit_debit is None:
+            self._credit(state, event["ts"])
         if effects:
             self._carry_out(effects)
         self._enforce(node, 0)
@@ -251,12 +268,68 @@ class Processor:
         if not calls:
             del self.taken_over[node]
 
+    # -- prepaid ledger ----------------------------------------------------------------------------
+    def _topup(self, event: dict[str, Any]) -> None:
+        account, topup_id = event["account"], event["topup_id"]
+        try:
+            amount = money(event["amount"])
+        except ValueError as exc:  # the schema's pattern admits only plain decimals: not reached
+            self.out.notices.append(f"top-up {topup_id!r}: {exc}")
+            return
+        before = len(self.ledger.book(account).topups)
+        notice = self.ledger.topup(topup_id, account, amount)
+        if notice is not None:
+            self.out.notices.append(notice)
+        if len(self.ledger.book(account).topups) != before:
+            self._ledger_ts = event["ts"]
+            self.out.ledger.append(self._ledger_row(account, f"topup:{topup_id}", "topup", event["amount"],
+                                                    event["node"], event["ts"], 0, event.get("note", "")))
+
+    def _credit(self, state: CallState, ts: str, rank: int = 0) -> None:
+        """Take a prepaid call's hold (or, once rated, its debit) into the ledger, and its row."""
+        kind = self.ledger.track(state)
+        if kind is None:
+            return
+        self._ledger_ts = ts
+        amount = state.credit_debit if kind == "debit" else state.credit_hold
+        assert amount is not None
+        self.out.ledger.append(self._ledger_row(state.account, f"call:{state.call_id}", kind, amount,
+                                                state.node, ts, rank, ""))
+
+    def _ledger_row(self, account: str, entry_id: str, kind: str, amount: str, node: str, ts: str, rank: int,
+                    note: str) -> dict[str, Any]:
+        currency = self.sell_deck.currency_of(account) if self.sell_deck is not None else "XXX"
+        return {"account": account, "entry_id": entry_id, "kind": kind, "amount": amount,
+                "currency": currency, "node": node, "ts": ts, "note": note, "rank": rank}
+
+    def _balances(self) -> None:
+        """One account.balance record per account whose ledger changed (see schemas/account.balance.json)."""
+        changes = self.ledger.take_changes()
+        for account, ch in sorted(changes.items()):
+            self.out.balances.append(self.balance_record(account, ch.held, ch.debited))
+
+    def balance_record(self, account: str, held: list[str] | None = None,
+                       debited: list[str] | None = None) -> dict[str, Any]:
+        log_time = self.clocks.log_time()
+        ts = self._ledger_ts or (format_ts(log_time) if log_time is not None else format_ts(0))
+        return {"type": "account.balance", "account": account, "partition": self.partition,
+                **self.ledger.view(account), "held": list(held or ()), "debited": list(debited or ()),
+                "currency": self.sell_deck.currency_of(account) if self.sell_deck is not None else "XXX",
+                "ts": ts, "issued_by": self.issued_by, "schema_version": 1}
+
     # -- output ------------------------------------------------------------------------------------
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         self.deadlines.apply_effects(effects)
         for e in effects:
             if isinstance(e, EmitCdr):
-                self.out.cdrs.append(rerate(e.cdr_fields, self.sell_deck, self.buy_deck, self.bill_modes))
+                cdr = rerate(e.cdr_fields, self.sell_deck, self.buy_deck, self.bill_modes)
+                self.out.cdrs.append(cdr)
+                state = self.states.get(cdr["call_id"])
+                if state is not None and state.credit_hold is not None:
+                    # The debit is the CDR's own sell cost: one key per call, so a CDR emitted again
+                    # replaces it (ledger.py).
+                    state.credit_debit = cdr["sell_cost"]
+                    self._credit(state, cdr["end_ts"], 2 if cdr["closed_by"] == "node" else 1)
             elif isinstance(e, RaiseAlert):
                 self.out.alerts.append(build_alert(e, self.sell_deck))
             elif isinstance(e, IssueTerminate):
@@ -267,6 +340,7 @@ class Processor:
                 self.out.commands.append(build_release(e, self.issued_by))
 
     def take(self) -> Outputs:
+        self._balances()
         out, self.out = self.out, Outputs()
         return out
 
@@ -289,6 +363,8 @@ class Processor:
         for cid, end in closed:
             del self.states[cid]
             self.closed.add(cid, end)
+        # Their debits can no longer change: they move into the accounts' settled sums.
+        self.ledger.settle(cid for cid, _ in closed)
         log_time = self.clocks.log_time()
         if log_time is not None and closed:
             self.closed.expire(log_time)
@@ -312,7 +388,8 @@ class Processor:
         """Call states and node knowledge as JSON-ready data (the closed-call memory is the driver's to
         persist: see ``ClosedCalls.take_new``)."""
         return {"states": {cid: s.to_dict() for cid, s in self.states.items()}, **self.snapshot_nodes(),
-                "events_seen": self.events_seen, "late_events": self.late_events}
+                "events_seen": self.events_seen, "late_events": self.late_events,
+                "ledger": self.ledger.to_dict()}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
         # States as dicts (checkpoints) or already decoded (the faust worker's table).
@@ -331,6 +408,7 @@ class Processor:
         # Derived state: rebuilt, never persisted.
         self.deadlines = DeadlineQueue.rebuild(self.states, self.policy)
         self.node_calls = NodeCalls.of(self.states.values())
+        self.ledger = Ledger.restore(snap.get("ledger"), self.states.values())
 
 
 def save_json_atomic(path: Path, data: Any) -> None:

@@ -1,4 +1,5 @@
-"""`sipledger replay`: rebuild every CDR from the event log into a fresh table.
+"""`sipledger replay`: rebuild every CDR (and the prepaid ledger: top-ups, holds, debits) from the event
+log into a fresh table.
 
 The log is the truth and the only clock. Replay folds it with the same ``Processor`` as the
 live pipeline, so deadlines are judged on each node's own clock exactly as they were live, and
@@ -20,7 +21,7 @@ import orjson
 
 from pipeline.domain import RateDeck
 from pipeline.gc_policy import settle_after_startup
-from pipeline.processor import Processor
+from pipeline.processor import Outputs, Processor
 from pipeline.store_sink import StoreSink
 from schemas.validation import ContractError, decode_event
 from sipledger.config import Config
@@ -89,6 +90,8 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, repl
                          "(pass --replace to empty it first)")
     if existing:
         store.execute("TRUNCATE TABLE cdrs")
+    if existing or replace:
+        store.execute("TRUNCATE TABLE account_ledger")
     invalid = 0
     n = 0
     sink = StoreSink(store, batch_size=50_000, store_events=False)
@@ -102,8 +105,7 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, repl
         n += 1
         processor.feed(event, validated=True)
         if processor.out:  # most events emit nothing: don't allocate fresh outputs for them
-            for cdr in processor.take().cdrs:
-                sink.add_cdr(cdr, wall_ms=0)
+            _store(processor.take(), sink)
         if sink.should_flush() and not sink.flush():
             raise StoreError(f"store write failed: {sink.lag().last_error}")
         if n % EVICT_EVERY == 0:
@@ -111,14 +113,21 @@ def replay(raw_events: Iterator[bytes], processor: Processor, store: Store, repl
             processor.evict_closed()
         if progress and n % 10_000 == 0:
             progress(n)
-    for cdr in processor.take().cdrs:
-        sink.add_cdr(cdr, wall_ms=0)
+    _store(processor.take(), sink)
     if not sink.flush():
         raise StoreError(f"store write failed: {sink.lag().last_error}")
     if progress:
         progress(n)
     return ReplayResult(n, invalid, sink.written["cdrs"], sum(1 for _ in processor.active_calls()),
                         processor.late_events)
+
+
+def _store(out: Outputs, sink: StoreSink) -> None:
+    """CDRs and the prepaid ledger's rows (top-ups, holds, debits) of a replay."""
+    for cdr in out.cdrs:
+        sink.add_cdr(cdr, wall_ms=0)
+    for row in out.ledger:
+        sink.add_ledger(row, wall_ms=0)
 
 
 def deck_from(path: str | None) -> RateDeck | None:

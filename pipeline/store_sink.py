@@ -29,6 +29,8 @@ from sipledger.store.tables import (
     cdr_version,
     event_buffer,
     event_payload,
+    ledger_buffer,
+    ledger_version,
     upgrade_cdr,
 )
 
@@ -54,15 +56,16 @@ class StoreSink:
         self._max_backoff = max_backoff
         self._store_events = store_events
         self._cdrs, self._alerts, self._events = cdr_buffer(), alert_buffer(), event_buffer()
-        # Flush order: events, alerts, then CDRs.
+        self._ledger = ledger_buffer()
+        # Flush order: events, alerts, CDRs, then the prepaid ledger (a debit after its CDR).
         self._buffers: dict[str, ColumnBuffer] = {"call_events": self._events, "zombie_alerts": self._alerts,
-                                                  "cdrs": self._cdrs}
+                                                  "cdrs": self._cdrs, "account_ledger": self._ledger}
         self._oldest: float | None = None
         self._pending = 0
         self._failures = 0
         self._last_error: str | None = None
         self._retry_at = 0.0
-        self.written = {"cdrs": 0, "zombie_alerts": 0, "call_events": 0}
+        self.written = {"cdrs": 0, "zombie_alerts": 0, "call_events": 0, "account_ledger": 0}
 
     def _mark(self) -> None:
         self._pending += 1
@@ -76,6 +79,11 @@ class StoreSink:
         if version is None:
             version = cdr_version(cdr, int(time.time() * 1000) if wall_ms is None else wall_ms)
         self._cdrs.add(cdr, version)
+        self._mark()
+
+    def add_ledger(self, row: dict[str, Any], wall_ms: int | None = None) -> None:
+        """A prepaid ledger row (top-up, hold or debit); its version ranks a debit over the hold."""
+        self._ledger.add(row, ledger_version(row, int(time.time() * 1000) if wall_ms is None else wall_ms))
         self._mark()
 
     def add_alert(self, alert: dict[str, Any]) -> None:

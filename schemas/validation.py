@@ -39,7 +39,7 @@ def _load(name: str) -> dict[str, Any]:
 
 _SCHEMA_FILES: tuple[str, ...] = ("common.json", "cdr.json", "alert.zombie.json",
                                   "command.call.terminate.json", "command.call.takeover.json",
-                                  "command.call.release.json", "dead_letter.json")
+                                  "command.call.release.json", "dead_letter.json", "account.balance.json")
 COMMAND_TYPES: tuple[str, ...] = ("call.terminate", "call.takeover", "call.release")
 
 
@@ -55,7 +55,7 @@ def _registry() -> Registry:
 EVENT_TYPES: tuple[str, ...] = (
     "call.setup", "call.routed", "call.progress", "call.answered", "session.refreshed",
     "session.refresh_failed", "liveness.probe_succeeded", "liveness.probe_failed",
-    "call.terminated", "node.heartbeat", "node.lost",
+    "call.terminated", "node.heartbeat", "node.lost", "account.topup",
 )
 
 
@@ -128,6 +128,11 @@ def validate_alert(obj: Any) -> None:
 
 def validate_cdr(obj: Any) -> None:
     _check("cdr.json", obj)
+
+
+def validate_balance(obj: Any) -> None:
+    """Raise ContractError unless ``obj`` is a valid account.balance record (pipeline -> nodes)."""
+    _check("account.balance.json", obj)
 
 
 def validate_dead_letter(obj: Any) -> None:

@@ -215,6 +215,104 @@ def cdrs(cfg: Config, store_url: str | None, since: str | None, until: str | Non
         raise click.ClickException(str(exc)) from None
 
 
+# --- balance (prepaid) -----------------------------------------------------------------------
+
+class _BalanceGroup(click.Group):
+    """``sipledger balance [ACCOUNT]`` shows, ``sipledger balance add ...`` tops up: a first word that is
+    no subcommand is an account to show."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "show", self.commands["show"], args
+        return super().resolve_command(ctx, args)
+
+
+def _balance_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--store", "store_url", default=None, help="Store URL (default: store.url)"),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table"),
+        click.option("--json", "as_json", is_flag=True, help="Same as --format json"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _show_balances(cfg: Config, account: str | None, store_url: str | None, fmt: str, as_json: bool) -> None:
+    from .balance import fetch_balances, render_table
+    from .store import StoreError
+
+    try:
+        with _reader(cfg, store_url) as store:
+            balances = fetch_balances(store, cfg, account)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json or fmt == "json":
+        click.echo(json.dumps([b.as_dict() for b in balances], indent=2))
+        return
+    if not balances:
+        click.echo("no prepaid accounts and no ledger entries")
+        return
+    click.echo(render_table(balances))
+
+
+@main.group("balance", cls=_BalanceGroup, invoke_without_command=True)
+@_balance_options
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help=f"TOML configuration (default: ./{DEFAULT_CONFIG} when present)")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one configuration key (repeatable)")
+@click.pass_context
+def balance_group(ctx: click.Context, store_url: str | None, fmt: str, as_json: bool, config_path: str | None,
+                  overrides: tuple[str, ...]) -> None:
+    """Prepaid balances: `sipledger balance [ACCOUNT]` shows balance, reserved (held for calls up now)
+    and available per account, from the store's ledger; `sipledger balance add ACCOUNT AMOUNT` tops up."""
+    if ctx.invoked_subcommand is None:  # a subcommand loads the configuration it is given itself
+        _show_balances(_load_config(config_path, overrides), None, store_url, fmt, as_json)
+
+
+@balance_group.command("show")
+@click.argument("account")
+@_balance_options
+@with_config
+def balance_show(cfg: Config, account: str, store_url: str | None, fmt: str, as_json: bool) -> None:
+    """One account's balance, reserved and available (also `sipledger balance ACCOUNT`)."""
+    _show_balances(cfg, account, store_url, fmt, as_json)
+
+
+@balance_group.command("add")
+@click.argument("account")
+@click.argument("amount")
+@click.option("--note", default="", help="Free text kept with the top-up (up to 256 characters)")
+@click.option("--id", "topup_id", default=None,
+              help="The top-up's id: the ledger counts one id once, so a retry with the same id is safe "
+                   "(default: a new one, printed)")
+@click.option("--to", "target", default=None, help="Events log to write to (default: events.log)")
+@click.option("--json", "as_json", is_flag=True, help="Print the event written as JSON")
+@with_config
+def balance_add(cfg: Config, account: str, amount: str, note: str, topup_id: str | None, target: str | None,
+                as_json: bool) -> None:
+    """Top up ACCOUNT by AMOUNT (in its rate currency): an account.topup event into the events log,
+    counted once per id by the pipeline's ledger, also on replay."""
+    from .balance import parse_amount, publish_topup, topup_event
+    from .events_tools import SendError
+
+    if account not in {a.name for a in cfg.accounts}:
+        raise click.ClickException(f"no account {account!r} in the configuration")
+    if topup_id is not None and not 0 < len(topup_id) <= 57:
+        raise click.ClickException("--id must have 1 to 57 characters")
+    try:
+        event = topup_event(account, parse_amount(amount), topup_id, note)
+        where = publish_topup(cfg, event, target)
+    except (ValueError, SendError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(event))
+        return
+    prepaid = next(a.prepaid for a in cfg.accounts if a.name == account)
+    click.echo(f"top-up {event['topup_id']} of {event['amount']} for account {account} written to {where}"
+               + ("" if prepaid else " (the account is not prepaid: its calls are not limited by it)"))
+
+
 # --- report ------------------------------------------------------------------------------------
 
 def report_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,6 +12,7 @@ import dataclasses
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -136,6 +137,8 @@ class KafkaConfig:
     topic_alerts: str = opt("zombie-alerts", "Topic of zombie alerts")
     topic_cdrs: str = opt("cdrs", "Topic of CDRs")
     topic_dead_letter: str = opt("dead-letter", "Topic of refused messages, with the reason")
+    topic_balances: str = opt("account-balances", "Compacted topic of prepaid account balances (pipeline -> "
+                              "B2BUA nodes), one partition")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,10 @@ class Account:
     max_concurrent_calls: int = opt(0, "Concurrent calls allowed (0 = no limit)", lo=0)
     bill_mode: str = opt("full", "Bill the full duration or only the verified part",
                          choices=("full", "verified"))
+    prepaid: bool = opt(False, "Prepaid: calls are limited to what the balance pays for at the sell rate "
+                        "(top-ups: sipledger balance add) and refused below min_balance")
+    min_balance: Decimal = opt(Decimal(0), "Prepaid: the least available balance a call may start with, in "
+                               "the account's rate currency (VOS3000's Minimum Balance)", lo=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +307,16 @@ def _coerce(key: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
+    elif hint is Decimal:
+        # Money: "1.50" (exact) or a TOML number; a float is read through its shortest text, so 0.1 is 0.1.
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(key, f"expected an amount, got {value!r}")
+        try:
+            value = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise ConfigError(key, f"expected an amount, got {value!r}") from None
+        if not value.is_finite():
+            raise ConfigError(key, f"expected an amount, got {value!r}")
     elif hint == list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, f"expected a list of strings, got {value!r}")
@@ -431,6 +448,9 @@ def _check_references(cfg: Config) -> None:
             raise ConfigError(f"accounts[{i}].name", "every account needs a name")
         if acc.username and not acc.password:
             raise ConfigError(f"accounts[{i}].password", "a digest user needs a password")
+        if acc.prepaid and not cfg.pipeline.sell_rates:
+            raise ConfigError(f"accounts[{i}].prepaid", "a prepaid account's calls are priced on the sell "
+                              "rates: set pipeline.sell_rates")
     if len(set(accounts)) != len(accounts):
         raise ConfigError("accounts", "account names must be unique")
 

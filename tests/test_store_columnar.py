@@ -72,7 +72,8 @@ def test_the_pipelines_rows_read_back_exactly_through_the_sink(store: Store, pip
     for e in events:
         sink.add_event(e)
     assert sink.flush() and sink.pending() == 0
-    assert sink.written == {"cdrs": len(cdrs), "zombie_alerts": len(alerts), "call_events": len(events)}
+    assert sink.written == {"cdrs": len(cdrs), "zombie_alerts": len(alerts), "call_events": len(events),
+                            "account_ledger": 0}
 
     assert fetch_cdrs(store) == sorted(cdrs, key=lambda c: (ts_to_ms(c["end_ts"]), c["call_id"]))
     stored = store.query("SELECT payload, ts_ms FROM call_events FINAL ORDER BY event_id")

@@ -32,6 +32,8 @@ VOS3000_EQUIVALENT: Final[dict[str, str]] = {
     "auth_failed": "Account Locked / 401 Unauthorized (authentication failed)",
     "call_limit_exceeded": "Call Limit Exceeded (concurrent call cap reached)",
     "rejected": "Rejected (4xx/5xx/6xx final response from the gateway)",
+    "credit_limit": "Balance exhausted (prepaid call ended at the last increment its balance pays for)",
+    "insufficient_balance": "Insufficient Balance (balance below the minimum balance, 402)",
 }
 
 END_REASONS: Final[frozenset[str]] = frozenset(VOS3000_EQUIVALENT)

@@ -70,6 +70,9 @@ def _on_setup(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: li
     st.caller = ev["caller"]
     st.callee = ev["callee"]
     st.source_ip = ev["source_ip"]
+    credit = ev.get("credit")
+    if credit is not None:
+        st.credit_hold = credit["hold"]
 
 
 def _on_routed(st: CallState, ev: dict[str, Any], ts: int, policy: Policy, fx: list[Effect]) -> None:

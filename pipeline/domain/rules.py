@@ -50,7 +50,8 @@ TAKEOVER: Final = "takeover"
 # Deadlines with no grace added: nothing was missed by a node when they pass.
 _NO_GRACE: Final = frozenset({UNKNOWN_CALL, TAKEOVER})
 # limit_source -> the end_reason a terminate for that limit carries.
-_LIMIT_REASON: Final = {"no_timer_max_duration": "no_timer_limit", "max_call_duration": "max_duration_limit"}
+_LIMIT_REASON: Final = {"no_timer_max_duration": "no_timer_limit", "max_call_duration": "max_duration_limit",
+                         "credit_limit": "credit_limit"}
 
 
 def effective_limit(announced_s: int | None, announced_source: str, timer_mode: str,

@@ -76,6 +76,10 @@ class CallState:
     # A takeover under way: the node told to end the call, and the node.lost verdict's time.
     takeover_node: str | None = None
     lost_ms: int | None = None
+    # A prepaid call: what its node held for it at setup (call.setup credit.hold), and once its CDR is
+    # rated, the debit that replaces the hold (the CDR's sell_cost); money strings. See ledger.py.
+    credit_hold: str | None = None
+    credit_debit: str | None = None
 
     @property
     def closed(self) -> bool:

@@ -1,8 +1,9 @@
 """Where the embedded event log keeps its files: the events journal and the files beside it.
 
 The B2BUA and the pipeline meet only in the log and the contracts: the B2BUA appends events and
-follows the commands journal, the embedded pipeline follows the events and writes commands, alerts,
-dead letters and its checkpoint. Both find those files here, and neither imports the other.
+follows the commands and balances journals, the embedded pipeline follows the events and writes
+commands, account balances, alerts, dead letters and its checkpoint. Both find those files here, and
+neither imports the other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class EmbeddedPaths:
     dead_letter: Path
     webhook_dead_letter: Path
     checkpoint: Path
+    # account.balance records for the nodes (pipeline -> B2BUA), and the latest of each account with
+    # the journal offset it is current to (a starting node reads that, then follows the journal).
+    balances: Path
+    balances_snapshot: Path
 
     @classmethod
     def from_config(cls, cfg: Config) -> EmbeddedPaths:
@@ -31,7 +36,8 @@ class EmbeddedPaths:
         events = file_url_path(cfg.events.log, cfg.base_dir).resolve()
         d = events.parent
         return cls(events, d / "commands.jsonl", d / "alerts.jsonl", d / "dead-letter.jsonl",
-                   d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json")
+                   d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json", d / "balances.jsonl",
+                   d / "balances.json")
 
     def closed_calls(self, gen: int) -> Path:
         """The embedded pipeline's closed-call memory, generation ``gen``."""

@@ -3,6 +3,9 @@
 ``ALTER TABLE t ADD COLUMN IF NOT EXISTS c ...`` is applied by checking ``system.columns`` first and
 running it without ``IF NOT EXISTS`` only where the column is missing: ClickHouse 18.16 refuses that
 clause (measured: code 62, syntax error), and the check works the same on every version.
+
+``ALTER TABLE t MODIFY COLUMN c TYPE`` (new Enum values) is applied only where ``system.columns`` shows
+another type, so a migration that already ran is not repeated at every start.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from importlib import resources
 from .base import Store
 
 _ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+(\w+)\s", re.I)
+_MODIFY_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+MODIFY\s+COLUMN\s+(\w+)\s+(.+)$", re.I | re.S)
+
+
+def _same_type(a: str, b: str) -> bool:
+    return re.sub(r"\s+", "", a) == re.sub(r"\s+", "", b)
 
 
 def ddl_statements() -> list[tuple[str, str]]:
@@ -40,6 +48,13 @@ def migrate(store: Store) -> list[str]:
             if int(found[0]["n"]):
                 continue
             stmt = re.sub(r"\s+IF\s+NOT\s+EXISTS", "", stmt, count=1, flags=re.I)
+        m = _MODIFY_COLUMN.match(stmt)
+        if m is not None:
+            table, column, wanted = m.group(1), m.group(2), store.render(m.group(3))
+            found = store.query("SELECT type FROM system.columns WHERE database = currentDatabase() "
+                                "AND table = %(t)s AND name = %(c)s", {"t": table, "c": column})
+            if found and _same_type(str(found[0]["type"]), wanted):
+                continue
         store.execute(store.render(stmt))
         if name not in applied:
             applied.append(name)

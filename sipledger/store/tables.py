@@ -35,6 +35,8 @@ ALERT_COLUMNS: tuple[str, ...] = (
     "estimated_cost", "currency", "message", "ts_ms",
 )
 EVENT_COLUMNS: tuple[str, ...] = ("event_id", "call_id", "seq", "type", "ts_ms", "node", "payload")
+LEDGER_COLUMNS: tuple[str, ...] = ("account", "entry_id", "kind", "amount", "currency", "node", "ts_ms",
+                                   "note", "version")
 
 
 def ms_to_ts(ms: int | None) -> str | None:
@@ -75,6 +77,12 @@ def cdr_version(cdr: dict[str, Any], wall_ms: int) -> int:
     verdict, whatever was written last; within a rank the later write wins (a re-rated copy).
     """
     return (_RANK.get(cdr.get("closed_by", "node"), 1) << _RANK_SHIFT) | wall_ms
+
+
+def ledger_version(row: dict[str, Any], wall_ms: int) -> int:
+    """The ReplacingMergeTree version of an account_ledger row: a debit (its CDR's rank, node over
+    verdict, ``row["rank"]`` 1 or 2) outranks the call's hold (rank 0), then the later write wins."""
+    return (int(row.get("rank", 0)) << _RANK_SHIFT) | wall_ms
 
 
 # What a schema_version 1 CDR (from an older worker, a CDR topic written before) recorded, in v2 terms.
@@ -146,6 +154,7 @@ def _sources(columns: Sequence[str], ts_fields: dict[str, str], money: Sequence[
 _CDR_SOURCES = _sources([c for c in CDR_COLUMNS if c != "version"], _TS_COLUMN_FIELD, CDR_MONEY_FIELDS)
 _ALERT_SOURCES = _sources(ALERT_COLUMNS, {"ts_ms": "ts"}, ("estimated_cost",))
 _EVENT_SOURCES = _sources([c for c in EVENT_COLUMNS if c != "payload"], {"ts_ms": "ts"}, ())
+_LEDGER_SOURCES = _sources([c for c in LEDGER_COLUMNS if c != "version"], {"ts_ms": "ts"}, ("amount",))
 
 
 class ColumnBuffer:
@@ -220,6 +229,11 @@ def alert_buffer() -> ColumnBuffer:
 def event_buffer() -> ColumnBuffer:
     """``add(event, event_payload(event))``."""
     return ColumnBuffer(_EVENT_SOURCES, ("payload",))
+
+
+def ledger_buffer() -> ColumnBuffer:
+    """``add(row, version)`` (rows: pipeline.processor Outputs.ledger)."""
+    return ColumnBuffer(_LEDGER_SOURCES, ("version",))
 
 
 def event_payload(event: dict[str, Any]) -> str:
