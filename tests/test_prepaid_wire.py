@@ -45,8 +45,8 @@ def _env() -> dict[str, str]:
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "sipledger", *args], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=log.parent, env=_env(), start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", "sipledger", *args], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=log.parent, env=_env(), start_new_session=True)
 
 
 def _cli(*args: str) -> str:
@@ -82,7 +82,7 @@ def _balances(cfg: Path, *extra: str) -> dict[str, dict[str, Any]]:
     return {b["account"]: b for b in json.loads(_cli("balance", "--json", "--config", str(cfg), *extra))}
 
 
-def test_prepaid_calls_end_at_the_last_paid_increment_share_a_balance_and_replay_the_same(tmp_path: Path) -> None:
+def test_prepaid_calls_end_at_the_last_paid_increment_share_a_balance_replay_alike(tmp_path: Path) -> None:
     carrier = SippProcess("uas_answer_wait_bye", workdir=tmp_path / "carrier", name="carrier", calls=10,
                           timeout_s=None).start()
     carrier.wait_listening()
@@ -136,7 +136,8 @@ gateways = ["carrier"]
         # Top-ups are facts of the log; the same id twice counts once.
         for account, amount, topup_id in (("solo", "0.62", "t-solo"), ("solo", "0.62", "t-solo"),
                                           ("duo", "0.90", "t-duo"), ("broke", "0.50", "t-broke")):
-            _cli("balance", "add", account, amount, "--id", topup_id, "--note", "wire test", "--config", str(cfg))
+            _cli("balance", "add", account, amount, "--id", topup_id, "--note", "wire test",
+                 "--config", str(cfg))
         balances = journal.parent / "balances.jsonl"
         _wait(lambda: {r["account"] for r in _lines(balances)} == {"solo", "duo", "broke"}, 30,
               "the pipeline's balance records")

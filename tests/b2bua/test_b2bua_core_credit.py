@@ -34,7 +34,8 @@ assert RATE is not None
 
 
 def record(balance: str, *, reserved: dict[str, str] | None = None, held: tuple[str, ...] = (),
-           debited: tuple[str, ...] = (), partition: int | None = None, account: str = "acme") -> dict[str, Any]:
+           debited: tuple[str, ...] = (), partition: int | None = None,
+           account: str = "acme") -> dict[str, Any]:
     return {"type": "account.balance", "account": account, "partition": partition, "topups": balance,
             "debits": "0", "balance": balance, "reserved": reserved or {}, "held": list(held),
             "debited": list(debited), "currency": "USD", "ts": "2026-06-01T00:00:00.000Z",
@@ -54,7 +55,7 @@ def invite(n: int, callee: str = "15551230000") -> Request:
 
 
 def answer_call(h: Harness, n: int) -> tuple[str, Request]:
-    """Caller n's INVITE through to the carrier's 200 and the caller's ACK; returns (call id, carrier INVITE)."""
+    """Caller n's INVITE to the carrier's 200 and the caller's ACK; returns (call id, carrier INVITE)."""
     out = h.feed(invite(n))
     sent = only(out, GW1, method="INVITE")
     ok = only(h.feed(answer(sent, 200, body=SDP_B, tag=f"gw{n}"), GW1), CALLER, status=200)
