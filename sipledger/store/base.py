@@ -88,6 +88,10 @@ class Store(abc.ABC):
             types = self._types_by_table[table] = {r["name"]: r["type"] for r in rows}
         return types
 
+    def forget_column_types(self) -> None:
+        """Ask the server again on the next insert (after a migration changed a table)."""
+        self._types_by_table = None
+
     def close(self) -> None:  # noqa: B027 - optional for back ends
         pass
 

@@ -58,4 +58,6 @@ def migrate(store: Store) -> list[str]:
         store.execute(store.render(stmt))
         if name not in applied:
             applied.append(name)
+    if applied:
+        store.forget_column_types()  # an Enum may have new values, a table new columns
     return applied
