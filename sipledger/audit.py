@@ -113,6 +113,8 @@ def read_log(raw_events: Iterable[bytes | str]) -> tuple[dict[str, LoggedCall], 
             last = ev["last_heartbeat"]
             verdicts.append(Verdict(ev["node"], pos, ev["ts"], None if last is None else parse_ts(last)))
             continue
+        if etype == "account.topup":
+            continue  # a prepaid account's credit, not a call: no CDR
         c = calls.get(ev["call_id"])
         if c is None:
             c = calls[ev["call_id"]] = LoggedCall(ev["call_id"])

@@ -74,6 +74,9 @@ NOTES: Final[dict[tuple[str, str], str]] = {
     ("node.heartbeat", "call_id"): "`node:<node>`: the key heartbeats are published under",
     ("node.heartbeat", "active_calls"): "Calls the node has up now",
     ("node.lost", "call_id"): "`node:<node>` of the lost node",
+    ("account.topup", "account"): "The prepaid account credited (`[[accounts]]` name)",
+    ("account.topup", "note"): "Free text for people (who paid, the receipt)",
+    ("call.setup", "credit.currency"): "The rate's currency, which the balance is kept in",
 }
 
 # One example per type: together one valid stream (call sw1/7f3a of node sw1, and node events).
@@ -110,6 +113,10 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
                   "type": "node.lost", "ts": "2026-11-25T10:16:00.000Z", "node": "sw2", "schema_version": 2,
                   "last_heartbeat": "2026-11-25T10:15:21.000Z", "detected_by": "pipeline-1",
                   "probe": "no answer to 3 OPTIONS at 198.51.100.3:5060", "takeover_by": ["sw1"]},
+    "account.topup": {"event_id": "topup-5b1f0c2e", "call_id": "account:acme", "seq": 1,
+                      "type": "account.topup", "ts": "2026-11-25T09:30:00.000Z", "node": "sipledger-cli",
+                      "schema_version": 2, "topup_id": "5b1f0c2e", "account": "acme", "amount": "25.00",
+                      "note": "invoice 2026-118"},
 }
 
 
@@ -259,11 +266,15 @@ def _rules(d: dict[str, Any]) -> list[str]:
         "- **Who sends what.** A switch sends its call events and, for a live stream, `node.heartbeat`. "
         "`node.lost` is the pipeline's own verdict: it is in the logs the pipeline writes to, and "
         "`events send` broadcasts it like the pipeline does when such a log is copied.",
+        "- **Prepaid accounts.** `account.topup` (written by `sipledger balance add`) credits an account; it "
+        "is keyed `account:<account>`, has no `seq` chain (`seq` 1) and is counted once per `topup_id`, "
+        "however often it is read. A prepaid call's `call.setup` carries `credit`: the hold its node "
+        "reserved; the pipeline replaces the hold with the call's rated cost when its CDR is made.",
         "- **Unknown fields are refused**, like a wrong type or a missing required field: such an event "
         "goes to the dead-letter topic with the field named, and its call misses that `seq`.",
         "- **`schema_version`** is 1 or 2; version 2 adds `node.lost`, `node.heartbeat.address`, "
-        "`call.answered.dialogs`, `local_cseq` and `remote_target` on refreshes and probes, and "
-        "`call.terminated.takeover`. Both are read.",
+        "`call.answered.dialogs`, `local_cseq` and `remote_target` on refreshes and probes, "
+        "`call.terminated.takeover` and `account.topup`. Both are read.",
         "",
         "### Each node's clock",
         "",
@@ -403,9 +414,10 @@ def render() -> str:
 
 def example_stream() -> list[dict[str, Any]]:
     """The examples in stream order (call events by seq, then node events): one valid file."""
-    calls = sorted((e for e in EXAMPLES.values() if not e["call_id"].startswith("node:")),
+    others = ("node:", "account:")
+    calls = sorted((e for e in EXAMPLES.values() if not e["call_id"].startswith(others)),
                    key=lambda e: e["seq"])
-    nodes = [e for e in EXAMPLES.values() if e["call_id"].startswith("node:")]
+    nodes = [e for e in EXAMPLES.values() if e["call_id"].startswith(others)]
     return calls + nodes
 
 

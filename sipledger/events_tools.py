@@ -36,6 +36,8 @@ from schemas.validation import ContractError, decode_event
 # Sent to every partition, like the B2BUA's publisher does (sipledger/eventlog/kafka_publisher.py).
 BROADCAST_TYPES = frozenset({"node.heartbeat", "node.lost"})
 NODE_TYPES = BROADCAST_TYPES
+# Facts of an account, not of a call: keyed account:<name>, no seq chain (each is counted once by its id).
+ACCOUNT_TYPES = frozenset({"account.topup"})
 # How long a topic may take to appear in the broker's metadata before it is called missing.
 TOPIC_WAIT_S = 3.0
 
@@ -73,6 +75,7 @@ class CheckResult:
     repeats: int = 0  # events repeated verbatim (same id, same content): dropped downstream
     heartbeats: int = 0
     verdicts: int = 0  # node.lost events
+    topups: int = 0  # account.topup events
     calls: int = 0
     ended: int = 0
     nodes: list[str] = field(default_factory=list)
@@ -97,7 +100,7 @@ class CheckResult:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "lines": self.lines, "events": self.events, "calls": self.calls,
                 "ended": self.ended, "nodes": self.nodes, "heartbeats": self.heartbeats,
-                "node_lost": self.verdicts, "repeated_events": self.repeats,
+                "node_lost": self.verdicts, "topups": self.topups, "repeated_events": self.repeats,
                 "nodes_without_heartbeats": self.silent_nodes,
                 "problems": [p.as_dict() for p in self.problems]}
 
@@ -142,12 +145,19 @@ def check_lines(lines: Iterable[tuple[int, bytes]]) -> CheckResult:
                 res.repeats += 1
                 continue
             # Without this line its call still has the seq (a second version of one event) or not.
-            known = etype not in NODE_TYPES and cid in calls and seq in calls[cid].seqs
+            other = etype in NODE_TYPES or etype in ACCOUNT_TYPES
+            known = not other and cid in calls and seq in calls[cid].seqs
             problems.append(Problem(line, "event_id", f"event_id {eid!r} already names a different event "
                                     f"(line {first[1]}); the pipeline would drop this one as a duplicate",
-                                    None if etype in NODE_TYPES else cid, not known))
+                                    None if other else cid, not known))
             continue
         ids[eid] = (digest, line)
+        if etype in ACCOUNT_TYPES:
+            res.topups += 1
+            if cid != f"account:{event['account']}":
+                problems.append(Problem(line, "call_id", f"a top-up of account {event['account']!r} has "
+                                        f"call_id {cid!r}, not 'account:{event['account']}'"))
+            continue
         if etype in NODE_TYPES:
             nodes.add(node)
             if etype == "node.heartbeat":
