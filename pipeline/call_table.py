@@ -20,6 +20,11 @@ Records of the changelog topic ``<app id>-call-state-changelog`` (faust's json c
   ``p`` dropped from the table at one eviction (pipeline/domain/closed_calls.py records: a key digest and
   the close time each), remembered so a late redelivery changes nothing. Written before the calls'
   tombstones, on the same partition.
+* key ``"~ledger/<p>"``, value ``{"p": p, "books": ..., "last_settled": [...]}``: partition ``p``'s prepaid
+  ledger as ``Ledger.to_dict`` gives it (top-ups by id, settled debits; holds and debits of live calls are
+  on their states). Written when a top-up is counted and before the tombstones of an eviction that
+  settled debits (``last_settled`` names those calls, so a restart that still finds them does not count
+  them twice).
 * a null value: the call was closed, its CDR committed, and it was dropped (a tombstone).
 """
 
@@ -39,6 +44,7 @@ DEFAULT_APP_ID: Final = "sipledger-pipeline"
 TABLE_NAME: Final = "call-state"
 LIVENESS_PREFIX: Final = "~liveness/"
 CLOSED_PREFIX: Final = "~closed/"
+LEDGER_PREFIX: Final = "~ledger/"
 
 # Field orders ever written, by layout number. Never change an entry: a new CallState field needs a new
 # layout (tests/pipeline/test_call_table.py fails until there is one), so changelogs written by an older
@@ -90,6 +96,10 @@ def changelog_topic(app_id: str) -> str:
 
 def liveness_key(partition: int) -> str:
     return f"{LIVENESS_PREFIX}{partition}"
+
+
+def ledger_key(partition: int) -> str:
+    return f"{LEDGER_PREFIX}{partition}"
 
 
 def closed_key(partition: int, tag: str) -> str:

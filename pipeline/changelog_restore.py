@@ -30,13 +30,22 @@ from typing import Any
 
 import orjson
 
-from pipeline.call_table import CLOSED_PREFIX, LIVENESS_PREFIX, closed_records, is_closed, is_state, state_of
+from pipeline.call_table import (
+    CLOSED_PREFIX,
+    LEDGER_PREFIX,
+    LIVENESS_PREFIX,
+    closed_records,
+    is_closed,
+    is_state,
+    state_of,
+)
 from pipeline.domain import CallState
 from pipeline.domain.closed_calls import RECORD
 from sipledger.topic_reader import TopicReader, latest_by_key
 
 _LIVENESS_KEY = orjson.dumps(LIVENESS_PREFIX)[:-1]  # b'"~liveness/': how such keys start once encoded
 _CLOSED_KEY = orjson.dumps(CLOSED_PREFIX)[:-1]
+_LEDGER_KEY = orjson.dumps(LEDGER_PREFIX)[:-1]
 
 
 @dataclass(slots=True)
@@ -51,6 +60,7 @@ class PartitionLog:
     # {"live": {node: last seen ms}}; Processor.restore reads both).
     live: dict[str, Any] = field(default_factory=dict)
     closed: list[bytes] = field(default_factory=list)  # closed-call memory records (ClosedCalls.load)
+    ledger: dict[str, Any] | None = None  # the prepaid ledger's own record (Ledger.restore), if any
     digest: str = ""
     seconds: float = 0.0
 
@@ -89,6 +99,9 @@ def fold_partition(partition: int, end_offset: int, records: Iterable[tuple[byte
         if key.startswith(_LIVENESS_KEY):
             if isinstance(value, dict):
                 log.live = {k: v for k, v in value.items() if k != "p"}
+        elif key.startswith(_LEDGER_KEY):
+            if isinstance(value, dict):
+                log.ledger = {k: v for k, v in value.items() if k != "p"}
         elif key.startswith(_CLOSED_KEY):
             if is_closed(value):
                 log.closed.append(closed_records(value))

@@ -176,6 +176,8 @@ EXIT_UNAVAILABLE = 69
 CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(10 * 60 * 1000),
                      "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
                      "delete.retention.ms": str(60 * 60 * 1000)}
+# Prepaid balances topic (pipeline -> B2BUA nodes): the latest record of each (account, partition) key.
+BALANCES_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
 # Status topic: one record per worker process (host:pid), so a worker restarted many times leaves many
 # keys; deletion after a day (on top of compaction) forgets those of processes long gone.
 STATUS_CONFIGS = {"cleanup.policy": "compact,delete", "retention.ms": str(24 * 60 * 60 * 1000),
@@ -671,7 +673,8 @@ class KafkaPipeline:
             rec = plog.live  # node clocks, heartbeats, addresses, takeovers (or an older {"live": ...})
             proc.restore({"states": plog.states, "clocks": rec.get("clocks", rec.get("live", {})),
                           "heartbeats": rec.get("beats", {}), "addresses": rec.get("addresses", {}),
-                          "taken_over": rec.get("taken_over", {})})
+                          "taken_over": rec.get("taken_over", {}), "ledger": plog.ledger})
+            proc.partition = p  # names this partition's share in its account.balance records
             for records in plog.closed:
                 proc.closed.load(records)  # closed calls remembered: late redeliveries change nothing
             info = dict(plog.summary(), attempt=attempt, restored_at_ms=now)
@@ -899,11 +902,12 @@ class KafkaPipeline:
             t0 = time.perf_counter()
             work = [(p, out) for p, out in work if out]
             copartitioned = await self._copartitioned() if work else set()
-            messages, cdrs, alerts = self._output_messages(work, copartitioned)
+            messages, cdrs, alerts, ledger = self._output_messages(work, copartitioned)
             # Outputs and rows are independent of each other; both must be acknowledged before any
             # state. The rows go to the writer process (as the JSON just encoded for Kafka: bytes cross the
             # pipe far cheaper than dicts) while this loop talks to the broker.
-            await asyncio.gather(self._publish(messages, epoch), self.writer.write(raws, cdrs, alerts))
+            await asyncio.gather(self._publish(messages, epoch),
+                                 self.writer.write(raws, cdrs, alerts, ledger))
             self.prof["outputs+store"] += time.perf_counter() - t0
             if previous is not None:
                 await previous
@@ -934,14 +938,22 @@ class KafkaPipeline:
         return self._copartitioned_topics
 
     def _output_messages(self, work: list[tuple[int, Outputs]], copartitioned: set[str]
-                         ) -> tuple[list[Message], list[bytes], list[bytes]]:
-        """Kafka messages of the outputs, and the encoded CDRs and alerts among them (for the store)."""
+                         ) -> tuple[list[Message], list[bytes], list[bytes], list[bytes]]:
+        """Kafka messages of the outputs, and the encoded CDRs, alerts and prepaid ledger rows among them
+        (for the store)."""
         k = self.cfg.kafka
         messages: list[Message] = []
         cdrs: list[bytes] = []
         alerts: list[bytes] = []
+        ledger: list[bytes] = []
         append = messages.append
         for p, out in work:
+            # Prepaid: one record per (account, partition) on the one-partition compacted balances topic,
+            # which every B2BUA node reads from its beginning (b2bua/balances_in.py); the key keeps the
+            # latest of each partition's share.
+            for rec in out.balances:
+                append((k.topic_balances, 0, f"{rec['account']}/{p}".encode(), _dumps(rec)))
+            ledger.extend(_dumps(row) for row in out.ledger)
             to_cmd = p if k.topic_commands in copartitioned else None
             to_alert = p if k.topic_alerts in copartitioned else None
             to_cdr = p if k.topic_cdrs in copartitioned else None
@@ -967,7 +979,7 @@ class KafkaPipeline:
             self.stats["commands"] += len(out.commands)
             self.stats["dead_letters"] += len(out.dead_letters)
             self.counts.add(out)
-        return messages, cdrs, alerts
+        return messages, cdrs, alerts, ledger
 
     async def _publish(self, messages: list[Message], epoch: int | None = None) -> None:
         """Send and wait until the broker acknowledged every message (at-least-once: resend all on error).
@@ -1054,6 +1066,11 @@ class KafkaPipeline:
                         continue
                 written.add(cid)
                 messages.append(self._changelog(p, cid, call_table.state_value(p, st)))
+        for p, out in work:
+            if any(row["kind"] == "topup" for row in out.ledger) and p in self.runtimes:
+                # Top-ups live only in the ledger's own record (holds and debits are on call states).
+                led = self.runtimes[p].processor.ledger
+                messages.append(self._changelog(p, call_table.ledger_key(p), {"p": p, **led.to_dict()}))
         for p in beats:
             rt = self.runtimes.get(p)
             if rt is None:
@@ -1074,6 +1091,7 @@ class KafkaPipeline:
             if done is None:
                 continue
             tombstones: list[Message] = []
+            evicted: list[str] = []
             states = rt.processor.states
             while rt.closed:
                 at, cid = rt.closed[0]
@@ -1086,6 +1104,7 @@ class KafkaPipeline:
                 if st is None or not st.closed:
                     continue
                 del states[cid]
+                evicted.append(cid)
                 rt.processor.closed.add(cid, st.end_ms or 0)
                 if cid in rt.written:  # else never written (see _state_messages): nothing to tombstone
                     rt.written.discard(cid)
@@ -1096,6 +1115,13 @@ class KafkaPipeline:
                 # finds a dropped call neither in the table nor in the memory.
                 key = call_table.closed_key(p, f"{done}-{uuid.uuid4().hex[:8]}")
                 messages.append(self._changelog(p, key, call_table.closed_value(p, new)))
+            led = rt.processor.ledger
+            before = led.tracked()
+            led.settle(evicted)
+            if led.tracked() != before:
+                # Their debits are settled now: the ledger's record before the tombstones (its
+                # last_settled names these calls, so a restart that still finds one does not count it twice).
+                messages.append(self._changelog(p, call_table.ledger_key(p), {"p": p, **led.to_dict()}))
             messages += tombstones
         return messages
 
@@ -1365,8 +1391,9 @@ def ensure_topics(cfg: Config, app_id: str) -> None:
             raise RuntimeError(f"changelog topic {changelog!r} has {counts[changelog]} partitions, the "
                                f"events topic {events}: each events partition needs its own changelog "
                                "partition")
-        create_topics(bootstrap, {changelog: events, status_topic(app_id): 1},
-                      configs={changelog: CHANGELOG_CONFIGS, status_topic(app_id): STATUS_CONFIGS})
+        create_topics(bootstrap, {changelog: events, status_topic(app_id): 1, cfg.kafka.topic_balances: 1},
+                      configs={changelog: CHANGELOG_CONFIGS, status_topic(app_id): STATUS_CONFIGS,
+                               cfg.kafka.topic_balances: BALANCES_CONFIGS})
     except StackError as exc:
         raise RuntimeError(str(exc)) from None
     except RuntimeError:

@@ -40,9 +40,10 @@ from sipledger.stack.process import process_cpu_seconds
 
 log = logging.getLogger("sipledger.pipeline.store_writer")
 
-# Request: (raw events, CDRs, alerts), each a JSON document, or None to stop. Reply: ("ok", written counts,
-# timings) once stored, or ("error", {}, {"error": why}) when the store refused a row.
-Request = tuple[list[bytes], list[bytes], list[bytes]]
+# Request: (raw events, CDRs, alerts, prepaid ledger rows), each a JSON document, or None to stop.
+# Reply: ("ok", written counts, timings) once stored, or ("error", {}, {"error": why}) when the store
+# refused a row.
+Request = tuple[list[bytes], list[bytes], list[bytes], list[bytes]]
 # Sinks (each its own connection and flushing thread) used in turn; three measured no faster than two.
 SINKS = 2
 
@@ -111,7 +112,7 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
                 if last is not None:
                     last.result()
                 return
-            raws, cdrs, alerts = request
+            raws, cdrs, alerts, ledger = request
             sink = sinks[turn]
             busy = flushing[turn]
             if busy is not None:
@@ -125,6 +126,8 @@ def _child(conn: Connection, store_url: str, base_dir: str, batch_size: int, sto
                 sink.add_cdr(loads(cdr))
             for alert in alerts:
                 sink.add_alert(loads(alert))
+            for row in ledger:
+                sink.add_ledger(loads(row))
             timings["rows"] += clock() - t0
             last = flushing[turn] = flushers[turn].submit(flush_and_ack, sink, last)
             turn = (turn + 1) % SINKS
@@ -221,19 +224,21 @@ class StoreWriterProcess:
                 self._pending_since.pop()
                 raise
 
-    async def write(self, raws: list[bytes], cdrs: list[bytes], alerts: list[bytes]) -> None:
+    async def write(self, raws: list[bytes], cdrs: list[bytes], alerts: list[bytes],
+                    ledger: list[bytes] | None = None) -> None:
         """Store the rows; returns once the store acknowledged all of them. Raises if the child died.
 
         Several writes may be in flight; they are stored and acknowledged in the order they were called.
         """
-        if not (raws or cdrs or alerts):
+        ledger = ledger or []
+        if not (raws or cdrs or alerts or ledger):
             return
         if self._proc is None:
             self.start()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         try:
-            await loop.run_in_executor(self._sender, self._send, (raws, cdrs, alerts), loop, fut)
+            await loop.run_in_executor(self._sender, self._send, (raws, cdrs, alerts, ledger), loop, fut)
         except (EOFError, OSError) as exc:
             code = self._proc.exitcode if self._proc is not None else None
             raise RuntimeError(f"store writer process died (exit code {code})") from exc

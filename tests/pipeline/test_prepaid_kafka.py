@@ -1,0 +1,178 @@
+"""Prepaid balances in Kafka mode: a faust worker (real Kafka 4.3.1, real ClickHouse 18.16) publishes
+account.balance records to the compacted balances topic the B2BUA nodes follow, writes the ledger rows
+to the store, and keeps its top-ups and settled debits across a restart (its ``~ledger/<p>`` changelog
+record): a top-up id read again after the restart still counts once.
+
+A prepaid call that talked 35.8 s at 1.00/min 6/6 is billed 36 s = 0.60, which is its debit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from domain_eventgen import T0, CallBuilder
+
+from pipeline.call_table import LEDGER_PREFIX, changelog_topic
+from pipeline.domain.timeutil import format_ts
+from pipeline.kafka_io import WorkerProcess, make_producer, produce_events, read_topic
+from schemas.validation import validate_balance
+from sipledger.stack.kafka_broker import create_topics
+from sipledger.store import open_store
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+REPO = Path(__file__).resolve().parents[2]
+PARTITIONS = 4
+RATES = """\
+party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,minimum_duration,currency,effective_from
+pre,1555,1.00,6,6,0,0,USD,2026-01-01
+"""
+
+
+def _topup(topup_id: str, amount: str, n: int) -> dict[str, Any]:
+    return {"event_id": f"topup-{topup_id}-{n}", "call_id": "account:pre", "seq": 1, "type": "account.topup",
+            "ts": format_ts(T0 + n), "node": "sipledger-cli", "schema_version": 2, "topup_id": topup_id,
+            "account": "pre", "amount": amount, "note": "kafka test"}
+
+
+def _call(call_id: str, talk_ms: int) -> list[dict[str, Any]]:
+    b = CallBuilder(call_id, "n1", t0=T0 + 1_000).setup(account="pre", callee="15551230000")
+    b.events[0]["credit"] = {"hold": "0.600000", "limit_ms": 36_000, "available": "0.620000", "rate": "1.00",
+                             "currency": "USD"}
+    b.routed().answered(2_000, "no_timer", effective_limit_s=36, limit_source="credit_limit")
+    return b.terminated(2_000 + talk_ms, "credit_limit", "system").events
+
+
+def _wait(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+def _node_view(bootstrap: str, topic: str) -> dict[str, Decimal]:
+    """What a node sums: the latest record of each (account, partition) key, as b2bua/credit_book does."""
+    latest: dict[bytes | None, dict[str, Any]] = {}
+    for key, rec in read_topic(bootstrap, topic, timeout_ms=1500):
+        validate_balance(rec)
+        latest[key] = rec
+    out: dict[str, Decimal] = {}
+    for rec in latest.values():
+        out[rec["account"]] = out.get(rec["account"], Decimal(0)) + Decimal(rec["balance"])
+    return out
+
+
+def _cli_balance(cfg: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = ["balance", "pre", "--json", "--config", str(cfg)]
+    done = subprocess.run([sys.executable, "-m", "sipledger", *args], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(done.stdout)
+    return row
+
+
+def test_a_worker_publishes_balances_stores_the_ledger_and_restores_its_topups(real_stack: Any,
+                                                                               tmp_path: Path) -> None:
+    bootstrap = real_stack.kafka_bootstrap
+    sfx = uuid.uuid4().hex[:8]
+    topics = {k: f"prepaid-{k}-{sfx}" for k in ("events", "commands", "alerts", "cdrs", "dead", "balances")}
+    create_topics(bootstrap, {name: (1 if k == "dead" else PARTITIONS) for k, name in topics.items()
+                              if k != "balances"})  # the worker creates its balances topic itself
+    (tmp_path / "rates.csv").write_text(RATES)
+    url = real_stack.clickhouse_url(f"prepaid_{sfx}")
+    cfg = tmp_path / "sipledger.toml"
+    cfg.write_text(f"""
+[events]
+log = "kafka://{bootstrap}"
+[kafka]
+partitions = {PARTITIONS}
+topic_events = "{topics['events']}"
+topic_commands = "{topics['commands']}"
+topic_alerts = "{topics['alerts']}"
+topic_cdrs = "{topics['cdrs']}"
+topic_dead_letter = "{topics['dead']}"
+topic_balances = "{topics['balances']}"
+[store]
+url = "{url}"
+[pipeline]
+sell_rates = "rates.csv"
+node_timeout = 3600
+[[accounts]]
+name = "pre"
+ips = ["192.0.2.10"]
+prepaid = true
+""")
+    app_id = f"sipledger-prepaid-{sfx}"
+    producer = make_producer(bootstrap, linger_ms=0)
+    store = open_store(url)
+    worker = WorkerProcess(cfg, app_id, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        # t1 twice (a retried `balance add`): counted once.
+        produce_events(producer, topics["events"], [_topup("t1", "1.00", 1), _topup("t1", "1.00", 2),
+                                                    *_call("c1", 35_800)], PARTITIONS)
+        producer.flush()
+        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.40"), 30,
+              "the balances topic at 1.00 - 0.60")
+        _wait(lambda: _cli_balance(cfg)["debit_count"] == 1, 30, "the debit in the store")
+        row = _cli_balance(cfg)
+        assert (row["topups"], row["debits"], row["balance"], row["reserved"], row["topup_count"]) == \
+            ("1.000000", "0.600000", "0.400000", "0.000000", 1)
+        (cdr,) = store.query("SELECT sell_cost, billed_seconds, toString(end_reason) AS reason "
+                             "FROM cdrs FINAL")
+        assert (cdr["sell_cost"], cdr["billed_seconds"], cdr["reason"]) == \
+            (Decimal("0.6"), 36, "credit_limit")
+        (debit,) = store.query("SELECT amount FROM account_ledger FINAL WHERE entry_id = 'call:c1'")
+        assert debit["amount"] == cdr["sell_cost"]
+
+        # The call is evicted once its batch is committed: its debit is settled into the ledger's record.
+        def settled() -> bool:
+            for key, rec in read_topic(bootstrap, changelog_topic(app_id), timeout_ms=1500):
+                if key is not None and json.loads(key).startswith(LEDGER_PREFIX) and \
+                        rec["books"].get("pre", {}).get("settled") == "0.600000":
+                    return True
+            return False
+        _wait(settled, 60, "the settled debit in the changelog")
+        worker.stop()
+
+        worker = WorkerProcess(cfg, app_id, tmp_path / "worker2.log").start()
+        worker.wait_ready()
+        # After the restart the restored ledger knows t1 and the settled debit: t2 alone gives 1.50 - 0.60
+        # (a worker that forgot its ledger would publish 0.50 for the top-ups' partition).
+        produce_events(producer, topics["events"], [_topup("t2", "0.50", 3)], PARTITIONS)
+        producer.flush()
+        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
+              "the balances topic at 1.50 - 0.60")
+        # t1 again counts nothing; t3 does.
+        produce_events(producer, topics["events"], [_topup("t1", "1.00", 4), _topup("t3", "0.10", 5)],
+                       PARTITIONS)
+        producer.flush()
+        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("1.00"), 30,
+              "the balances topic at 1.60 - 0.60")
+        # A second call on c1's partition: its record must still count c1's settled debit (1.60 - 0.70).
+        (c1_partition,) = {rec["partition"] for _, rec in read_topic(bootstrap, topics["balances"])
+                           if "c1" in rec["debited"]}
+        for ev in _call("c2", 5_800):
+            producer.send(topics["events"], value=json.dumps(ev).encode(), key=b"c2", partition=c1_partition)
+        producer.flush()
+        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
+              "the balances topic at 1.60 - 0.70")
+        _wait(lambda: _cli_balance(cfg)["debit_count"] == 2, 30, "two debits in the store")
+        row = _cli_balance(cfg)
+        assert (row["topups"], row["debits"], row["balance"], row["available"], row["topup_count"]) == \
+            ("1.600000", "0.700000", "0.900000", "0.900000", 3)
+    finally:
+        worker.stop()
+        producer.close()
+        store.close()
