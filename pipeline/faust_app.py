@@ -94,6 +94,11 @@ Design
   publishes what it does - partitions and their restore state, store writer's pending rows, deliveries
   in flight - to the compacted topic ``<app id>-status`` keyed by worker; ``sipledger status`` reads it
   (sipledger/pipeline_status.py).
+* Prepaid balances: each partition's processor keeps its share of the ledger (pipeline/domain/ledger.py);
+  its account.balance records go, with the batch's other outputs, to the compacted one-partition topic
+  ``kafka.topic_balances`` (key ``<account>/<partition>``; created by the worker) that the B2BUA nodes
+  follow, its rows to the store writer (``account_ledger``). Top-ups and settled debits are persisted in
+  the changelog as ``~ledger/<p>`` (pipeline/call_table.py), restored with the partition's states.
 * Fetches wait at most ``FETCH_MAX_WAIT_MS`` on the broker (``ShortPollConsumerThread``).
 * An unexpected exception ends the process at once (``os._exit``) instead of letting anything ack the
   batch on the way out: a restart re-delivers it.
