@@ -181,8 +181,6 @@ EXIT_UNAVAILABLE = 69
 CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(10 * 60 * 1000),
                      "segment.bytes": str(64 * 1024 * 1024), "min.cleanable.dirty.ratio": "0.2",
                      "delete.retention.ms": str(60 * 60 * 1000)}
-# Prepaid balances topic (pipeline -> B2BUA nodes): the latest record of each (account, partition) key.
-BALANCES_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
 # Status topic: one record per worker process (host:pid), so a worker restarted many times leaves many
 # keys; deletion after a day (on top of compaction) forgets those of processes long gone.
 STATUS_CONFIGS = {"cleanup.policy": "compact,delete", "retention.ms": str(24 * 60 * 60 * 1000),
@@ -1381,7 +1379,7 @@ def ensure_topics(cfg: Config, app_id: str) -> None:
     Raises ``RuntimeError`` with a one-line reason. The changelog must have as many partitions as the
     events topic: changelog partition ``p`` holds the states of events partition ``p``.
     """
-    from sipledger.stack.kafka_broker import create_topics, topic_partitions
+    from sipledger.stack.kafka_broker import BALANCES_CONFIGS, create_topics, topic_partitions
     from sipledger.stack.process import StackError
 
     bootstrap = cfg.kafka.bootstrap

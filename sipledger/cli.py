@@ -61,7 +61,13 @@ def _stack_dir(cfg: Config) -> Path:
 def _topics(cfg: Config) -> dict[str, int]:
     k = cfg.kafka
     return {k.topic_events: k.partitions, k.topic_commands: k.partitions, k.topic_alerts: k.partitions,
-            k.topic_cdrs: k.partitions, k.topic_dead_letter: 1}
+            k.topic_cdrs: k.partitions, k.topic_dead_letter: 1, k.topic_balances: 1}
+
+
+def _topic_configs(cfg: Config) -> dict[str, dict[str, str]]:
+    from .stack.kafka_broker import BALANCES_CONFIGS
+
+    return {cfg.kafka.topic_balances: BALANCES_CONFIGS}
 
 
 @stack.command("up")
@@ -73,7 +79,8 @@ def stack_up(cfg: Config, only: str | None) -> None:
     from .stack import services
 
     try:
-        for line in services.up(_stack_dir(cfg), cfg, _topics(cfg), only=only):
+        for line in services.up(_stack_dir(cfg), cfg, _topics(cfg), only=only,
+                                configs=_topic_configs(cfg)):
             click.echo(line)
     except services.StackError as exc:
         raise click.ClickException(str(exc)) from None
@@ -125,7 +132,8 @@ def stack_init(cfg: Config) -> None:
     from .store import StoreError, migrate, open_store
 
     try:
-        created = kafka_broker.create_topics(cfg.kafka.bootstrap, _topics(cfg), timeout=120)
+        created = kafka_broker.create_topics(cfg.kafka.bootstrap, _topics(cfg), timeout=120,
+                                             configs=_topic_configs(cfg))
         click.echo(f"kafka {cfg.kafka.bootstrap}: created {', '.join(created) or 'nothing (all exist)'}")
         with open_store(cfg.store.url, str(cfg.base_dir)) as store:
             migrate(store)

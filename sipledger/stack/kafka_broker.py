@@ -145,6 +145,11 @@ def _write_props(props: Path, data: Path, port: int, cport: int,
     ]))
 
 
+# The prepaid balances topic (pipeline -> B2BUA nodes, kafka.topic_balances): a node reads it from its
+# beginning for the latest record of each (account, partition) key, so it is compacted.
+BALANCES_CONFIGS: dict[str, str] = {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
+
+
 def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0,
                   configs: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Create missing topics (name -> partitions; ``configs``: name -> topic configs such as

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..config import Config
@@ -27,14 +27,15 @@ def stack_config(bootstrap: str | None, store_url: str | None, partitions: int) 
     return "\n".join(lines)
 
 
-def up(stack_dir: Path, cfg: Config, topics: dict[str, int], only: str | None = None) -> Iterator[str]:
+def up(stack_dir: Path, cfg: Config, topics: dict[str, int], only: str | None = None,
+       configs: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[str]:
     bootstrap = store_url = None
     if only in (None, kafka_broker.NAME):
         rec, started = kafka_broker.up(stack_dir, cfg.stack.kafka_port)
         verb = "started" if started else "already running"
         yield f"kafka: {verb}, pid {rec.pid}, bootstrap 127.0.0.1:{rec.port}"
         bootstrap = f"127.0.0.1:{rec.port}"
-        created = kafka_broker.create_topics(f"127.0.0.1:{rec.port}", topics)
+        created = kafka_broker.create_topics(f"127.0.0.1:{rec.port}", topics, configs=configs)
         if created:
             yield f"kafka: created topics {', '.join(created)}"
     if only in (None, clickhouse_server.NAME):
