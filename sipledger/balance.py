@@ -23,7 +23,7 @@ from typing import Any
 
 from sipledger.config import Config
 
-from .store import Store
+from .store import Store, StoreError
 
 # One query, FINAL: a top-up or debit written twice counts once; a debit replaces its call's hold.
 BALANCE_SQL = """
@@ -78,11 +78,20 @@ class Balance:
 def fetch_balances(store: Store, cfg: Config, account: str | None = None) -> list[Balance]:
     """Every account the ledger or the config knows (prepaid ones of the config with no entry yet at 0),
     or only ``account``."""
+    # A store the pipeline never wrote to (or one from before DDL 008) has no ledger: say so rather than
+    # show balances of 0, or the server's "unknown table".
+    found = store.query("SELECT count() AS n FROM system.tables WHERE database = currentDatabase() "
+                        "AND name = 'account_ledger'")
+    if not int(found[0]["n"]):
+        raise StoreError(f"the store {store.url} has no account_ledger table yet: the pipeline creates it "
+                         "when it starts (or run `sipledger stack migrate`)")
     where, params = ("WHERE account = %(a)s", {"a": account}) if account else ("", {})
     rows = {r["account"]: r for r in store.query(BALANCE_SQL.format(where=where), params)}
     configured = {a.name: a for a in cfg.accounts}
     names = set(rows) | {a.name for a in cfg.accounts if a.prepaid}
     if account:
+        if account not in rows and account not in configured:
+            raise ValueError(f"no account {account!r} in the configuration or the ledger")
         names = {account}
     out = []
     for name in sorted(names):

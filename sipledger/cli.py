@@ -252,7 +252,7 @@ def _show_balances(cfg: Config, account: str | None, store_url: str | None, fmt:
     try:
         with _reader(cfg, store_url) as store:
             balances = fetch_balances(store, cfg, account)
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json or fmt == "json":
         click.echo(json.dumps([b.as_dict() for b in balances], indent=2))
