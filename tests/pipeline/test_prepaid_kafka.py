@@ -8,6 +8,7 @@ A prepaid call that talked 35.8 s at 1.00/min 6/6 is billed 36 s = 0.60, which i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -21,6 +22,8 @@ from typing import Any
 import pytest
 from domain_eventgen import T0, CallBuilder
 
+from b2bua.balances_in import KafkaBalanceFollower
+from b2bua.credit_book import CreditBook
 from pipeline.call_table import LEDGER_PREFIX, changelog_topic
 from pipeline.domain.timeutil import format_ts
 from pipeline.kafka_io import WorkerProcess, make_producer, produce_events, read_topic
@@ -70,6 +73,26 @@ def _node_view(bootstrap: str, topic: str) -> dict[str, Decimal]:
     for rec in latest.values():
         out[rec["account"]] = out.get(rec["account"], Decimal(0)) + Decimal(rec["balance"])
     return out
+
+
+async def _node_follows(bootstrap: str, topic: str) -> Decimal:
+    """A B2BUA node's own path: its balances follower reads the topic from the beginning into its credit
+    book (b2bua/balances_in.py, b2bua/credit_book.py); the available balance once it is ready."""
+    book = CreditBook(prepaid={"pre": Decimal(0)})
+    ready = asyncio.Event()
+
+    def on_record(rec: dict[str, Any]) -> None:
+        validate_balance(rec)
+        book.on_record(rec)
+
+    follower = KafkaBalanceFollower(bootstrap, topic, on_record, ready.set)
+    follower.start()
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.sleep(0.2)  # records handed over just before the ready call are applied by now
+    finally:
+        await follower.stop()
+    return book.available("pre")
 
 
 def _cli_balance(cfg: Path) -> dict[str, Any]:
@@ -168,6 +191,7 @@ prepaid = true
         producer.flush()
         _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
               "the balances topic at 1.60 - 0.70")
+        assert asyncio.run(_node_follows(bootstrap, topics["balances"])) == Decimal("0.90")
         _wait(lambda: _cli_balance(cfg)["debit_count"] == 2, 30, "two debits in the store")
         row = _cli_balance(cfg)
         assert (row["topups"], row["debits"], row["balance"], row["available"], row["topup_count"]) == \
