@@ -190,6 +190,11 @@ class Ledger:
     def book(self, account: str) -> Book:
         return self.books.get(account) or Book()
 
+    @property
+    def changed(self) -> bool:
+        """Whether anything was counted since the last :meth:`take_changes` (a cheap test per take)."""
+        return bool(self._changes)
+
     def take_changes(self) -> dict[str, Changes]:
         out, self._changes = self._changes, {}
         return out
