@@ -89,6 +89,7 @@ class EmbeddedPipeline:
         self._closed_bytes = 0
         self._load_checkpoint()
         self.read_offset = self.offset
+        self._read_through_ms: int | None = None  # the node watch's measure of how far reading has come
         self._last_flush = 0.0
         self.server: QueryServer | None = None
         self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0}
@@ -172,8 +173,8 @@ class EmbeddedPipeline:
         with self.lock:
             # Rows held for a store that refuses them: up to the bound reading goes on, then it pauses.
             caught_up = self.sink.pending() < self.cfg.pipeline.max_pending_rows
+            wall_ms = int(self.clock() * 1000)
             if caught_up:
-                wall_ms = int(self.clock() * 1000)
                 for pos, raw in read_journal(self.paths.events, self.read_offset):
                     event = self.processor.feed_raw(raw, source=str(self.paths.events))
                     if event is not None:
@@ -185,7 +186,10 @@ class EmbeddedPipeline:
                     if n >= max_events:
                         caught_up = False  # more may be waiting
                         break
-            self._watch_nodes(caught_up)
+            if caught_up:
+                # Read to the end of the journal: everything appended before this pass began is read.
+                self._read_through_ms = wall_ms
+            self._watch_nodes()
             self._publish(self.processor.take())
             self.stats["events"] += n
             now = self.clock()
@@ -199,8 +203,9 @@ class EmbeddedPipeline:
                 self._save_checkpoint()
         return n
 
-    def _watch_nodes(self, caught_up: bool) -> None:
-        verdicts = self.watch.step(int(self.clock() * 1000), caught_up, self.processor.node_calls.nodes())
+    def _watch_nodes(self) -> None:
+        verdicts = self.watch.step(int(self.clock() * 1000), self._read_through_ms,
+                                   self.processor.node_calls.nodes())
         for event in verdicts:
             self.verdicts.publish(event)
         if verdicts:
