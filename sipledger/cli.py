@@ -670,7 +670,7 @@ def alerts_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @with_config
 def alerts_tail(cfg: Config, follow: bool, fmt: str) -> None:
-    """Print zombie alerts (from Kafka or the embedded alerts journal)."""
+    """Print zombie alerts and gateway alerts (from Kafka or the embedded alerts journal)."""
     from .alerts_view import tail_alerts
     from .topic_reader import TopicReadError
 
