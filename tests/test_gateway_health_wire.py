@@ -13,8 +13,9 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -77,12 +78,30 @@ def setup_to_answer_s(events: list[dict[str, Any]]) -> list[float]:
     return [(parse_ts(e["ts"]) - setup[e["call_id"]]) / 1000 for e in events if e["type"] == "call.answered"]
 
 
+class _Hook(BaseHTTPRequestHandler):
+    """The operator's webhook endpoint: keeps what it is sent."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        type(self).received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+
 def test_a_stopped_gateway_goes_down_calls_route_around_it_at_once_and_it_comes_back(tmp_path: Path) -> None:
     gw1, gw2 = gateway(tmp_path, "gw1"), gateway(tmp_path, "gw2")
     port1, metrics_port = gw1.local_port, free_port()
+    _Hook.received = []
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
     raw = make_config(tmp_path, [gw1.local_port, gw2.local_port], sip={"invite_timeout": INVITE_TIMEOUT},
                       store={"url": f"chdb://{tmp_path / 'store'}"}, metrics={"b2bua_port": metrics_port},
-                      pipeline={"grace_period": 1.0, "node_timeout": 3600.0})
+                      pipeline={"grace_period": 1.0, "node_timeout": 3600.0,
+                                "webhook_url": f"http://127.0.0.1:{hook.server_address[1]}/alerts"})
     for g in raw["gateways"]:
         g.update(PROBE)
     cfg = from_dict(raw, tmp_path)
@@ -186,7 +205,19 @@ def test_a_stopped_gateway_goes_down_calls_route_around_it_at_once_and_it_comes_
                                 "evidence": "3 probes lost"}]
         table = CliRunner().invoke(main, ["route", "15551230000", "--config", str(route_cfg)])
         assert f"reported: down on wire-node since {last_down['ts']} (3 probes lost)" in table.output
+
+        # The same alerts reach people: the webhook, and `sipledger alerts tail` reading the journal.
+        wait_for(lambda: len(_Hook.received) >= 4, 15, "the webhook")
+        assert sorted(a["alert_id"] for a in _Hook.received) == sorted(a["alert_id"] for a in alerts)
+        tail_cfg = tmp_path / "tail.toml"
+        tail_cfg.write_text(f'[events]\nlog = "file://{tmp_path / "events" / "events.jsonl"}"\n')
+        tail = CliRunner().invoke(main, ["alerts", "tail", "--config", str(tail_cfg)])
+        assert tail.exit_code == 0, tail.output
+        lines = tail.output.strip().splitlines()
+        assert [line.split()[1] for line in lines] == [a["kind"] for a in alerts]
+        assert all("node wire-node: gateway gw" in line for line in lines), lines
     finally:
+        hook.shutdown()
         node.stop()
         for p in procs:
             p.stop()
