@@ -202,3 +202,21 @@ def test_probes_that_the_gateway_never_answers_leave_nothing_behind() -> None:
     assert table.health["gw1"].probes_lost == 30
     # A late answer to an abandoned probe is a stray: ignored, nothing breaks.
     assert h.core.stats["internal_errors"] == 0
+
+
+def test_a_call_whose_last_gateway_goes_down_while_it_waits_ends_at_once() -> None:
+    """Both gateways silent from the start: the call tries gw1 (not judged yet), moves to gw2 when gw1 goes
+    down, and ends with 408 when gw2 goes down too, long before the 5 s INVITE timeout."""
+    h = probed()
+    h.advance(0.1)  # first probes out; nobody answers
+    only(h.feed(caller_invite()), GW1, method="INVITE")
+    out = h.advance(1.5)  # the second probes time out: gw1, then gw2 down
+    only(out, GW2, method="INVITE")
+    assert only(out, CALLER, status=408)
+    term = next(e for e in h.events if e["type"] == "call.terminated")
+    assert (term["reason"], term["sip_status"]) == ("response_timeout", 408)
+    assert term["detail"] == "gateway gw2 went down while the call waited for its answer"
+    assert [e["gateway"] for e in gateway_events(h) if e["type"] == "gateway.down"] == ["gw1", "gw2"]
+    # The next call is refused at once: every gateway of the route is down.
+    out = h.feed(caller_invite(call_id="c2@10.0.0.1", branch="z9hG4bKc2"))
+    assert only(out, CALLER, status=503) and select(out, GW1, method="INVITE") == []
