@@ -7,18 +7,26 @@ the B2BUA itself is a bug, and it fails loudly in tests instead of reaching bill
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from b2bua.sip.randomness import uuid4_hex
 from schemas.validation import validate_event
 from sipledger.eventlog import Publisher
+
+_TS_SECOND: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
 
 
 def format_ts(epoch_s: float) -> str:
     ms = int(epoch_s * 1000)
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    second = ms // 1000
+    last, prefix = _TS_SECOND[0]
+    if second != last:
+        # strftime costs more than the rest of an event; events come in bursts within one second.
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _TS_SECOND[0] = (second, prefix)
+    return f"{prefix}{ms % 1000:03d}Z"
 
 
 # 2: dialog state, local_cseq, heartbeat address, takeover reports (schemas/common.json).
@@ -40,7 +48,7 @@ class CallEventFactory:
         if seq is None:
             seq = self._seq.get(call_id, 0) + 1
             self._seq[call_id] = seq
-        event = {"event_id": uuid.uuid4().hex, "call_id": call_id, "seq": seq, "type": etype,
+        event = {"event_id": uuid4_hex(), "call_id": call_id, "seq": seq, "type": etype,
                  "ts": format_ts(self.clock()), "node": self.node, "schema_version": SCHEMA_VERSION,
                  **fields}
         validate_event(event)
@@ -54,7 +62,7 @@ class CallEventFactory:
         """``address``: host:port this node answers SIP OPTIONS at over UDP, where the pipeline probes it
         before calling it lost when its heartbeats stop (schema_version 2)."""
         self._hb_seq += 1
-        event = {"event_id": uuid.uuid4().hex, "call_id": f"node:{self.node}", "seq": self._hb_seq,
+        event = {"event_id": uuid4_hex(), "call_id": f"node:{self.node}", "seq": self._hb_seq,
                  "type": "node.heartbeat", "ts": format_ts(self.clock()), "node": self.node,
                  "schema_version": SCHEMA_VERSION, "active_calls": active_calls}
         if address:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,6 +23,8 @@ from b2bua.admission import Admission
 from b2bua.call_events import CallEventFactory
 from b2bua.commands_in import FileCommandFollower, KafkaCommandFollower
 from b2bua.core import B2BUACore, CoreConfig, contact_host
+from b2bua.gc_policy import CollectorPolicy
+from b2bua.loop_stalls import LoopStallWatch
 from b2bua.routing import RouteTable
 from b2bua.sip.parser import ParserLimits
 from b2bua.transport import Incoming, TcpLimits, TimerTask, Transports
@@ -56,6 +57,12 @@ class B2BUAServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.event_errors = 0
         self.metrics_server: Any = None
+        self.stalls = LoopStallWatch()
+        # Set by the process entry point only (``run``): the collector is process-wide, and a B2BUA
+        # embedded in a test process leaves it alone.
+        self.collector: CollectorPolicy | None = None
+        self._collector_handle: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
 
     @property
     def port(self) -> int:
@@ -79,6 +86,7 @@ class B2BUAServer:
         )
         self.timers = TimerTask(self.on_timer)
         self.timers.start()
+        self.stalls.start(loop)
         self.perform(self.core.start(loop.time()))
         self._tasks.append(loop.create_task(self._heartbeats()))
         self._start_commands()
@@ -162,9 +170,43 @@ class B2BUAServer:
                 if isinstance(a, Emit):
                     self.event_errors += 1
                 log.exception("could not perform %r", a)
-        if emitted and isinstance(self.publisher, FileJournal):
-            # Readers follow the journal live (the embedded pipeline, tests): write lines out now.
+        if emitted and isinstance(self.publisher, FileJournal) and not self._flush_scheduled:
+            # Readers follow the journal live (the embedded pipeline, tests): the lines go out once
+            # the loop has handled what is ready now (up to a batch of datagrams), in one write.
+            if self._loop is None:
+                self.publisher.flush()
+            else:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_journal)
+
+    def _flush_journal(self) -> None:
+        self._flush_scheduled = False
+        try:
             self.publisher.flush()
+        except Exception:
+            log.exception("journal flush failed")
+
+    # -- process-wide: the collector and the stall report ------------------------------------------
+    def take_over_collector(self, policy: CollectorPolicy) -> None:
+        """Run ``policy`` for this process (see b2bua/gc_policy.py): no full collection stops the loop."""
+        assert self._loop is not None
+        self.collector = policy
+        policy.install()
+        self._collector_handle = self._loop.call_later(policy.interval, self._collector_tick)
+
+    def _collector_tick(self) -> None:
+        if self.collector is None or self._loop is None:
+            return
+        self.collector.tick()
+        self._collector_handle = self._loop.call_later(self.collector.interval, self._collector_tick)
+
+    def stall_report(self) -> str:
+        """The longest loop stall and collector pause since the last report (then both start anew)."""
+        stall = self.stalls.take()
+        pause = self.collector.take_longest_pause() if self.collector is not None else 0.0
+        calls = self.core.active_calls if self.core is not None else 0
+        return (f"b2bua: loop stall max {stall * 1000:.1f} ms, collector pause max {pause * 1000:.1f} ms, "
+                f"{calls} calls up")
 
     def probe_address(self) -> str | None:
         """Where the pipeline can probe this node (UDP OPTIONS), as written into its heartbeats."""
@@ -186,6 +228,9 @@ class B2BUAServer:
     async def stop(self) -> None:
         """Stop listening and close the event publisher; calls are not hung up (another node may take
         over). Bounded: events the broker did not take within PUBLISHER_CLOSE_S stay in the spool."""
+        self.stalls.stop()
+        if self._collector_handle is not None:
+            self._collector_handle.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -253,6 +298,10 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, *, stop: asynci
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
                 installed.append(sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            # SIGUSR2: one line on stdout with the longest loop stall since the last one (benchmarks).
+            loop.add_signal_handler(signal.SIGUSR2, lambda: print(server.stall_report(), flush=True))
+            installed.append(signal.SIGUSR2)
     try:
         await stop.wait()
     finally:
@@ -274,12 +323,19 @@ def _exit_after(seconds: float) -> None:
     timer.start()
 
 
-def _freeze_startup_objects(_server: B2BUAServer) -> None:
-    # Everything allocated by start-up (modules, config, routes) lives as long as the process: move
-    # it out of the collector's generations so full collections walk only call-related objects.
-    gc.collect()
-    gc.freeze()
+def _take_over_collector(server: B2BUAServer) -> None:
+    server.take_over_collector(CollectorPolicy())
+
+
+def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's event loop when it is installed (a dependency; its UDP path and timers cost about half
+    of asyncio's), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency, but the B2BUA runs without it
+        return asyncio.run
+    return uvloop.run
 
 
 def run(cfg: Config) -> None:
-    asyncio.run(serve(cfg, on_started=_freeze_startup_objects, stop_limit=STOP_LIMIT_S))
+    _runner()(serve(cfg, on_started=_take_over_collector, stop_limit=STOP_LIMIT_S))

@@ -472,43 +472,59 @@ def _size_udp_buffers(sock: socket.socket | None, size: int) -> None:
 
 
 class TimerTask:
-    """One asyncio task sleeping until the earliest deadline of a ``DeadlineQueue``."""
+    """Fires the keys of a ``DeadlineQueue`` when due, with one ``loop.call_at`` handle on the earliest
+    deadline (no task, event or timeout object per wake-up, which cost more than the timers' own work
+    under load). Keys fired in one wake-up go in deadline order."""
 
     def __init__(self, fire: Callable[[Hashable], None]) -> None:
         self.queue = DeadlineQueue()
         self.fire = fire
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
+        self._firing = False
 
     def set(self, key: Hashable, at: float) -> None:
-        current = self.queue.next_deadline()
         self.queue.set(key, at)
-        if current is None or at < current:
-            self._wake.set()
+        if not self._firing and (self._armed_at is None or at < self._armed_at):
+            self._wake_at(at)
 
     def cancel(self, key: Hashable) -> None:
+        # The handle may still wake up for a cancelled deadline: it then finds nothing due.
         self.queue.cancel(key)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        deadline = self.queue.next_deadline()
+        if deadline is not None:
+            self._wake_at(deadline)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            deadline = self.queue.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            self._wake.clear()
-            for key in self.queue.pop_due(loop.time()):
+    def _wake_at(self, at: float) -> None:
+        if self._loop is None:
+            return  # not started: start() arms the earliest deadline
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = at
+        self._handle = self._loop.call_at(at, self._run)
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        self._handle = self._armed_at = None
+        self._firing = True
+        try:
+            for key in self.queue.pop_due(self._loop.time()):
                 try:
                     self.fire(key)
                 except Exception:
                     log.exception("timer %r failed", key)
+        finally:
+            self._firing = False
+        deadline = self.queue.next_deadline()
+        if deadline is not None:
+            self._wake_at(deadline)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._armed_at = None
+        self._loop = None

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.dead_letter import DeadLetterFile
+from pipeline.domain import alert_line
 from pipeline.domain.closed_calls import RECORD
 from pipeline.gc_policy import settle_after_startup
 from pipeline.metrics import PipelineCounts
@@ -217,8 +218,7 @@ class EmbeddedPipeline:
         for alert in out.alerts:
             self.sink.add_alert(alert)
             self.alerts.publish(alert)
-            log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
-                        alert["account"], alert["vendor"], alert["message"])
+            log.warning("%s", alert_line(alert))
             if self.webhook is not None:
                 self.webhook.send(alert)
         for cmd in out.commands:

@@ -133,7 +133,8 @@ from pipeline import call_table
 from pipeline.call_table import DEFAULT_APP_ID
 from pipeline.changelog_restore import PartitionLog, read_partitions
 from pipeline.dead_letter import dead_letter_record
-from pipeline.domain import CallState
+from pipeline.domain import CallState, alert_line
+from pipeline.domain.gateways import GATEWAY_EVENT_TYPES
 from pipeline.gc_policy import settle_after_startup
 from pipeline.metrics import PipelineCounts, faust_families, serve_pipeline
 from pipeline.node_watch import NodeWatch
@@ -697,7 +698,7 @@ class KafkaPipeline:
             rec = plog.live  # node clocks, heartbeats, addresses, takeovers (or an older {"live": ...})
             proc.restore({"states": plog.states, "clocks": rec.get("clocks", rec.get("live", {})),
                           "heartbeats": rec.get("beats", {}), "addresses": rec.get("addresses", {}),
-                          "taken_over": rec.get("taken_over", {})})
+                          "taken_over": rec.get("taken_over", {}), "gateways": rec.get("gateways", {})})
             for records in plog.closed:
                 proc.closed.load(records)  # closed calls remembered: late redeliveries change nothing
             info = dict(plog.summary(), attempt=attempt, restored_at_ms=now)
@@ -853,6 +854,8 @@ class KafkaPipeline:
                     if etype == "node.lost":
                         beat = True  # the partition's node record (takeovers) changes
                         continue
+                    if etype in GATEWAY_EVENT_TYPES:
+                        beat = True  # the node record holds the gateways' last reports (kept as events)
                     add_id(event["call_id"])
                     if keep_raw is not None:
                         keep_raw(raw)
@@ -997,8 +1000,7 @@ class KafkaPipeline:
                 value = _dumps(alert)
                 alerts.append(value)
                 append((k.topic_alerts, to_alert, alert["call_id"].encode(), value))
-                log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
-                            alert["account"], alert["vendor"], alert["message"])
+                log.warning("%s", alert_line(alert))
             for cdr in out.cdrs:
                 value = _dumps(cdr)
                 cdrs.append(value)
@@ -1315,7 +1317,7 @@ def _liveness_record(proc: Processor) -> dict[str, Any]:
     probe addresses and the calls handed over from lost nodes (to release them if those come back)."""
     snap = proc.snapshot_nodes()
     return {"clocks": snap["clocks"], "beats": snap["heartbeats"], "addresses": snap["addresses"],
-            "taken_over": snap["taken_over"]}
+            "taken_over": snap["taken_over"], "gateways": snap["gateways"]}
 
 
 def _brokers(bootstrap: str) -> list[str]:

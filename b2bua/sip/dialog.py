@@ -7,12 +7,12 @@ that has ended.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from b2bua.sip.message import Headers, Request, Response, format_params, parse_name_addr
+from b2bua.sip.message import Headers, NameAddr, Request, Response, format_params, parse_name_addr
 
 TARGET_REFRESH_METHODS = frozenset({"INVITE", "UPDATE"})
 
@@ -27,8 +27,9 @@ class DialogTerminatedError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class DialogId:
+class DialogId(NamedTuple):
+    """A dialog's key (12): hashed on every in-dialog request, so a NamedTuple (hashing in C)."""
+
     call_id: str
     local_tag: str
     remote_tag: str
@@ -104,8 +105,8 @@ class Dialog:
             call_id=invite.call_id or "",
             local_tag=local_tag,
             remote_tag=remote_tag,
-            local_uri=_strip_tag(invite.headers.get("From") or ""),
-            remote_uri=_strip_tag(invite.headers.get("To") or ""),
+            local_uri=_without_tag(invite.from_),
+            remote_uri=_without_tag(invite.to),
             remote_target=remote_target,
             route_set=route_set,
             local_seq=invite.cseq.num,
@@ -138,8 +139,8 @@ class Dialog:
             call_id=invite.call_id or "",
             local_tag=local_tag,
             remote_tag=invite.from_.tag or "",
-            local_uri=_strip_tag(invite.headers.get("To") or ""),
-            remote_uri=_strip_tag(invite.headers.get("From") or ""),
+            local_uri=_without_tag(invite.to),
+            remote_uri=_without_tag(invite.from_),
             remote_target=remote_target,
             route_set=list(invite.headers.get_all("Record-Route")),
             # 12.1.1: the UAS local sequence number starts empty; we start at 0 so the first
@@ -245,10 +246,10 @@ class Dialog:
         first = parse_name_addr(self.route_set[0])
         if first.uri.lr:
             return self.remote_target, list(self.route_set)
-        uri = first.uri
-        # Parameters not allowed in a Request-URI are stripped (19.1.1 table).
-        uri.params = {k: v for k, v in uri.params.items() if k not in ("method",)}
-        uri.headers = ""
+        # Parameters not allowed in a Request-URI are stripped (19.1.1 table); a copy, since parsed
+        # URIs are shared (message.parse_uri caches them).
+        uri = dataclasses.replace(first.uri, params={k: v for k, v in first.uri.params.items()
+                                                      if k not in ("method",)}, headers="")
         return str(uri), [*self.route_set[1:], f"<{self.remote_target}>"]
 
     def create_request(
@@ -349,13 +350,13 @@ class Dialog:
         )
 
 
-def _strip_tag(value: str) -> str:
-    """Return the From/To value without its tag parameter, preserving everything else."""
-    if not value:
-        return value
-    na = parse_name_addr(value)
-    na.params.pop("tag", None)
-    return str(na)
+def _without_tag(na: NameAddr) -> str:
+    """A parsed From/To as a header value without its tag (the message's parsed value is shared, so
+    it is copied, not changed)."""
+    if "tag" not in na.params:
+        return str(na)
+    params = {k: v for k, v in na.params.items() if k != "tag"}
+    return str(NameAddr(uri=na.uri, display=na.display, params=params, wildcard=na.wildcard))
 
 
 def dialog_id_for_request(request: Request) -> DialogId:

@@ -8,8 +8,11 @@ dialog layer and tests can share them without round-tripping through bytes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 # RFC 3261 7.3.3 plus the extension compact forms registered with IANA that we are likely to meet.
 COMPACT_FORMS: dict[str, str] = {
@@ -68,26 +71,46 @@ class Headers:
 
     Each entry is one header *value*; the parser splits comma-joined lists (Via, Contact, ...) into
     separate entries, so ``get_all("Via")`` is the full Via stack regardless of how it was written.
+
+    Parsed values (the top Via, From, To, CSeq, ...) are cached per Headers object by ``parsed``:
+    a message's From or Via is read many times on its way through the transaction layer and the
+    core, and parsing it anew each time cost a third of the B2BUA's CPU. Every mutation drops the
+    cache, so a cached value always belongs to the current fields.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_parsed")
 
     def __init__(self, items: Iterable[tuple[str, str]] | None = None) -> None:
         self._items: list[tuple[str, str]] = []
+        self._parsed: dict[str, Any] | None = None
         if items is not None:
             for name, value in items:
                 self.add(name, value)
 
+    def parsed(self, key: str, build: Callable[[], T]) -> T:
+        """``build()``, computed once per key until the fields change (a SipSyntaxError is not cached:
+        it is raised again on the next read, as before)."""
+        cache = self._parsed
+        if cache is None:
+            cache = self._parsed = {}
+        elif key in cache:
+            return cast(T, cache[key])
+        value = cache[key] = build()
+        return value
+
     def add(self, name: str, value: str) -> None:
         self._items.append((canonical_name(name), value))
+        self._parsed = None
 
     def insert(self, index: int, name: str, value: str) -> None:
         """Insert before position ``index`` (used to push a Via on top of the stack)."""
         self._items.insert(index, (canonical_name(name), value))
+        self._parsed = None
 
     def prepend(self, name: str, value: str) -> None:
         """Put the value before all existing values of the same name (Via/Route stacks)."""
         key = canonical_name(name)
+        self._parsed = None
         for i, (n, _) in enumerate(self._items):
             if n == key:
                 self._items.insert(i, (key, value))
@@ -120,12 +143,14 @@ class Headers:
         if not placed:
             out.append((key, value))
         self._items = out
+        self._parsed = None
 
     def remove(self, name: str) -> int:
         """Remove all values of ``name``; return how many were removed."""
         key = canonical_name(name)
         before = len(self._items)
         self._items = [(n, v) for n, v in self._items if n != key]
+        self._parsed = None
         return before - len(self._items)
 
     def remove_first(self, name: str) -> str | None:
@@ -133,6 +158,7 @@ class Headers:
         for i, (n, v) in enumerate(self._items):
             if n == key:
                 del self._items[i]
+                self._parsed = None
                 return v
         return None
 
@@ -142,6 +168,7 @@ class Headers:
     def copy(self) -> Headers:
         h = Headers()
         h._items = list(self._items)
+        h._parsed = None
         return h
 
     def __contains__(self, name: object) -> bool:
@@ -177,7 +204,15 @@ def split_commas(value: str, *, keep_empty: bool = False) -> list[str]:
     naive ``str.split(",")`` breaks real Contact headers. Empty elements are dropped unless
     ``keep_empty`` (the parser uses it to refuse ``Via: a;;,;,,``).
     """
-    parts: list[str] = []
+    if "," not in value:
+        # One element (the usual Via, Contact, Route): nothing to split.
+        one = value.strip()
+        return [one] if one or keep_empty else []
+    if '"' not in value and "<" not in value:
+        # No quoted string and no URI in brackets that could hide a comma (Allow, Supported, ...).
+        parts = [p.strip() for p in value.split(",")]
+        return parts if keep_empty else [p for p in parts if p]
+    parts = []
     buf: list[str] = []
     in_quotes = False
     in_angle = False
@@ -226,6 +261,8 @@ def quote(value: str) -> str:
 
 
 def _split_outside_quotes(value: str, sep: str) -> list[str]:
+    if '"' not in value:
+        return value.split(sep)  # no quoted string: every separator counts
     parts: list[str] = []
     buf: list[str] = []
     in_quotes = False
@@ -345,7 +382,24 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
     return m.group(1), port
 
 
+# Parsed URIs by their text: the same Contact, From and To URIs come back in every message of a peer.
+# The SipUri objects are shared, so nobody may change one (copy with dataclasses.replace instead).
+_URI_CACHE: dict[str, SipUri] = {}
+_URI_CACHE_MAX = 4096
+
+
 def parse_uri(text: str) -> SipUri:
+    cached = _URI_CACHE.get(text)
+    if cached is not None:
+        return cached
+    uri = _parse_uri(text)
+    if len(_URI_CACHE) >= _URI_CACHE_MAX:
+        _URI_CACHE.clear()  # bounded: hostile traffic with ever new URIs cannot grow it
+    _URI_CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> SipUri:
     text = text.strip()
     scheme, sep, rest = text.partition(":")
     if not sep or not scheme or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
@@ -399,7 +453,36 @@ class NameAddr:
 _TOKEN_WORD = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 
 
+# Parsed name-addrs and Vias by their text, like URIs: a dialog's From and To (tags included) come
+# back in every one of its messages and responses echo the request's Via. Shared objects: read-only.
+_NAME_ADDR_CACHE: dict[str, NameAddr] = {}
+_VIA_CACHE: dict[str, Via] = {}
+_VALUE_CACHE_MAX = 4096
+
+
+def parse_cache_sizes() -> dict[str, int]:
+    """Entries in the parse caches (each bounded: hostile traffic cannot grow them past their cap)."""
+    return {"uri": len(_URI_CACHE), "name_addr": len(_NAME_ADDR_CACHE), "via": len(_VIA_CACHE)}
+
+
+def clear_parse_caches() -> None:
+    _URI_CACHE.clear()
+    _NAME_ADDR_CACHE.clear()
+    _VIA_CACHE.clear()
+
+
 def parse_name_addr(text: str) -> NameAddr:
+    cached = _NAME_ADDR_CACHE.get(text)
+    if cached is not None:
+        return cached
+    value = _parse_name_addr(text)
+    if len(_NAME_ADDR_CACHE) >= _VALUE_CACHE_MAX:
+        _NAME_ADDR_CACHE.clear()
+    _NAME_ADDR_CACHE[text] = value
+    return value
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     if text == "*":
         return NameAddr(uri=SipUri(), wildcard=True)
@@ -497,6 +580,17 @@ _VIA_RE = re.compile(
 
 def parse_via(value: str) -> Via:
     """Parse one Via value (not a comma list)."""
+    cached = _VIA_CACHE.get(value)
+    if cached is not None:
+        return cached
+    via = _parse_via(value)
+    if len(_VIA_CACHE) >= _VALUE_CACHE_MAX:
+        _VIA_CACHE.clear()
+    _VIA_CACHE[value] = via
+    return via
+
+
+def _parse_via(value: str) -> Via:
     m = _VIA_RE.match(value)
     if not m:
         raise SipSyntaxError(f"bad Via {value!r}")
@@ -611,12 +705,18 @@ class _MessageBase:
     headers: Headers
     body: bytes
 
+    # Parsed header values are cached on the Headers (see ``Headers.parsed``); the objects returned
+    # are shared, so callers treat them as read-only (none of them mutates one).
+
     @property
     def call_id(self) -> str | None:
         return self.headers.get("Call-ID")
 
     @property
     def cseq(self) -> CSeq:
+        return self.headers.parsed("CSeq", self._parse_cseq)
+
+    def _parse_cseq(self) -> CSeq:
         value = self.headers.get("CSeq")
         if value is None:
             raise SipSyntaxError("missing CSeq")
@@ -624,10 +724,17 @@ class _MessageBase:
 
     @property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.get_all("Via")]
+        return list(self.headers.parsed("Via*", lambda: [parse_via(v) for v in self.headers.get_all("Via")]))
 
     @property
     def top_via(self) -> Via:
+        h = self.headers
+        every = h._parsed.get("Via*") if h._parsed is not None else None
+        if every:
+            return cast(Via, every[0])  # the parser validated the whole stack already
+        return h.parsed("Via", self._parse_top_via)
+
+    def _parse_top_via(self) -> Via:
         value = self.headers.get("Via")
         if value is None:
             raise SipSyntaxError("missing Via")
@@ -635,15 +742,16 @@ class _MessageBase:
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("From") or "")
+        return self.headers.parsed("From", lambda: parse_name_addr(self.headers.get("From") or ""))
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("To") or "")
+        return self.headers.parsed("To", lambda: parse_name_addr(self.headers.get("To") or ""))
 
     @property
     def contacts(self) -> list[NameAddr]:
-        return [parse_name_addr(v) for v in self.headers.get_all("Contact")]
+        return list(self.headers.parsed(
+            "Contact*", lambda: [parse_name_addr(v) for v in self.headers.get_all("Contact")]))
 
 
 @dataclass
@@ -665,7 +773,8 @@ class Request(_MessageBase):
 
     @property
     def parsed_uri(self) -> SipUri:
-        return parse_uri(self.uri)
+        uri = self.uri
+        return self.headers.parsed("\x00uri " + uri, lambda: parse_uri(uri))
 
     @property
     def max_forwards(self) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from b2bua.sip.message import (
+    _CANONICAL_CACHE,
     Headers,
     Request,
     Response,
@@ -19,8 +20,6 @@ from b2bua.sip.message import (
     canonical_name,
     has_empty_param,
     is_digits,
-    parse_cseq,
-    parse_name_addr,
     parse_uri,
     split_commas,
 )
@@ -108,11 +107,16 @@ def is_keepalive(data: bytes) -> bool:
 
 
 def _split_lines(head: str) -> list[str]:
+    if head.count("\n") == head.count("\r\n"):
+        return head.split("\r\n")  # every line ends in CRLF (the usual case): no regex needed
     return re.split(r"\r?\n", head)
 
 
 def _unfold(lines: list[str], limits: ParserLimits, partial_err: list[ParseError]) -> list[str]:
     """Join continuation lines (RFC 3261 7.3.1 folding) onto the previous header line."""
+    if lines and max(map(len, lines)) <= limits.max_line_length and not any(
+            line[:1] in (" ", "\t") for line in lines):
+        return lines  # nothing folded, nothing too long: the usual case
     out: list[str] = []
     for line in lines:
         if len(line) > limits.max_line_length:
@@ -175,20 +179,20 @@ def parse_message(
         raise oversize_error(data, limits)
     # RFC 3261 7.5: implementations should ignore CRLFs before the start line.
     data = data.lstrip(b"\r\n")
-    m = _HEADER_END_RE.search(data)
-    if m is None:
+    span = _head_end(data)
+    if span is None:
         head_bytes, rest, has_end = data, b"", False
     else:
-        head_bytes, rest, has_end = data[: m.start()], data[m.end() :], True
+        head_bytes, rest, has_end = data[: span[0]], data[span[1] :], True
     head = _read_head(head_bytes, limits)
     errors = head.errors
     if not has_end:
         errors.append(ParseError("missing empty line after headers"))
 
-    is_request, partial = head.is_request, head.partial
+    is_request = head.is_request
 
     def fail(exc: ParseError) -> ParseError:
-        return ParseError(exc.reason, is_request, partial, exc.status)
+        return ParseError(exc.reason, is_request, head.partial, exc.status)
 
     if errors:
         raise fail(errors[0])
@@ -203,6 +207,19 @@ def parse_message(
     return msg
 
 
+def _head_end(data: bytes) -> tuple[int, int] | None:
+    """Where ``_HEADER_END_RE`` would match (the first empty line, CRLF or bare LF), found with two
+    ``bytes.find`` instead of a regex that tries every position."""
+    crlf, lf = data.find(b"\n\r\n"), data.find(b"\n\n")
+    if crlf < 0 and lf < 0:
+        return None
+    if lf < 0 or 0 <= crlf < lf:
+        i, end = crlf, crlf + 3
+    else:
+        i, end = lf, lf + 2
+    return (i - 1 if i > 0 and data[i - 1] == 13 else i), end
+
+
 @dataclass
 class _Head:
     is_request: bool | None
@@ -211,8 +228,17 @@ class _Head:
     status: int
     reason: str
     headers: Headers
-    partial: dict[str, list[str]]
     errors: list[ParseError]
+
+    @property
+    def partial(self) -> dict[str, list[str]]:
+        """The PARTIAL_HEADERS values read (for the answer to a malformed request); built only when
+        a message is refused, from the fields read."""
+        partial: dict[str, list[str]] = {}
+        for name, value in self.headers:
+            if name in PARTIAL_HEADERS:
+                partial.setdefault(name, []).append(value)
+        return partial
 
 
 def _read_head(head_bytes: bytes, limits: ParserLimits) -> _Head:
@@ -232,31 +258,37 @@ def _read_head(head_bytes: bytes, limits: ParserLimits) -> _Head:
         is_request = exc.is_request
 
     headers = Headers()
-    partial: dict[str, list[str]] = {}
+    # Filled directly: the names are canonical already (Headers.add would canonicalise again).
+    items: list[tuple[str, str]] = headers._items
     header_lines = _unfold(lines[1:], limits, errors)
+    token = _TOKEN_RE.match
     for line in header_lines[: limits.max_headers * 2]:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.match(name):
+        if not colon or not token(name):
             errors.append(ParseError(f"bad header line {line[:40]!r}"))
             continue
-        cname = canonical_name(name)
+        cname = _CANONICAL_CACHE.get(name) or canonical_name(name)
         value = value.strip(" \t")
         if cname in MULTI_VALUE_HEADERS:
-            values = split_commas(value)
-            if cname in STRICT_LIST_HEADERS and _has_empty_element(value):
+            if "," in value:
+                values = split_commas(value)
+                empty = cname in STRICT_LIST_HEADERS and _has_empty_element(value)
+            else:
+                one = value.strip()
+                values = [one] if one else []
+                empty = not one and cname in STRICT_LIST_HEADERS
+            if empty:
                 # RFC 3261 25.1 spells these as elem *(COMMA elem): an empty element is a syntax
                 # error (RFC 4475 3.1.2.1 badinv01), not something to skip silently.
                 errors.append(ParseError(f"empty element in {cname}"))
+            for v in values:
+                items.append((cname, v))
         else:
-            values = [value]
-        for v in values:
-            headers.add(cname, v)
-            if cname in PARTIAL_HEADERS:
-                partial.setdefault(cname, []).append(v)
-    if len(headers) > limits.max_headers:
+            items.append((cname, value))
+    if len(items) > limits.max_headers:
         errors.append(ParseError("too many headers"))
-    return _Head(is_request, method, uri, status, reason, headers, partial, errors)
+    return _Head(is_request, method, uri, status, reason, headers, errors)
 
 
 def _has_empty_element(value: str) -> bool:
@@ -286,16 +318,23 @@ def _frame_body(headers: Headers, rest: bytes, stream: bool, fail: _Fail) -> byt
     return rest[:length]
 
 
+_COUNTED_HEADERS = frozenset(MANDATORY_REQUEST_HEADERS + MANDATORY_RESPONSE_HEADERS)
+
+
 def _validate(msg: Request | Response, fail: _Fail) -> None:
+    counts: dict[str, int] = {}
+    for name, _ in msg.headers:
+        if name in _COUNTED_HEADERS:
+            counts[name] = counts.get(name, 0) + 1
     mandatory = MANDATORY_REQUEST_HEADERS if isinstance(msg, Request) else MANDATORY_RESPONSE_HEADERS
     for name in mandatory:
-        if name not in msg.headers:
+        if not counts.get(name):
             raise fail(ParseError(f"missing {name}"))
     for name in ("From", "To", "Call-ID", "CSeq"):
-        if len(msg.headers.get_all(name)) != 1:
+        if counts.get(name, 0) != 1:
             raise fail(ParseError(f"duplicate {name}"))
     try:
-        cseq = parse_cseq(msg.headers.get("CSeq") or "")
+        cseq = msg.cseq
     except SipSyntaxError:
         raise fail(ParseError("bad CSeq")) from None
     if isinstance(msg, Request) and cseq.method != msg.method:
@@ -303,11 +342,15 @@ def _validate(msg: Request | Response, fail: _Fail) -> None:
     if not (msg.headers.get("Call-ID") or "").strip():
         raise fail(ParseError("empty Call-ID"))
     try:
+        # Parsed through the message's cache: the core reads the same values again right after.
         msg.vias  # noqa: B018 -- every Via, not only the top one: evaluated for validation only
-        parse_name_addr(msg.headers.get("From") or "")
-        parse_name_addr(msg.headers.get("To") or "")
-        for contact in msg.headers.get_all("Contact"):
-            _check_contact(contact)
+        msg.from_  # noqa: B018
+        msg.to  # noqa: B018
+        contacts = msg.headers.get_all("Contact")
+        if contacts:
+            msg.contacts  # noqa: B018
+            for contact in contacts:
+                _check_contact_params(contact)
     except SipSyntaxError as exc:
         raise fail(ParseError(str(exc))) from None
     if isinstance(msg, Request):
@@ -316,10 +359,10 @@ def _validate(msg: Request | Response, fail: _Fail) -> None:
             raise fail(ParseError("bad Max-Forwards"))
 
 
-def _check_contact(value: str) -> None:
+def _check_contact_params(value: str) -> None:
+    """The grammar checks of a Contact value that parsing it leaves out (it was parsed already)."""
     if value.strip() == "*":
         return
-    parse_name_addr(value)
     gt = value.rfind(">")
     params = value[gt + 1 :] if gt >= 0 else value.partition(";")[1] + value.partition(";")[2]
     if has_empty_param(params):

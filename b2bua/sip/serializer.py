@@ -121,7 +121,14 @@ def build_response(
             out.add(name, value)
     to_value = request.headers.get("To")
     if to_value is not None:
-        out.add("To", to_value if status == 100 else _with_to_tag(to_value, to_tag))
+        if status == 100 or to_tag is None:
+            out.add("To", to_value)
+        else:
+            try:
+                tagged = request.to.tag is not None  # parsed once per request (the message's cache)
+            except ValueError:
+                tagged = True  # unparsable: echoed as it came
+            out.add("To", to_value if tagged else to_value + format_params({"tag": to_tag}))
     for name in ("Call-ID", "CSeq"):
         value = request.headers.get(name)
         if value is not None:

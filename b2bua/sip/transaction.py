@@ -18,6 +18,8 @@ from b2bua.sip.serializer import build_response, serialize
 # ---------------------------------------------------------------------------------------------
 # Configuration and actions
 # ---------------------------------------------------------------------------------------------
+# Actions are never changed once made, but are not frozen dataclasses: a frozen dataclass's
+# __init__ goes through object.__setattr__ per field, and the layer makes several per message.
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class TimerConfig:
 DEFAULT_TIMERS = TimerConfig()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Transmit:
     message: Request | Response
 
@@ -49,38 +51,38 @@ class Transmit:
         return serialize(self.message)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StartTimer:
     name: str
     at: float  # absolute time, same clock as the ``now`` values passed in
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CancelTimer:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class DeliverResponse:
     response: Response
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class DeliverRequest:
     request: Request
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TransactionTimeout:
     reason: str = "timeout"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TransportError:
     reason: str = "transport error"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Terminated:
     pass
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from b2bua.sip.message import MAGIC_COOKIE, Request, Response, SipSyntaxError
+from b2bua.sip.randomness import UrandomPool
 from b2bua.sip.transaction import (
     DEFAULT_TIMERS,
     Action,
@@ -29,9 +30,10 @@ from b2bua.sip.transaction import (
 )
 
 
-@dataclass(frozen=True)
-class TransactionKey:
-    """Matching key. Client keys leave host/port empty: 17.1.3 matches on branch + CSeq method."""
+class TransactionKey(NamedTuple):
+    """Matching key. Client keys leave host/port empty: 17.1.3 matches on branch + CSeq method.
+
+    A NamedTuple: made for every message and hashed on every table lookup, both in C."""
 
     kind: str  # "client" | "server"
     branch: str
@@ -40,8 +42,7 @@ class TransactionKey:
     method: str
 
 
-@dataclass(frozen=True)
-class LayerAction:
+class LayerAction(NamedTuple):
     """An action plus the transaction it came from (None for stateless pass-through)."""
 
     key: TransactionKey | None
@@ -80,7 +81,7 @@ class TransactionLayer:
         auto_trying: bool = True,
     ) -> None:
         self.timers = timers
-        self.rng = rng if rng is not None else random.SystemRandom()
+        self.rng = rng if rng is not None else UrandomPool()
         self.rfc6026 = rfc6026
         self.auto_trying = auto_trying
         self.transactions: dict[TransactionKey, Transaction] = {}

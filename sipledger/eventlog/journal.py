@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 
 class FileJournal:
     """Append-only writer; thread-safe, and safe for several processes sharing one journal.
@@ -35,7 +37,12 @@ class FileJournal:
         self._durable = durable
 
     def publish(self, event: dict[str, Any], broadcast: bool = False) -> None:
-        line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+        try:
+            line = orjson.dumps(event) + b"\n"  # compact like json.dumps(separators=(",", ":")), 10x faster
+        except orjson.JSONEncodeError:
+            # A lone surrogate (a non-UTF-8 byte of a SIP header, kept by surrogateescape) is no valid
+            # UTF-8 for orjson; json escapes it as \udcXX, as the journal always did.
+            line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             self._pending.append(line)
             self._pending_bytes += len(line)
