@@ -118,6 +118,11 @@ class CallSetup(Credit, CoreState):
                             sip_status=404, detail=f"no route for {call.callee}")
             return
         call.prefix, call.gateways = route.prefix, route.gateways
+        first = self._route_gateways(call, -1)  # gateways known down are skipped (gateway_probes.py)
+        if first is None:
+            self._all_gateways_down(call)
+            return
+        call.gateway_index = first
         self._start_attempt(call)
 
     def _setup_fields(self, req: Request, account: str, source: Address) -> dict[str, Any]:
@@ -256,6 +261,8 @@ class CallSetup(Credit, CoreState):
 
     def _on_carrier_invite_response(self, call: Call, attempt: Attempt, resp: Response) -> None:
         status = resp.status
+        if isinstance(attempt, Attempt):  # an ended call's attempt no longer knows its gateway
+            self._gateway_invite_answered(attempt.gateway, status)
         if attempt is not call.attempt or attempt.abandoned or call.ended:
             self._on_late_invite_response(call, attempt, resp)
             return
@@ -280,8 +287,8 @@ class CallSetup(Credit, CoreState):
         if status == 422 and attempt.negotiation.on_422(resp):
             self._retry_422(call, attempt)
             return
-        if should_fail_over(status) and call.gateway_index + 1 < len(call.gateways):
-            call.gateway_index += 1
+        if should_fail_over(status) and (nxt := self._route_gateways(call, call.gateway_index)) is not None:
+            call.gateway_index = nxt
             self._start_attempt(call)
             return
         reason = "busy" if status in (486, 600) else "rejected"
@@ -469,10 +476,11 @@ class CallSetup(Credit, CoreState):
             return
         attempt.abandoned = True
         self._abandon_transaction(attempt.key)
+        self._gateway_invite_timeout(attempt.gateway)
         if call.cancelled:
             return
-        if call.gateway_index + 1 < len(call.gateways):
-            call.gateway_index += 1
+        if (nxt := self._route_gateways(call, call.gateway_index)) is not None:
+            call.gateway_index = nxt
             self._start_attempt(call)
             return
         self._terminate(call, "response_timeout", "system", status_to_caller=408, sip_status=408,

@@ -17,6 +17,7 @@ that owns it. Each concept is a module of its own, found by name:
 * ``termination.py``      BYE on both legs, end reasons, tombstones, the safety-net sweep;
 * ``commands.py``         the pipeline's commands: terminate, takeover (``takeover.py``), release;
 * ``credit.py``           prepaid accounts: the credit limit priced at setup, refusals, balance records;
+* ``gateway_probes.py``   OPTIONS probes of the routing gateways (``gateway_health.py``), skipping down ones;
 * ``core_state.py``       what they share: the call and transaction tables and the plumbing
                           (sending, answering, timers, events);
 * ``core_config.py``      the core's configuration and the constants of what we advertise.
@@ -46,6 +47,7 @@ from b2bua.core_state import (
     describe,
     replace_top_via,
 )
+from b2bua.gateway_probes import GW_TIMER, GatewayProbes
 from b2bua.liveness import Liveness
 from b2bua.relay import InDialogRelay
 from b2bua.session_refresh import SessionRefresh
@@ -65,12 +67,16 @@ from b2bua.termination import Termination
 __all__ = ["ALLOW", "END_REASONS", "SUPPORTED", "B2BUACore", "CoreConfig", "contact_host"]
 
 
-class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination, Commands):
+class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination, Commands, GatewayProbes):
     """The controller: public entry points and the routing of each input to its concept."""
 
     def start(self, now: float) -> list[Action]:
-        """Arm the safety-net sweep; call once when the adapter starts."""
-        return [SetTimer(SWEEP_KEY, now + self.cfg.sweep_interval)]
+        """Arm the safety-net sweep and the gateway probes; call once when the adapter starts."""
+        return self._guard(lambda: self._start(), now, None, lambda: "start")
+
+    def _start(self) -> None:
+        self._out.append(SetTimer(SWEEP_KEY, self._now + self.cfg.sweep_interval))
+        self._start_gateway_probes()
 
     def receive(self, message: Request | Response | ParseError, source: Address, now: float) -> list[Action]:
         def run() -> None:
@@ -190,6 +196,9 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
         if key is None:
             self._on_stray_response(resp)
             return
+        if key in self.gateway_table.in_flight:
+            self._on_gateway_probe_response(key, resp)
+            return
         taking = self.takeover_tx.get(key)
         if taking is not None:
             if resp.is_final:
@@ -211,6 +220,9 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
             self._log("info", f"late answer of call {owner.call.id} hung up")
 
     def _on_tx_timeout(self, key: TransactionKey) -> None:
+        if key in self.gateway_table.in_flight:  # before our own probe deadline (a TCP send failed)
+            self._gateway_probe_lost(key, "probe_timeout")
+            return
         taking = self.takeover_tx.pop(key, None)
         if taking is not None:
             self._takeover_answered(taking[0], taking[1], None)
@@ -257,6 +269,8 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
             self._current = call
             call.timers.discard(name)
             self._on_call_timer(call, name)
+        elif kind == GW_TIMER and len(key) == 3:
+            self._on_gateway_timer(key[1], key[2])
         elif key == SWEEP_KEY:
             self._out.append(SetTimer(SWEEP_KEY, self._now + self.cfg.sweep_interval))
             self._sweep()

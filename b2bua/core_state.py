@@ -28,6 +28,7 @@ from b2bua.core_config import (
     CoreConfig,
 )
 from b2bua.credit_book import CreditBook
+from b2bua.gateway_health import GatewayTable
 from b2bua.refusals import RefusalCounter
 from b2bua.routing import RouteTable
 from b2bua.sip.conformance import Rejection, check_body, check_method, check_require, check_uri_scheme
@@ -65,6 +66,7 @@ from b2bua.sip.transaction import (
 )
 from b2bua.sip.transaction_layer import LayerAction, TransactionKey, TransactionLayer
 from b2bua.takeover import Takeover
+from sipledger.config import Gateway
 
 TOMBSTONE_PURPOSES = frozenset({"invite", "cancel", "bye", "late_bye"})
 
@@ -126,6 +128,8 @@ class CoreState:
             "takeovers": 0, "releases": 0,
         }  # fmt: skip
         self.metrics = CallMetrics()
+        # Health of the routing gateways and their probes in flight (b2bua/gateway_probes.py).
+        self.gateway_table = GatewayTable.of(routes.gateways)
         # Refusals of unadmitted traffic, per cause and per source (bounded); no call events for them.
         self.refusals = RefusalCounter(admission.cfg.refusal_max_sources, admission.cfg.refusal_log_interval)
         self._keep_tx = False
@@ -422,6 +426,26 @@ class CoreState:
 
     def _we_refreshed(self, call: Call, role: LegRole, resp: Response, method: str) -> None:
         """Implemented in b2bua/session_refresh.py."""
+        raise NotImplementedError
+
+    def _start_attempt(self, call: Call) -> None:
+        """Implemented in b2bua/call_setup.py."""
+        raise NotImplementedError
+
+    def _route_gateways(self, call: Call, after: int) -> int | None:
+        """Implemented in b2bua/gateway_probes.py."""
+        raise NotImplementedError
+
+    def _all_gateways_down(self, call: Call) -> None:
+        """Implemented in b2bua/gateway_probes.py."""
+        raise NotImplementedError
+
+    def _gateway_invite_answered(self, gw: Gateway, status: int) -> None:
+        """Implemented in b2bua/gateway_probes.py."""
+        raise NotImplementedError
+
+    def _gateway_invite_timeout(self, gw: Gateway) -> None:
+        """Implemented in b2bua/gateway_probes.py."""
         raise NotImplementedError
 
 

@@ -17,7 +17,8 @@ Families = Callable[[], Iterator[Metric]]
 NAMES = ("sipledger_b2bua_active_calls", "sipledger_b2bua_calls", "sipledger_b2bua_setup_latency_seconds",
          "sipledger_b2bua_refreshes", "sipledger_b2bua_byes_sent", "sipledger_b2bua_refused_requests",
          "sipledger_b2bua_takeovers", "sipledger_b2bua_commands_applied", "sipledger_b2bua_spool_bytes",
-         "sipledger_b2bua_info")
+         "sipledger_b2bua_info", "sipledger_b2bua_gateway_up", "sipledger_b2bua_gateway_probe_rtt_seconds",
+         "sipledger_b2bua_gateway_probes", "sipledger_b2bua_gateway_skips")
 
 
 def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) -> Families:
@@ -53,5 +54,20 @@ def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) ->
                     "broker (0: everything delivered, or no Kafka)",
                     spool.pending_bytes() if spool is not None else 0)
         yield gauge("sipledger_b2bua_info", "This node", labels=["node"], samples=[((node,), 1)])
+        # Probed gateways only (probe = false: never judged, always routed to). The set is fixed at start.
+        gws = sorted(c.gateway_table.health.values(), key=lambda h: h.name)
+        yield gauge("sipledger_b2bua_gateway_up", "1 while calls are routed to the gateway (up, or not "
+                    "judged yet since the start), 0 while it is down", labels=["gateway"],
+                    samples=[((h.name,), 0 if h.state == "down" else 1) for h in gws])
+        yield gauge("sipledger_b2bua_gateway_probe_rtt_seconds", "Round trip of the gateway's last answered "
+                    "OPTIONS probe", labels=["gateway"],
+                    samples=[((h.name,), h.last_rtt_ms / 1000) for h in gws if h.last_rtt_ms is not None])
+        yield counter("sipledger_b2bua_gateway_probes", "OPTIONS probes of the gateway, by outcome "
+                      "(answered; lost: no answer in time, or a status that does not count as alive)",
+                      labels=["gateway", "outcome"],
+                      samples=[s for h in gws for s in (((h.name, "answered"), h.probes_answered),
+                                                        ((h.name, "lost"), h.probes_lost))])
+        yield counter("sipledger_b2bua_gateway_skips", "Call attempts routed around the gateway while it "
+                      "was down", labels=["gateway"], samples=[((h.name,), h.skipped) for h in gws])
 
     return collect

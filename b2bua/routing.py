@@ -14,14 +14,19 @@ class RouteMatch:
 
 
 class RouteTable:
-    def __init__(self, routes: dict[str, list[Gateway]]) -> None:
+    def __init__(self, routes: dict[str, list[Gateway]], gateways: list[Gateway] | None = None) -> None:
         self._routes = routes
         self._lengths = sorted({len(p) for p in routes}, reverse=True)
+        # Every routing gateway (the ones probed for health): the configured list, else those the
+        # routes name.
+        if gateways is None:
+            gateways = list({g.name: g for gws in routes.values() for g in gws}.values())
+        self.gateways: tuple[Gateway, ...] = tuple(gateways)
 
     @classmethod
     def from_config(cls, cfg: Config) -> RouteTable:
         by_name = {g.name: g for g in cfg.gateways}
-        return cls({r.prefix: [by_name[n] for n in r.gateways] for r in cfg.routes})
+        return cls({r.prefix: [by_name[n] for n in r.gateways] for r in cfg.routes}, list(cfg.gateways))
 
     def lookup(self, callee: str) -> RouteMatch | None:
         """The longest prefix of ``callee`` with gateways, or None (the caller gets 404)."""

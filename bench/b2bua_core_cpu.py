@@ -113,7 +113,7 @@ class Driver:
             "node": {"id": "bench-node"},
             "sip": {"listen_host": "127.0.0.1", "listen_port": 5060},
             "accounts": [{"name": "bench", "ips": ["127.0.0.1"]}],
-            "gateways": [{"name": "carrier", "host": "127.0.0.1", "port": 5080}],
+            "gateways": [{"name": "carrier", "host": "127.0.0.1", "port": 5080, "probe": False}],
             "routes": [{"prefix": "", "gateways": ["carrier"]}],
         })
         self.now = 1000.0

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.dead_letter import DeadLetterFile
+from pipeline.domain import alert_line
 from pipeline.domain.closed_calls import RECORD
 from pipeline.gc_policy import settle_after_startup
 from pipeline.metrics import PipelineCounts
@@ -94,6 +95,7 @@ class EmbeddedPipeline:
         # The latest account.balance record of every account (what balances.json holds for nodes).
         self.latest_balances = {a: self.processor.balance_record(a) for a in self.processor.ledger.books}
         self.read_offset = self.offset
+        self._read_through_ms: int | None = None  # the node watch's measure of how far reading has come
         self._last_flush = 0.0
         self.server: QueryServer | None = None
         self.stats = {"events": 0, "cdrs": 0, "alerts": 0, "commands": 0, "dead_letters": 0}
@@ -181,8 +183,8 @@ class EmbeddedPipeline:
         with self.lock:
             # Rows held for a store that refuses them: up to the bound reading goes on, then it pauses.
             caught_up = self.sink.pending() < self.cfg.pipeline.max_pending_rows
+            wall_ms = int(self.clock() * 1000)
             if caught_up:
-                wall_ms = int(self.clock() * 1000)
                 for pos, raw in read_journal(self.paths.events, self.read_offset):
                     event = self.processor.feed_raw(raw, source=str(self.paths.events))
                     if event is not None:
@@ -194,7 +196,10 @@ class EmbeddedPipeline:
                     if n >= max_events:
                         caught_up = False  # more may be waiting
                         break
-            self._watch_nodes(caught_up)
+            if caught_up:
+                # Read to the end of the journal: everything appended before this pass began is read.
+                self._read_through_ms = wall_ms
+            self._watch_nodes()
             self._publish(self.processor.take())
             self.stats["events"] += n
             now = self.clock()
@@ -208,8 +213,9 @@ class EmbeddedPipeline:
                 self._save_checkpoint()
         return n
 
-    def _watch_nodes(self, caught_up: bool) -> None:
-        verdicts = self.watch.step(int(self.clock() * 1000), caught_up, self.processor.node_calls.nodes())
+    def _watch_nodes(self) -> None:
+        verdicts = self.watch.step(int(self.clock() * 1000), self._read_through_ms,
+                                   self.processor.node_calls.nodes())
         for event in verdicts:
             self.verdicts.publish(event)
         if verdicts:
@@ -221,8 +227,7 @@ class EmbeddedPipeline:
         for alert in out.alerts:
             self.sink.add_alert(alert)
             self.alerts.publish(alert)
-            log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
-                        alert["account"], alert["vendor"], alert["message"])
+            log.warning("%s", alert_line(alert))
             if self.webhook is not None:
                 self.webhook.send(alert)
         for cmd in out.commands:

@@ -138,7 +138,8 @@ from pipeline import call_table
 from pipeline.call_table import DEFAULT_APP_ID
 from pipeline.changelog_restore import PartitionLog, read_partitions
 from pipeline.dead_letter import dead_letter_record
-from pipeline.domain import CallState
+from pipeline.domain import CallState, alert_line
+from pipeline.domain.gateways import GATEWAY_EVENT_TYPES
 from pipeline.gc_policy import settle_after_startup
 from pipeline.metrics import PipelineCounts, faust_families, serve_pipeline
 from pipeline.node_watch import NodeWatch
@@ -162,6 +163,10 @@ MAX_IN_FLIGHT = 256
 # The broker counts as reachable for the node watch while it acknowledged a status record this recently
 # (one goes every STATUS_INTERVAL_S).
 BROKER_SILENCE_MS = 7_000
+# A worker whose node watch cannot count silence this long says so in its log (and again as often).
+BLIND_REPORT_MS = 30_000
+# Highwater samples a partition keeps for measuring how far its reading has come (one per change).
+HW_SAMPLES = 256
 # The longest a fetch waits on the broker for new records (see ShortPollConsumerThread).
 FETCH_MAX_WAIT_MS = 100
 # Bytes per produce batch: well under the broker's default message.max.bytes (1 MiB).
@@ -478,6 +483,26 @@ class PartitionRuntime:
     live_written: dict[str, Any] = field(default_factory=dict)
     served_at_ms: int = 0
     restore: dict[str, Any] = field(default_factory=dict)
+    # (highwater, wall ms it was seen) samples not yet read up to: once the folded offset reaches a
+    # sample's highwater, everything written before its wall time has been read (the node watch's
+    # measure; steady traffic keeps a few records unread at any instant, so "at the highwater now"
+    # would rarely hold).
+    hw_seen: deque[tuple[int, int]] = field(default_factory=deque)
+    read_through_ms: int | None = None
+
+    def read_through(self, highwater: int | None, now_ms: int) -> int | None:
+        """Everything written to this partition before the returned wall time has been folded."""
+        if highwater is not None and (not self.hw_seen or self.hw_seen[-1][0] != highwater):
+            if len(self.hw_seen) >= HW_SAMPLES:
+                self.hw_seen.popleft()  # a reader this far behind measures from older samples only
+            self.hw_seen.append((highwater, now_ms))
+        done = self.last_offset + 1
+        while self.hw_seen and self.hw_seen[0][0] <= done:
+            _, at = self.hw_seen.popleft()
+            self.read_through_ms = at
+        if highwater is not None and done >= highwater:
+            self.read_through_ms = now_ms
+        return self.read_through_ms
 
 
 class Fenced(Exception):
@@ -532,6 +557,8 @@ class KafkaPipeline:
         # When the broker last acknowledged this worker's status record: a broker that is away makes
         # every partition look caught up (its highwater is stale), and silence then means nothing.
         self._broker_ok_ms = 0
+        self._blind_since: int | None = None
+        self._blind_reported = 0
         p = cfg.pipeline
         self.watch = NodeWatch(p.node_timeout, f"{self.app_id}@{self.worker_id}", p.probe_attempts,
                                p.probe_timeout, takeover=p.takeover)
@@ -676,7 +703,8 @@ class KafkaPipeline:
             rec = plog.live  # node clocks, heartbeats, addresses, takeovers (or an older {"live": ...})
             proc.restore({"states": plog.states, "clocks": rec.get("clocks", rec.get("live", {})),
                           "heartbeats": rec.get("beats", {}), "addresses": rec.get("addresses", {}),
-                          "taken_over": rec.get("taken_over", {}), "ledger": plog.ledger})
+                          "taken_over": rec.get("taken_over", {}), "gateways": rec.get("gateways", {}),
+                          "ledger": plog.ledger})
             proc.partition = p  # names this partition's share in its account.balance records
             for records in plog.closed:
                 proc.closed.load(records)  # closed calls remembered: late redeliveries change nothing
@@ -833,6 +861,8 @@ class KafkaPipeline:
                     if etype == "node.lost":
                         beat = True  # the partition's node record (takeovers) changes
                         continue
+                    if etype in GATEWAY_EVENT_TYPES:
+                        beat = True  # the node record holds the gateways' last reports (kept as events)
                     add_id(event["call_id"])
                     if keep_raw is not None:
                         keep_raw(raw)
@@ -860,9 +890,9 @@ class KafkaPipeline:
         await self._update_catch_up()
         async with self.lock:
             # Deadlines are judged on the nodes' clocks as events are folded; the wall clock only counts
-            # node silence, and only while every assigned partition is served and read to its end.
+            # node silence, and only up to the time everything assigned has been read through.
             nodes = {n for rt in self.runtimes.values() for n in rt.processor.node_calls.nodes()}
-            verdicts = self.watch.step(_now_ms(), self._reading_live(), nodes)
+            verdicts = self.watch.step(_now_ms(), self._read_through_ms(), nodes)
             if verdicts:
                 await self._publish_verdicts(verdicts)
             if time.monotonic() - self._last_evict >= EVICT_INTERVAL:
@@ -872,21 +902,41 @@ class KafkaPipeline:
                     await self._chain([], tombstones, [])
         self._maybe_publish_status()
 
-    def _reading_live(self) -> bool:
-        """Every assigned partition served, caught up since its restore, and folded up to its last known
-        highwater: only then is a node's silence news (pipeline/domain/liveness.py)."""
+    def _read_through_ms(self) -> int | None:
+        """The wall time up to which everything written to the assigned partitions has been folded, or
+        None while that cannot be told: a partition not served or not yet caught up since its restore,
+        or a broker that stopped acknowledging (its highwaters are stale). pipeline/domain/liveness.py
+        counts a node's silence only up to this time."""
+        now = _now_ms()
+        through, why = self._reading_position(now)
+        if through is None:
+            # A worker that cannot tell how far it has read cannot see a node die: say so, and why.
+            if self._blind_since is None:
+                self._blind_since = now
+            elif now - self._blind_since >= BLIND_REPORT_MS and now - self._blind_reported >= BLIND_REPORT_MS:
+                self._blind_reported = now
+                log.warning("node watch: no node's silence counted for %.0f s: %s",
+                            (now - self._blind_since) / 1000, why)
+        else:
+            self._blind_since = None
+        return through
+
+    def _reading_position(self, now: int) -> tuple[int | None, str]:
         if not self.assigned or self.assigned != self.runtimes.keys():
-            return False
-        if _now_ms() - self._broker_ok_ms > BROKER_SILENCE_MS:
-            return False
+            return None, f"partitions assigned {sorted(self.assigned)}, served {sorted(self.runtimes)}"
+        if now - self._broker_ok_ms > BROKER_SILENCE_MS:
+            return None, "the broker has not acknowledged this worker's status for over " \
+                         f"{BROKER_SILENCE_MS // 1000} s"
         consumer = self.app.consumer
+        through = now
         for p, rt in self.runtimes.items():
             if not rt.caught_up:
-                return False
-            hw = consumer.highwater(TP(self.topic, p))
-            if hw is not None and rt.last_offset + 1 < hw:
-                return False
-        return True
+                return None, f"partition {p} not caught up since its restore"
+            at = rt.read_through(consumer.highwater(TP(self.topic, p)), now)
+            if at is None:
+                return None, f"partition {p}: no highwater known yet"
+            through = min(through, at)
+        return through, ""
 
     async def _publish_verdicts(self, verdicts: list[dict[str, Any]]) -> None:
         """node.lost events go into the events topic, to every partition like heartbeats: each partition's
@@ -966,8 +1016,7 @@ class KafkaPipeline:
                 value = _dumps(alert)
                 alerts.append(value)
                 append((k.topic_alerts, to_alert, alert["call_id"].encode(), value))
-                log.warning("zombie alert %s: call %s (%s via %s) %s", alert["kind"], alert["call_id"],
-                            alert["account"], alert["vendor"], alert["message"])
+                log.warning("%s", alert_line(alert))
             for cdr in out.cdrs:
                 value = _dumps(cdr)
                 cdrs.append(value)
@@ -1298,7 +1347,7 @@ def _liveness_record(proc: Processor) -> dict[str, Any]:
     probe addresses and the calls handed over from lost nodes (to release them if those come back)."""
     snap = proc.snapshot_nodes()
     return {"clocks": snap["clocks"], "beats": snap["heartbeats"], "addresses": snap["addresses"],
-            "taken_over": snap["taken_over"]}
+            "taken_over": snap["taken_over"], "gateways": snap["gateways"]}
 
 
 def _brokers(bootstrap: str) -> list[str]:

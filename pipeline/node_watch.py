@@ -36,15 +36,26 @@ class NodeWatch:
         self._pool: ThreadPoolExecutor | None = None
         self._probes: dict[str, Future[ProbeResult]] = {}
         self.verdicts = 0
+        self.stalls = 0
+        self._last_step_ms: int | None = None
 
     def heard(self, event: dict[str, Any], wall_ms: int) -> None:
         """Feed every node.heartbeat read from the log."""
         self.watch.heard(event["node"], parse_ts(event["ts"]), wall_ms, event.get("address"))
 
-    def step(self, wall_ms: int, caught_up: bool, nodes_with_calls: Iterable[str]) -> list[dict[str, Any]]:
-        """One turn of the driver's loop. Returns node.lost events to write into the log now."""
+    def step(self, wall_ms: int, read_through_ms: int | None,
+             nodes_with_calls: Iterable[str]) -> list[dict[str, Any]]:
+        """One turn of the driver's loop (``read_through_ms``: everything written before it has been read,
+        None when the driver cannot tell). Returns node.lost events to write into the log now."""
         watch = self.watch
-        watch.progress(wall_ms, caught_up)
+        last, self._last_step_ms = self._last_step_ms, wall_ms
+        if last is not None and wall_ms - last > watch.stall_ms:
+            # What this driver believes read may be stale after its loop did not run: silence is counted
+            # afresh. Frequent stalls keep a dead node from being seen, so they are worth a line each.
+            self.stalls += 1
+            log.warning("node watch: the loop did not run for %.1f s; node silence counted afresh",
+                        (wall_ms - last) / 1000)
+        watch.progress(wall_ms, read_through_ms)
         out: list[dict[str, Any]] = []
         for node, fut in list(self._probes.items()):
             if not fut.done():

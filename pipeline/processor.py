@@ -45,6 +45,7 @@ from pipeline.domain import (
     rerate,
 )
 from pipeline.domain.effects import Effect
+from pipeline.domain.gateways import GATEWAY_EVENT_TYPES, GatewayReports
 from pipeline.domain.ledger import Ledger, money
 from pipeline.domain.rules import close_orphan
 from pipeline.domain.timeutil import format_ts, parse_ts
@@ -127,6 +128,8 @@ class Processor:
         self.ledger = Ledger()
         self.partition: int | None = None
         self._ledger_ts: str | None = None
+        # The nodes' last reports on their routing gateways (gateway.down / gateway.up): alerts once.
+        self.gateways = GatewayReports()
 
     @classmethod
     def from_config(cls, cfg: Config) -> Processor:
@@ -176,6 +179,10 @@ class Processor:
             return
         if etype == "account.topup":
             self._topup(event)
+            return
+        if etype in GATEWAY_EVENT_TYPES:
+            # Not a call event, and no news of the node's clock (it reaches one partition only).
+            self._carry_out(self.gateways.observe(event, ts))
             return
         call_id = event["call_id"]
         state = self.states.get(call_id)
@@ -383,7 +390,8 @@ class Processor:
         return {"clocks": self.clocks.to_dict(), "heartbeats": dict(self.heartbeats),
                 "addresses": dict(self.addresses),
                 "taken_over": {n: {c: list(v) for c, v in calls.items()}
-                               for n, calls in self.taken_over.items()}}
+                               for n, calls in self.taken_over.items()},
+                "gateways": self.gateways.to_dict()}
 
     def snapshot(self) -> dict[str, Any]:
         """Call states and node knowledge as JSON-ready data (the closed-call memory is the driver's to
@@ -406,6 +414,7 @@ class Processor:
         self.late_events = int(snap.get("late_events", 0))
         self.taken_over = {n: {c: (v[0], v[1], v[2]) for c, v in calls.items()}
                            for n, calls in snap.get("taken_over", {}).items()}
+        self.gateways = GatewayReports.from_dict(snap.get("gateways", {}))
         # Derived state: rebuilt, never persisted.
         self.deadlines = DeadlineQueue.rebuild(self.states, self.policy)
         self.node_calls = NodeCalls.of(self.states.values())

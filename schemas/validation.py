@@ -55,8 +55,10 @@ def _registry() -> Registry:
 EVENT_TYPES: tuple[str, ...] = (
     "call.setup", "call.routed", "call.progress", "call.answered", "session.refreshed",
     "session.refresh_failed", "liveness.probe_succeeded", "liveness.probe_failed",
-    "call.terminated", "node.heartbeat", "node.lost", "account.topup",
+    "call.terminated", "node.heartbeat", "node.lost", "gateway.down", "gateway.up", "account.topup",
 )
+# A node's reports on its routing gateways: not call events (keyed gateway:<node>:<gateway>).
+GATEWAY_EVENT_TYPES: tuple[str, ...] = ("gateway.down", "gateway.up")
 
 
 @cache

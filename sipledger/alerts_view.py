@@ -1,4 +1,4 @@
-"""`sipledger alerts tail`: zombie alerts as a person reads them."""
+"""`sipledger alerts tail`: zombie alerts (and gateway alerts) as a person reads them."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def message_text(message: str) -> str:
 
 
 def describe(alert: dict[str, Any]) -> str:
+    if alert["kind"] in ("gateway_down", "gateway_up"):
+        # No call, no money: the gateway, its node and the evidence are in the message.
+        return f"{alert['ts']} {alert['kind']:<19} node {alert['node']}: {alert['message']}"
     ran = alert["ran_ms"] / 1000
     unverified = alert["unverified_ms"] / 1000
     cost = Decimal(alert["estimated_cost"]).quantize(Decimal("0.0001"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.domain.timeutil import format_ts, parse_ts
-from schemas.validation import ContractError, decode_event
+from schemas.validation import GATEWAY_EVENT_TYPES, ContractError, decode_event
 from sipledger.store import Store
 from sipledger.store.cdr_export import fetch_cdrs
 
@@ -109,6 +109,8 @@ def read_log(raw_events: Iterable[bytes | str]) -> tuple[dict[str, LoggedCall], 
         if etype == "node.heartbeat":
             beats.setdefault(ev["node"], []).append((pos, parse_ts(ev["ts"])))
             continue
+        if etype in GATEWAY_EVENT_TYPES:
+            continue  # a node's reports on its gateways: no call's events
         if etype == "node.lost":
             last = ev["last_heartbeat"]
             verdicts.append(Verdict(ev["node"], pos, ev["ts"], None if last is None else parse_ts(last)))

@@ -613,16 +613,21 @@ def nettest_cmd(cfg: Config, target: str, count: int, interval: float, timeout: 
 @click.option("--account", default=None, help="The calling account (its sell rate)")
 @click.option("--at", "at", default=None, help="UTC time the rates apply at (default: now)")
 @click.option("--probe", is_flag=True, help="Ping each gateway once (SIP OPTIONS) for its health")
+@click.option("--reports/--no-reports", "with_reports", default=True, show_default=True,
+              help="What the B2BUA nodes last reported of each gateway (gateway.down / gateway.up, read "
+                   "from the store)")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @with_config
-def route_cmd(cfg: Config, number: str, account: str | None, at: str | None, probe: bool, fmt: str) -> None:
+def route_cmd(cfg: Config, number: str, account: str | None, at: str | None, probe: bool,
+              with_reports: bool, fmt: str) -> None:
     """Where a call to NUMBER would go and what it would get, without placing it: the matched prefix,
-    the gateways in order (with --probe, their health), the sell and buy rates, and the limits."""
+    the gateways in order (with what the nodes last reported of their health, and with --probe their
+    answer now), the sell and buy rates, and the limits."""
     import time
 
     from pipeline.processor import load_decks
 
-    from .route_view import analyse
+    from .route_view import analyse, reported_text
     from .sip_ping import ping
     from .store.cdr_export import utc_ms
 
@@ -639,7 +644,10 @@ def route_cmd(cfg: Config, number: str, account: str | None, at: str | None, pro
         return f"up ({p.status}, {p.rtt_ms:.1f} ms)" if p.status is not None else \
             f"down ({p.error or 'no answer'})"
 
-    view = analyse(cfg, number, account, at_ms, sell, buy, health if probe else None)
+    reports, note = _gateway_reports(cfg) if with_reports else ({}, None)
+    view = analyse(cfg, number, account, at_ms, sell, buy, health if probe else None, reports)
+    if note:
+        view["reports_note"] = note
     if fmt == "json":
         click.echo(json.dumps(view, indent=2))
         return
@@ -658,11 +666,34 @@ def route_cmd(cfg: Config, number: str, account: str | None, at: str | None, pro
                    f"{br['connection_fee']}" if br else "no buy rate")
         click.echo(f"  {gw['order']}. {gw['gateway']} {gw['address']} vendor {gw['vendor']}: {buy_txt}; "
                    f"{gw['health']}")
+        if with_reports:
+            said = reported_text(gw["reported"]) if gw["probed_by_b2bua"] else "not probed by the B2BUA"
+            click.echo(f"     reported: {said}")
+    if note:
+        click.echo(f"  ({note})")
     lim = view["limits"]
     st = lim["session_timer"]
     click.echo(f"limits: session timer {st['session_expires_s']} s (refresh every {st['refresh_every_s']} s, "
                f"Min-SE {st['min_se_s']}), no-timer cap {lim['no_timer_cap_s'] or 'off'}, "
                f"max duration {lim['max_call_duration_s'] or 'off'}")
+
+
+def _gateway_reports(cfg: Config) -> tuple[dict[str, list[dict[str, Any]]], str | None]:
+    """The nodes' last gateway reports from the store, and a note when they could not be read. An
+    embedded store that does not exist yet is not created for this."""
+    from urllib.parse import urlparse
+
+    from .route_view import LAST_REPORTS_SQL, last_reports
+    from .store.remote import open_reader, unquote_path
+
+    url = cfg.store.url
+    if urlparse(url).scheme == "chdb" and not Path(unquote_path(url, str(cfg.base_dir))).exists():
+        return {}, f"no gateway reports: no store at {url} yet"
+    try:
+        with open_reader(url, str(cfg.base_dir)) as store:
+            return last_reports(store.query(LAST_REPORTS_SQL)), None
+    except Exception as exc:  # a view beside the route: whatever the store says, the route still shows
+        return {}, f"gateway reports unavailable: {exc}"[:300]
 
 
 @main.command("audit")
@@ -776,7 +807,7 @@ def alerts_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @with_config
 def alerts_tail(cfg: Config, follow: bool, fmt: str) -> None:
-    """Print zombie alerts (from Kafka or the embedded alerts journal)."""
+    """Print zombie alerts and gateway alerts (from Kafka or the embedded alerts journal)."""
     from .alerts_view import tail_alerts
     from .topic_reader import TopicReadError
 

@@ -231,6 +231,20 @@ class Gateway:
     host: str = opt("127.0.0.1", "Gateway address")
     port: int = opt(5060, "Gateway SIP port", lo=1, hi=65535)
     transport: str = opt("udp", "Transport to the gateway", choices=("udp", "tcp"))
+    # Gateway health (b2bua/gateway_health.py): SIP OPTIONS from the B2BUA's own socket, over the
+    # gateway's transport; a gateway that stops answering leaves routing until it answers again.
+    probe: bool = opt(True, "Probe the gateway with SIP OPTIONS and route around it while it is down "
+                      "(false: never probed, always routed to)")
+    probe_interval: float = opt(10.0, "Seconds between OPTIONS probes of the gateway", lo=0.05)
+    probe_timeout: float = opt(2.0, "Seconds a probe waits for its final answer (at most probe_interval)",
+                               lo=0.01)
+    down_after: int = opt(3, "Consecutive probes (or INVITEs) without an answer before the gateway is "
+                          "down", lo=1, hi=100)
+    up_after: int = opt(2, "Consecutive answers a down gateway must give before it is up again", lo=1,
+                        hi=100)
+    probe_reply_codes: list[str] = opt([], "Answers to a probe that mean alive: codes (\"200\") or classes "
+                                       "(\"2xx\"); empty = any final answer but 408 (Kamailio's "
+                                       "ds_ping_reply_codes; its default is 200 only)", factory=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +452,8 @@ def _check_references(cfg: Config) -> None:
             raise ConfigError(f"gateways[{i}].name", "every gateway needs a name")
     if len(set(names)) != len(names):
         raise ConfigError("gateways", "gateway names must be unique")
+    for i, gw in enumerate(cfg.gateways):
+        _check_probe(f"gateways[{i}]", gw)
     for i, route in enumerate(cfg.routes):
         for gname in route.gateways:
             if gname not in names:
@@ -453,6 +469,17 @@ def _check_references(cfg: Config) -> None:
                               "rates: set pipeline.sell_rates")
     if len(set(accounts)) != len(accounts):
         raise ConfigError("accounts", "account names must be unique")
+
+
+def _check_probe(prefix: str, gw: Gateway) -> None:
+    if gw.probe_timeout > gw.probe_interval:
+        raise ConfigError(f"{prefix}.probe_timeout", f"{gw.probe_timeout} must not exceed "
+                          f"{prefix}.probe_interval ({gw.probe_interval}): one probe at a time")
+    for spec in gw.probe_reply_codes:
+        code = spec.lower()
+        if not (len(code) == 3 and code[0] in "23456" and (code[1:] == "xx" or code[1:].isdigit())):
+            raise ConfigError(f"{prefix}.probe_reply_codes", f"{spec!r} is neither a final SIP status "
+                              "(\"200\") nor a class (\"2xx\")")
 
 
 def load(path: str | Path | None = None, overrides: Iterable[str] = (),

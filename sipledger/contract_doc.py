@@ -113,6 +113,17 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
                   "type": "node.lost", "ts": "2026-11-25T10:16:00.000Z", "node": "sw2", "schema_version": 2,
                   "last_heartbeat": "2026-11-25T10:15:21.000Z", "detected_by": "pipeline-1",
                   "probe": "no answer to 3 OPTIONS at 198.51.100.3:5060", "takeover_by": ["sw1"]},
+    "gateway.down": {"event_id": "gw-sw1-carrier-a-1", "call_id": "gateway:sw1:carrier-a", "seq": 1,
+                     "type": "gateway.down", "ts": "2026-11-25T10:16:30.512Z", "node": "sw1",
+                     "schema_version": 2, "gateway": "carrier-a", "vendor": "carrier-a",
+                     "address": "203.0.113.20:5060", "transport": "udp", "cause": "probe_timeout",
+                     "losses": 3, "status": None, "last_answer": "2026-11-25T10:16:00.503Z",
+                     "last_status": 200, "last_rtt_ms": 3.2, "probe_interval_s": 10.0, "down_after": 3},
+    "gateway.up": {"event_id": "gw-sw1-carrier-a-2", "call_id": "gateway:sw1:carrier-a", "seq": 2,
+                   "type": "gateway.up", "ts": "2026-11-25T10:21:10.504Z", "node": "sw1", "schema_version": 2,
+                   "gateway": "carrier-a", "vendor": "carrier-a", "address": "203.0.113.20:5060",
+                   "transport": "udp", "cause": "probe_answer", "answers": 2, "status": 200, "rtt_ms": 3.4,
+                   "previous": "down", "down_since": "2026-11-25T10:16:30.512Z"},
     "account.topup": {"event_id": "topup-5b1f0c2e", "call_id": "account:acme", "seq": 1,
                       "type": "account.topup", "ts": "2026-11-25T09:30:00.000Z", "node": "sipledger-cli",
                       "schema_version": 2, "topup_id": "5b1f0c2e", "account": "acme", "amount": "25.00",
@@ -261,7 +272,10 @@ def _rules(d: dict[str, Any]) -> list[str]:
         "- **Keys and partitions.** On Kafka (topic `kafka.topic_events`, default "
         f"`{d['kafka.topic_events']}`) every call event is keyed by its `call_id`, so one call stays in "
         "order on one partition. `node.heartbeat` and `node.lost` are keyed `node:<node>` and sent to "
-        "*every* partition, so every pipeline worker sees every node's clock and verdicts. In a journal "
+        "*every* partition, so every pipeline worker sees every node's clock and verdicts. A node's "
+        "reports on its routing gateways (`gateway.down`, `gateway.up`) are keyed "
+        "`gateway:<node>:<gateway>` (one partition, in order; `seq` per key, from 1 again when the node "
+        "restarts); they are no call's events and move no clock. In a journal "
         "file (`events.log = \"file:///...\"`) events are JSON lines, in the order written.",
         "- **Who sends what.** A switch sends its call events and, for a live stream, `node.heartbeat`. "
         "`node.lost` is the pipeline's own verdict: it is in the logs the pipeline writes to, and "
@@ -414,7 +428,7 @@ def render() -> str:
 
 def example_stream() -> list[dict[str, Any]]:
     """The examples in stream order (call events by seq, then node events): one valid file."""
-    others = ("node:", "account:")
+    others = ("node:", "gateway:", "account:")
     calls = sorted((e for e in EXAMPLES.values() if not e["call_id"].startswith(others)),
                    key=lambda e: e["seq"])
     nodes = [e for e in EXAMPLES.values() if e["call_id"].startswith(others)]

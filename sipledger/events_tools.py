@@ -31,11 +31,13 @@ from urllib.parse import urlparse
 
 import orjson
 
-from schemas.validation import ContractError, decode_event
+from schemas.validation import GATEWAY_EVENT_TYPES, ContractError, decode_event
 
 # Sent to every partition, like the B2BUA's publisher does (sipledger/eventlog/kafka_publisher.py).
 BROADCAST_TYPES = frozenset({"node.heartbeat", "node.lost"})
-NODE_TYPES = BROADCAST_TYPES
+# A node's reports on its gateways: keyed gateway:<node>:<gateway>, no call's events (no seq rules).
+GATEWAY_TYPES = frozenset(GATEWAY_EVENT_TYPES)
+NODE_TYPES = BROADCAST_TYPES | GATEWAY_TYPES
 # Facts of an account, not of a call: keyed account:<name>, no seq chain (each is counted once by its id).
 ACCOUNT_TYPES = frozenset({"account.topup"})
 # How long a topic may take to appear in the broker's metadata before it is called missing.
@@ -75,6 +77,7 @@ class CheckResult:
     repeats: int = 0  # events repeated verbatim (same id, same content): dropped downstream
     heartbeats: int = 0
     verdicts: int = 0  # node.lost events
+    gateway_reports: int = 0  # gateway.down / gateway.up events
     topups: int = 0  # account.topup events
     calls: int = 0
     ended: int = 0
@@ -95,12 +98,14 @@ class CheckResult:
     def summary(self) -> str:
         return (f"{self.events} events on {self.lines} lines: {self.calls} calls ({self.ended} ended, "
                 f"{self.calls - self.ended} still open), {len(self.nodes)} nodes, {self.heartbeats} "
-                f"heartbeats, {self.verdicts} node.lost, {self.repeats} repeated events")
+                f"heartbeats, {self.verdicts} node.lost, {self.repeats} repeated events"
+                + (f", {self.gateway_reports} gateway reports" if self.gateway_reports else ""))
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "lines": self.lines, "events": self.events, "calls": self.calls,
                 "ended": self.ended, "nodes": self.nodes, "heartbeats": self.heartbeats,
-                "node_lost": self.verdicts, "topups": self.topups, "repeated_events": self.repeats,
+                "node_lost": self.verdicts, "gateway_reports": self.gateway_reports, "topups": self.topups,
+                "repeated_events": self.repeats,
                 "nodes_without_heartbeats": self.silent_nodes,
                 "problems": [p.as_dict() for p in self.problems]}
 
@@ -160,6 +165,13 @@ def check_lines(lines: Iterable[tuple[int, bytes]]) -> CheckResult:
             continue
         if etype in NODE_TYPES:
             nodes.add(node)
+            if etype in GATEWAY_TYPES:
+                res.gateway_reports += 1
+                if cid != f"gateway:{node}:{event['gateway']}"[:128]:
+                    problems.append(Problem(line, "call_id", f"a {etype} of node {node!r} on gateway "
+                                            f"{event['gateway']!r} has call_id {cid!r}, not "
+                                            f"'gateway:{node}:{event['gateway']}'"))
+                continue
             if etype == "node.heartbeat":
                 res.heartbeats += 1
                 beating.add(node)

@@ -1,7 +1,8 @@
 """`sipledger route NUMBER`: where a call to this number would go and what it would get, placing none.
 
 The prefix the route table matches (longest wins, as the B2BUA routes), the gateways in the order the
-B2BUA tries them (with their health when asked to probe them), the rate each side would apply (the
+B2BUA tries them (what each node last reported of their health, from the log's copy in the store, and
+their answer to a probe now when asked), the rate each side would apply (the
 account's sell rate, each gateway's vendor's buy rate: prefix, per minute, increments, fee, minimum),
 and the limits the call would get (session timer, no-timer cap, maximum duration). The same code the
 B2BUA and the pipeline run: b2bua/routing.py, tariff/rates.py.
@@ -9,7 +10,8 @@ B2BUA and the pipeline run: b2bua/routing.py, tariff/rates.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from b2bua.routing import RouteTable
@@ -28,8 +30,39 @@ def rate_view(rate: Rate | None) -> dict[str, Any] | None:
             "currency": rate.currency, "effective_from": format_ts(rate.effective_from_ms)}
 
 
+# The newest gateway.down / gateway.up of each node and gateway (key gateway:<node>:<gateway>) in the
+# store's copy of the log; argMax runs on ClickHouse 18.16 and chDB alike.
+LAST_REPORTS_SQL = ("SELECT call_id, argMax(payload, ts_ms) AS payload FROM call_events "
+                    "WHERE type IN ('gateway.down', 'gateway.up') GROUP BY call_id")
+
+
+def last_reports(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Gateway name -> what each node last reported of it (node, state, since, evidence), by node."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        ev = json.loads(row["payload"])
+        down = ev["type"] == "gateway.down"
+        if down:
+            evidence = f"{ev['losses']} {'probes' if ev['cause'] != 'invite_timeout' else 'INVITEs'} lost"
+        else:
+            rtt = f" in {ev['rtt_ms']:g} ms" if ev.get("rtt_ms") is not None else ""
+            evidence = f"answered {ev['status']}{rtt}"
+        out.setdefault(ev["gateway"], []).append({"node": ev["node"], "state": "down" if down else "up",
+                                                  "since": ev["ts"], "evidence": evidence})
+    for reports in out.values():
+        reports.sort(key=lambda r: r["node"])
+    return out
+
+
+def reported_text(reports: list[dict[str, Any]] | None) -> str:
+    if not reports:
+        return "no report"
+    return "; ".join(f"{r['state']} on {r['node']} since {r['since']} ({r['evidence']})" for r in reports)
+
+
 def analyse(cfg: Config, number: str, account: str | None, at_ms: int, sell: RateDeck | None,
-            buy: RateDeck | None, health: Callable[[Gateway], str] | None = None) -> dict[str, Any]:
+            buy: RateDeck | None, health: Callable[[Gateway], str] | None = None,
+            reports: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """The route, rates and limits of a call to ``number`` from ``account`` at ``at_ms``."""
     match = RouteTable.from_config(cfg).lookup(number)
     gateways = []
@@ -38,6 +71,7 @@ def analyse(cfg: Config, number: str, account: str | None, at_ms: int, sell: Rat
         gateways.append({
             "order": order, "gateway": gw.name, "address": f"{gw.transport}:{gw.host}:{gw.port}",
             "vendor": vendor, "health": health(gw) if health is not None else "not probed",
+            "reported": (reports or {}).get(gw.name, []), "probed_by_b2bua": gw.probe,
             "buy_rate": rate_view(buy.lookup(vendor, number, at_ms) if buy is not None else None),
         })
     t = cfg.timers

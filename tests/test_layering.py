@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 # pipeline/domain, bottom to top: a module may import only modules listed before it.
 DOMAIN_LAYERS = [
     "phase", "end_reasons", "timeutil", "policy", "effects", "state", "rating", "ledger", "closed_calls",
-    "node_clocks", "liveness", "alerts", "cdr", "commands", "closing", "rules", "deadlines", "node_calls",
-    "fold",
+    "node_clocks", "liveness", "alerts", "gateways", "cdr", "commands", "closing", "rules", "deadlines",
+    "node_calls", "fold",
 ]
 
 

@@ -99,11 +99,36 @@ def test_route_names_prefix_gateways_rates_limits_and_health(tmp_path: Path) -> 
         assert view["gateways"][0]["health"].startswith("up (200")
         assert view["gateways"][1]["health"].startswith("down")
         assert view["limits"]["no_timer_cap_s"] == 3600
+        assert view["gateways"][0]["reported"] == [] and view["gateways"][0]["probed_by_b2bua"]
         table = runner.invoke(main, ["route", "4420", "--account", "acme", "--config", str(cfg)])
         assert table.exit_code == 0, table.output
         assert "matches prefix '44'" in table.output and "0.015000 USD/min" in table.output
+        # No store yet: the route still shows, with a note instead of the nodes' gateway reports.
+        assert "reported: no report" in table.output and "no gateway reports: no store at" in table.output
+        assert not (tmp_path / ".sipledger").exists()  # not created just to look
+        quiet = runner.invoke(main, ["route", "4420", "--config", str(cfg), "--no-reports"])
+        assert quiet.exit_code == 0 and "reported:" not in quiet.output
         nowhere = runner.invoke(main, ["route", "999", "--config", str(cfg)])
         assert nowhere.exit_code == 1 and "no route" in nowhere.output
     finally:
         sipp.stop()
         dead.close()
+
+
+def test_last_reports_per_gateway_and_node() -> None:
+    from sipledger.route_view import last_reports, reported_text
+
+    def row(etype: str, node: str, **f: object) -> dict[str, str]:
+        ev = {"type": etype, "node": node, "gateway": "gw1", "ts": f"2026-11-25T10:00:0{len(node)}.000Z", **f}
+        return {"call_id": f"gateway:{node}:gw1", "payload": json.dumps(ev)}
+
+    got = last_reports([row("gateway.up", "n2", status=200, rtt_ms=1.25),
+                        row("gateway.down", "n1", losses=3, cause="invite_timeout")])
+    assert got == {"gw1": [
+        {"node": "n1", "state": "down", "since": "2026-11-25T10:00:02.000Z", "evidence": "3 INVITEs lost"},
+        {"node": "n2", "state": "up", "since": "2026-11-25T10:00:02.000Z",
+         "evidence": "answered 200 in 1.25 ms"},
+    ]}
+    assert reported_text(got["gw1"]).startswith("down on n1 since 2026-11-25T10:00:02.000Z (3 INVITEs lost); "
+                                                "up on n2")
+    assert reported_text(None) == "no report"

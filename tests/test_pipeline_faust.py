@@ -91,6 +91,20 @@ def _spec(lead_s: float) -> SyntheticSpec:
                          no_timer_cap_s=3, heartbeat_ms=1000)
 
 
+def _gateway_report(etype: str, seq: int, ts_ms: int, previous: str = "unknown") -> dict[str, Any]:
+    """A B2BUA node's report on one of its gateways (keyed gateway:<node>:<gateway>, one partition)."""
+    ev: dict[str, Any] = {"event_id": f"gw-report-{seq}-{ts_ms}", "call_id": "gateway:gw-node:carrier-x",
+                          "seq": seq, "type": etype, "ts": format_ts(ts_ms), "node": "gw-node",
+                          "schema_version": 2, "gateway": "carrier-x", "vendor": "carrier-x",
+                          "address": "203.0.113.9:5060", "transport": "udp"}
+    if etype == "gateway.down":
+        ev.update(cause="probe_timeout", losses=3, status=None, last_answer=None, last_status=None,
+                  last_rtt_ms=None, probe_interval_s=10.0, down_after=3)
+    else:
+        ev.update(cause="probe_answer", answers=2, status=200, rtt_ms=1.0, previous=previous, down_since=None)
+    return ev
+
+
 def _cdr_count(store: Store) -> int:
     return int(store.query("SELECT count() AS n FROM cdrs FINAL")[0]["n"])
 
@@ -172,7 +186,10 @@ def test_worker_end_to_end(setup: Setup) -> None:
     assert zombies and orphans
 
     producer = make_producer(s.bootstrap)
-    produce_events(producer, s.topics["events"], events, PARTITIONS)
+    gateway_reports = [_gateway_report("gateway.down", 1, spec.t0_ms), _gateway_report("gateway.down", 2,
+                                                                                        spec.t0_ms + 5),
+                       _gateway_report("gateway.up", 3, spec.t0_ms + 10, previous="down")]
+    produce_events(producer, s.topics["events"], events + gateway_reports, PARTITIONS)
     bad = dict(next(e for e in events if e["type"] == "call.setup"))
     del bad["caller"]
     bad["call_id"] = bad["event_id"] = f"bad-{s.name}"
@@ -197,6 +214,17 @@ def test_worker_end_to_end(setup: Setup) -> None:
     alerts = [a for _, a in read_topic(s.bootstrap, s.topics["alerts"])]
     assert {a["call_id"] for a in alerts if a["kind"] == "enforcement_missed"} == commanded
     assert {a["call_id"] for a in alerts if a["kind"] == "orphaned"} == orphans
+    # The node's gateway reports: one alert per change (the repeated down raises none), on the topic and
+    # in ClickHouse 18.16's alerts table, and the reports kept as events.
+    gw_alerts = [a for a in alerts if a["kind"].startswith("gateway_")]
+    assert [(a["kind"], a["gateway"]) for a in gw_alerts] == [("gateway_down", "carrier-x"),
+                                                              ("gateway_up", "carrier-x")]
+    stored = s.store.query("SELECT alert_id, kind FROM zombie_alerts FINAL "
+                           "WHERE call_id = 'gateway:gw-node:carrier-x' ORDER BY ts_ms")
+    assert [(r["alert_id"], str(r["kind"])) for r in stored] == \
+        [(a["alert_id"], a["kind"]) for a in gw_alerts]
+    kept = s.store.query("SELECT count() AS n FROM call_events WHERE call_id = 'gateway:gw-node:carrier-x'")
+    assert int(kept[0]["n"]) == 3
     # CDRs on their topic too, and the refused event on dead-letter with the field named.
     assert {c["call_id"] for _, c in read_topic(s.bootstrap, s.topics["cdrs"])} == set(kinds)
     dead = [d for _, d in read_topic(s.bootstrap, s.topics["dead"])]
@@ -216,7 +244,8 @@ def test_worker_survives_sigkill_mid_stream(setup: Setup) -> None:
         events[7 * len(events) // 10:]
 
     producer = make_producer(s.bootstrap)
-    sent = produce_events(producer, s.topics["events"], first, PARTITIONS)
+    down = _gateway_report("gateway.down", 1, spec.t0_ms)
+    sent = produce_events(producer, s.topics["events"], [*first, down], PARTITIONS)
     producer.flush()
     t_end = time.monotonic() + 30
     while _committed(s.bootstrap, s.worker.app_id, s.topics["events"]) < sent:
@@ -230,7 +259,8 @@ def test_worker_survives_sigkill_mid_stream(setup: Setup) -> None:
     time.sleep(0.4)  # mid-processing: some of this is stored, its offsets not committed yet
     s.worker.kill()
     cdrs_at_kill = _cdr_count(s.store)
-    produce_events(producer, s.topics["events"], rest, PARTITIONS)
+    up = _gateway_report("gateway.up", 1, spec.t0_ms + 60_000)  # its node restarted: "previous unknown"
+    produce_events(producer, s.topics["events"], [*rest, up], PARTITIONS)
     producer.flush()
     producer.close()
 
@@ -253,6 +283,7 @@ def test_worker_survives_sigkill_mid_stream(setup: Setup) -> None:
     assert zombies <= commanded <= zombies | orphans
     alerts = [a for _, a in read_topic(s.bootstrap, s.topics["alerts"])]
     assert {a["call_id"] for a in alerts if a["kind"] == "enforcement_missed"} == commanded
+    assert {a["kind"] for a in alerts if a["kind"].startswith("gateway_")} == {"gateway_down", "gateway_up"}
 
 
 def test_batch_acks_advance_faust_commit_offset(tmp_path: Path) -> None:

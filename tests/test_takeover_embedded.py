@@ -89,6 +89,7 @@ ips = ["127.0.0.1"]
 name = "sipp"
 host = "127.0.0.1"
 port = {carrier.local_port}
+probe = false
 [[gateways]]
 name = "pjsua"
 host = "127.0.0.1"

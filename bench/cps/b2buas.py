@@ -121,6 +121,7 @@ ips = ["{HOST}"]
 name = "carrier"
 host = "{HOST}"
 port = {self.carrier_port}
+probe = false
 
 [[routes]]
 prefix = ""

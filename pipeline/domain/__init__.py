@@ -12,7 +12,7 @@ Layers (each imports only those below it): plain data (``phase``, ``end_reasons`
 
 from __future__ import annotations
 
-from .alerts import alert_id, build_alert
+from .alerts import alert_id, alert_line, build_alert
 from .cdr import build_cdr, cdr_fields, rerate
 from .closed_calls import ClosedCalls
 from .commands import build_command, build_release, build_takeover
@@ -38,7 +38,7 @@ from .state import CallState
 __all__ = [
     "CallState", "CancelDeadline", "ClosedCalls", "DeadlineQueue", "Effect", "EmitCdr", "IssueRelease",
     "IssueTakeover", "IssueTerminate", "NodeCalls", "NodeClocks", "Policy", "RaiseAlert", "Rate", "RateDeck",
-    "ScheduleDeadline", "alert_id", "apply", "billed_seconds", "build_alert", "build_cdr", "build_command",
-    "build_release", "build_takeover", "cdr_fields", "drain_held", "due_at", "next_deadline", "on_deadline",
-    "on_node_lost", "rerate",
+    "ScheduleDeadline", "alert_id", "alert_line", "apply", "billed_seconds", "build_alert", "build_cdr",
+    "build_command", "build_release", "build_takeover", "cdr_fields", "drain_held", "due_at", "next_deadline",
+    "on_deadline", "on_node_lost", "rerate",
 ]

@@ -1,4 +1,4 @@
-"""Zombie-call alerts (schemas/alert.zombie.json).
+"""Zombie-call alerts (schemas/alert.zombie.json), and the gateway alerts of gateways.py on the same path.
 
 Two halves: :func:`raise_once` is used by the core to decide *that* an alert is due (at most one per call
 and kind, recorded in the call state so redelivery and replays do not repeat it) and returns a
@@ -19,7 +19,7 @@ from .timeutil import format_ts
 
 ALERT_KINDS: Final = frozenset({
     "limit_reached", "refresh_failed", "probe_failed", "orphaned", "enforcement_missed", "unknown_call",
-    "takeover_failed",
+    "takeover_failed", "gateway_down", "gateway_up",
 })
 
 # Fixed namespace: alert ids must be identical across workers, restarts and replays.
@@ -27,9 +27,11 @@ _ALERT_NS: Final = uuid.UUID("5a1f3c2e-9d4b-5e8a-b7c6-0d1e2f3a4b5c")
 _MS_PER_MINUTE: Final = Decimal(60_000)
 
 
-def alert_id(call_id: str, kind: str) -> str:
-    """Deterministic id (uuid5 of call_id and kind): one alert per call and kind, so consumers dedup on it."""
-    return str(uuid.uuid5(_ALERT_NS, f"{call_id}\x1f{kind}"))
+def alert_id(call_id: str, kind: str, key: str = "") -> str:
+    """Deterministic id (uuid5 of call_id and kind): one alert per call and kind, so consumers dedup on it.
+    ``key`` tells apart alerts of one kind under one call_id (a gateway's reports: the event's id)."""
+    name = f"{call_id}\x1f{kind}" + (f"\x1f{key}" if key else "")
+    return str(uuid.uuid5(_ALERT_NS, name))
 
 
 def raise_once(state: CallState, kind: str, ts_ms: int, message: str, effects: list[Effect]) -> None:
@@ -68,8 +70,8 @@ def estimated_cost(effect: RaiseAlert, sell_deck: RateDeck | None) -> tuple[Deci
 def build_alert(effect: RaiseAlert, sell_deck: RateDeck | None = None) -> dict[str, Any]:
     """The alert dict for ``effect``; valid against schemas/alert.zombie.json."""
     cost, currency = estimated_cost(effect, sell_deck)
-    return {
-        "alert_id": alert_id(effect.call_id, effect.kind),
+    alert: dict[str, Any] = {
+        "alert_id": alert_id(effect.call_id, effect.kind, effect.alert_key),
         "kind": effect.kind,
         "call_id": effect.call_id,
         "node": effect.node[:64],
@@ -83,3 +85,14 @@ def build_alert(effect: RaiseAlert, sell_deck: RateDeck | None = None) -> dict[s
         "ts": format_ts(effect.ts_ms),
         "schema_version": 1,
     }
+    if effect.gateway:
+        alert["gateway"] = effect.gateway[:64]
+    return alert
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    """The log line of an alert (what an operator greps for: "zombie alert" or "gateway alert")."""
+    if alert["kind"] in ("gateway_down", "gateway_up"):
+        return f"gateway alert {alert['kind']}: {alert['message']}"
+    return (f"zombie alert {alert['kind']}: call {alert['call_id']} ({alert['account']} via "
+            f"{alert['vendor']}) {alert['message']}")

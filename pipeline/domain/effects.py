@@ -73,6 +73,10 @@ class RaiseAlert:
     unverified_ms: int
     message: str
     ts_ms: int
+    # Gateway alerts (gateways.py): the gateway's name, and what tells one report from the next (the
+    # event's id), since a gateway goes down and up again many times under one key.
+    gateway: str = ""
+    alert_key: str = ""
 
 
 @dataclass(slots=True)

@@ -1,13 +1,18 @@
-"""Is a silent B2BUA node dead? The live drivers' watch, judged on wall time only while caught up.
+"""Is a silent B2BUA node dead? The live drivers' watch, judged on wall time up to what has been read.
 
 A node proves it is alive with node.heartbeat events. Their silence means something only while the
 pipeline is reading the log as it is written: a pipeline that is behind (a backlog, a store outage
 that held reading back, a rebalance) or whose loop stalled has simply not read the heartbeats yet. So:
 
-* silence is counted in wall time, but only from the moment the driver reports being caught up with
-  the log (``progress(wall, caught_up=True)``), and from the wall time the node's newest heartbeat was
-  read; a gap between two ``progress`` calls longer than ``stall_ms`` (the loop was not running)
-  restarts the count, as does falling behind;
+* the driver reports, on every turn, the wall time its reading has reached (``progress(wall,
+  read_through)``): everything written to the log before ``read_through`` has been read. A node that
+  wrote nothing readable between the reading of its newest heartbeat and ``read_through`` has been
+  silent at least that long, so silence is ``read_through`` minus the wall time that heartbeat was
+  read. A pipeline some records behind (steady traffic always leaves a few unread for a moment) still
+  measures silence, only later by that lag; one that cannot tell how far it has read (restoring,
+  rebalancing, the broker not answering) reports ``None``, and the count restarts from the moment it
+  can tell again, as it does after a gap between two ``progress`` calls longer than ``stall_ms`` (the
+  loop was not running, so what it believes read may be stale);
 * a node silent for ``node_timeout_ms`` of that time, with open calls, is a suspect: the driver probes
   it out of band (SIP OPTIONS to the address its heartbeats advertise);
 * a node that answers is alive but disconnected from the log (``disconnected``): its calls are left
@@ -62,13 +67,15 @@ class Verdict:
 
 
 class LivenessWatch:
-    __slots__ = ("_caught_up_since", "_last_progress", "_nodes", "node_timeout_ms", "stall_ms")
+    __slots__ = ("_caught_up_since", "_last_progress", "_nodes", "_read_through", "node_timeout_ms",
+                 "stall_ms")
 
     def __init__(self, node_timeout_ms: int, stall_ms: int = 2_000) -> None:
         self.node_timeout_ms = node_timeout_ms
         self.stall_ms = stall_ms
         self._nodes: dict[str, NodeWatch] = {}
         self._caught_up_since: int | None = None
+        self._read_through: int | None = None
         self._last_progress: int | None = None
 
     # -- what the log says ----------------------------------------------------------------------------
@@ -92,14 +99,18 @@ class LivenessWatch:
         if node not in self._nodes:
             self._nodes[node] = NodeWatch(node, wall_ms)
 
-    def progress(self, wall_ms: int, caught_up: bool) -> None:
-        """Called by the driver on every turn of its loop: is everything written so far read?"""
+    def progress(self, wall_ms: int, read_through_ms: int | None) -> None:
+        """Called by the driver on every turn of its loop: everything written before ``read_through_ms``
+        has been read (None: the driver cannot tell)."""
         stalled = self._last_progress is not None and wall_ms - self._last_progress > self.stall_ms
         self._last_progress = wall_ms
-        if not caught_up:
+        if read_through_ms is None:
             self._caught_up_since = None
-        elif stalled or self._caught_up_since is None:
+            self._read_through = None
+            return
+        if stalled or self._caught_up_since is None:
             self._caught_up_since = wall_ms
+        self._read_through = min(read_through_ms, wall_ms)
 
     @property
     def caught_up_since(self) -> int | None:
@@ -107,9 +118,9 @@ class LivenessWatch:
 
     # -- decisions -----------------------------------------------------------------------------------
     def due_probes(self, wall_ms: int, nodes_with_calls: Iterable[str]) -> list[Probe]:
-        """Nodes with open calls silent for the timeout while caught up; each is marked SUSPECT."""
-        since = self._caught_up_since
-        if since is None:
+        """Nodes with open calls silent for the timeout in what has been read; each is marked SUSPECT."""
+        since, read_through = self._caught_up_since, self._read_through
+        if since is None or read_through is None:
             return []
         out: list[Probe] = []
         for node in sorted(set(nodes_with_calls)):
@@ -121,7 +132,7 @@ class LivenessWatch:
                 continue
             if w.state == DISCONNECTED and (w.next_probe_wall_ms or 0) > wall_ms:
                 continue
-            if wall_ms - max(w.heard_wall_ms, since) > self.node_timeout_ms:
+            if read_through - max(w.heard_wall_ms, since) > self.node_timeout_ms:
                 w.state = SUSPECT
                 out.append(Probe(node, w.address, w.last_heartbeat_ms))
         return out

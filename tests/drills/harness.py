@@ -421,7 +421,8 @@ class Drill:
         names = {key: f"gw{i}" for i, key in enumerate(self.carriers)}
         for key, sipp in self.carriers.items():
             gateways.append(f'[[gateways]]\nname = "{names[key]}"\nvendor = "carrier-{names[key]}"\n'
-                            f'host = "127.0.0.1"\nport = {sipp.local_port}\n')
+                            f'host = "127.0.0.1"\nport = {sipp.local_port}\n'
+                            "probe = false\n")  # SIPp's call scenarios do not answer OPTIONS
         for k in self.mix:
             routes.append(f'[[routes]]\nprefix = "1555{k.digit}"\ngateways = ["{names[k.carrier]}"]\n')
         return (f'[events]\nlog = "kafka://{self.stack.bootstrap}"\nheartbeat_interval = 1.0\n'

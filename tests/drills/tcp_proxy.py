@@ -27,6 +27,7 @@ class CuttableProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._open = False
         self.cut_count = 0
 
     @classmethod
@@ -39,7 +40,9 @@ class CuttableProxy:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", self.listen_port))
         server.listen(64)
-        self._server = server
+        with self._lock:
+            self._server = server
+            self._open = True
         self._thread = threading.Thread(target=self._accept, args=(server,), daemon=True)
         self._thread.start()
         return self
@@ -57,6 +60,11 @@ class CuttableProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                if not self._open or self._server is not server:
+                    # Accepted by a listener that was cut meanwhile (see cut()): refuse it.
+                    for s in (client, upstream):
+                        s.close()
+                    return
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -73,12 +81,19 @@ class CuttableProxy:
     def cut(self) -> None:
         """Close everything and refuse new connections until ``mend``."""
         self.cut_count += 1
-        if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.close()
-            self._server = None
         with self._lock:
+            server, self._server, self._open = self._server, None, False
             conns, self._conns = self._conns, []
+        if server is not None:
+            # close() alone does not stop a thread blocked in accept(): the kernel socket stays listening
+            # while that call holds it, and the next client to reconnect gets through (and stays through)
+            # a "cut" link. shutdown() wakes the accept and stops the listening at once.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                server.close()
+        if self._thread is not None:
+            self._thread.join(2)
         for s in conns:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)

@@ -84,8 +84,13 @@ def test_a_node_cut_off_from_the_broker_and_a_pipeline_behind_hang_up_nothing(tm
             verdicts = [json.loads(r.value) for r in read_to_end(stack.bootstrap, "call-events")
                         if b'"node.lost"' in r.value]
             assert verdicts == [], verdicts[:2]
+            # The cut was real: node-2's own events waited in its spool (a proxy that let a reconnect
+            # through would make this drill test nothing), and were delivered after the mend.
+            assert "events stay spooled on disk" in drill.nodes[1].text(), "node-2 was never cut off"
             # node-2 was suspected while cut off, and answered the probe
-            assert probed(), "node-2's silence was never probed"
+            assert probed(), "node-2's silence was never probed:\n" + "\n".join(
+                line for w in drill.workers for line in w.text().splitlines()
+                if "liveness" in line or "node watch" in line or "caught up" in line)
     finally:
         proxy.stop()
         stack.stop()

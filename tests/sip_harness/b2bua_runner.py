@@ -109,6 +109,9 @@ def make_config(
                 "host": "127.0.0.1",
                 "port": port,
                 "transport": transport,
+                # SIPp's call scenarios do not answer OPTIONS (a probe aborts their call): tests of the
+                # gateway probes turn them on with -aa carriers.
+                "probe": False,
             }
             for i, port in enumerate(gateways)
         ],
