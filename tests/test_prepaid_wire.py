@@ -123,6 +123,7 @@ min_balance = "1.00"
 name = "carrier"
 host = "127.0.0.1"
 port = {carrier.local_port}
+probe = false
 [[routes]]
 prefix = "1555"
 gateways = ["carrier"]
