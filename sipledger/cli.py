@@ -7,6 +7,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -645,9 +646,12 @@ def route_cmd(cfg: Config, number: str, account: str | None, at: str | None, pro
             f"down ({p.error or 'no answer'})"
 
     reports, note = _gateway_reports(cfg) if with_reports else ({}, None)
-    view = analyse(cfg, number, account, at_ms, sell, buy, health if probe else None, reports)
+    available, credit_note = _available_balance(cfg, account)
+    view = analyse(cfg, number, account, at_ms, sell, buy, health if probe else None, reports, available)
     if note:
         view["reports_note"] = note
+    if credit_note:
+        view["credit_note"] = credit_note
     if fmt == "json":
         click.echo(json.dumps(view, indent=2))
         return
@@ -676,6 +680,40 @@ def route_cmd(cfg: Config, number: str, account: str | None, at: str | None, pro
     click.echo(f"limits: session timer {st['session_expires_s']} s (refresh every {st['refresh_every_s']} s, "
                f"Min-SE {st['min_se_s']}), no-timer cap {lim['no_timer_cap_s'] or 'off'}, "
                f"max duration {lim['max_call_duration_s'] or 'off'}")
+    credit = lim["credit"]
+    if credit is not None:
+        if credit["refused"]:
+            said = f"refused, {credit['refused']}"
+        elif credit["available"] is None:
+            said = f"balance unknown ({view.get('credit_note')})"
+        else:
+            limit = credit["credit_limit_s"]
+            said = (f"{limit} s" if limit is not None else "no limit (free per minute)") + \
+                f" (hold {credit['hold']})"
+        click.echo(f"credit (prepaid, available {credit['available'] or '?'}, minimum "
+                   f"{credit['min_balance']}): {said}")
+
+
+def _available_balance(cfg: Config, account: str | None) -> tuple[Decimal | None, str | None]:
+    """A prepaid account's available balance in the store's ledger, and a note when it could not be read
+    (an embedded store that does not exist yet is not created for this)."""
+    from urllib.parse import urlparse
+
+    from .balance import fetch_balances
+    from .store.remote import open_reader, unquote_path
+
+    acc = next((a for a in cfg.accounts if a.name == account), None)
+    if acc is None or not acc.prepaid:
+        return None, None
+    url = cfg.store.url
+    if urlparse(url).scheme == "chdb" and not Path(unquote_path(url, str(cfg.base_dir))).exists():
+        return None, f"no store at {url} yet"
+    try:
+        with open_reader(url, str(cfg.base_dir)) as store:
+            (bal,) = fetch_balances(store, cfg, acc.name)
+    except Exception as exc:  # a view beside the route: whatever the store says, the route still shows
+        return None, f"balance unavailable: {exc}"[:300]
+    return bal.available, None
 
 
 def _gateway_reports(cfg: Config) -> tuple[dict[str, list[dict[str, Any]]], str | None]:

@@ -1,11 +1,13 @@
 """`sipledger balance`: top-ups into the log (one event per id), clear errors for bad input, and the
-balances of a chDB store, including one the pipeline never wrote to."""
+balances of a chDB store, including one the pipeline never wrote to; `sipledger route` shows the credit
+limit (or the 402) a prepaid account's call would get."""
 
 from __future__ import annotations
 
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -40,6 +42,14 @@ min_balance = "1.00"
 [[accounts]]
 name = "post"
 ips = ["192.0.2.2"]
+[[gateways]]
+name = "carrier"
+host = "127.0.0.1"
+port = 5090
+probe = false
+[[routes]]
+prefix = "1555"
+gateways = ["carrier"]
 """)
     return path
 
@@ -104,3 +114,35 @@ def test_balances_of_a_store(cfg: Path) -> None:
     assert code == 1 and "no account 'nobody'" in out
     code, out = _run("balance", "--help")
     assert code == 0 and "balance add ACCOUNT AMOUNT" in out
+
+
+def _route(cfg: Path, account: str) -> dict[str, Any]:
+    code, out = _run("route", "15551234567", "--account", account, "--no-reports", "--format", "json",
+                     "--config", str(cfg))
+    assert code == 0, out
+    return json.loads(out)["limits"]
+
+
+def test_route_shows_the_credit_limit_or_the_refusal(cfg: Path) -> None:
+    # No store yet: the route still shows, the balance is unknown (and no store is created for it).
+    limits = _route(cfg, "acme")
+    assert limits["credit"]["available"] is None and not (cfg.parent / "store").exists()
+    assert _route(cfg, "post")["credit"] is None  # not prepaid
+    cols = ["account", "entry_id", "kind", "amount", "currency", "node", "ts_ms", "note", "version"]
+    with open_store(f"chdb://{cfg.parent}/store", str(cfg.parent)) as store:
+        migrate(store)
+        store.insert("account_ledger", cols, [["acme", "topup:t1", "topup", Decimal("3.2"), "USD", "cli", 1,
+                                               "", 1]])
+    credit = _route(cfg, "acme")["credit"]
+    # 3.20 at 1.00/min 6/6 pays for 192 s exactly; the hold is what those 192 s cost.
+    assert (credit["available"], credit["credit_limit_s"], credit["hold"], credit["refused"]) == \
+        ("3.200000", 192, "3.200000", None)
+    code, out = _run("route", "15551234567", "--account", "acme", "--no-reports", "--config", str(cfg))
+    assert code == 0, out
+    assert "credit (prepaid, available 3.200000, minimum 1.00): 192 s (hold 3.200000)" in out, out
+    with open_store(f"chdb://{cfg.parent}/store", str(cfg.parent)) as store:
+        store.insert("account_ledger", cols, [["acme", "call:c9", "hold", Decimal("2.5"), "USD", "n1", 2, "",
+                                               2]])
+    credit = _route(cfg, "acme")["credit"]
+    assert credit["available"] == "0.700000" and credit["credit_limit_s"] is None
+    assert credit["refused"].startswith("402 Insufficient Balance: account acme: available balance 0.700000")
