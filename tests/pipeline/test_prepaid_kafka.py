@@ -95,13 +95,16 @@ async def _node_follows(bootstrap: str, topic: str) -> Decimal:
     return book.available("pre")
 
 
-def _cli_balance(cfg: Path) -> dict[str, Any]:
+def _cli(cfg: Path, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    args = ["balance", "pre", "--json", "--config", str(cfg)]
-    done = subprocess.run([sys.executable, "-m", "sipledger", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "sipledger", *args, "--config", str(cfg)],
+                          capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    (row,) = json.loads(done.stdout)
+    return done.stdout
+
+
+def _cli_balance(cfg: Path) -> dict[str, Any]:
+    (row,) = json.loads(_cli(cfg, "balance", "pre", "--json"))
     return row
 
 
@@ -177,10 +180,10 @@ prepaid = true
         producer.flush()
         _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
               "the balances topic at 1.50 - 0.60")
-        # t1 again counts nothing; t3 does.
-        produce_events(producer, topics["events"], [_topup("t1", "1.00", 4), _topup("t3", "0.10", 5)],
-                       PARTITIONS)
+        # t1 again counts nothing; t3, written by the operator's command to the events topic, does.
+        produce_events(producer, topics["events"], [_topup("t1", "1.00", 4)], PARTITIONS)
         producer.flush()
+        _cli(cfg, "balance", "add", "pre", "0.10", "--id", "t3", "--note", "operator")
         _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("1.00"), 30,
               "the balances topic at 1.60 - 0.60")
         # A second call on c1's partition: its record must still count c1's settled debit (1.60 - 0.70).
