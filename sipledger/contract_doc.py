@@ -283,7 +283,9 @@ def _rules(d: dict[str, Any]) -> list[str]:
         "- **Prepaid accounts.** `account.topup` (written by `sipledger balance add`) credits an account; it "
         "is keyed `account:<account>`, has no `seq` chain (`seq` 1) and is counted once per `topup_id`, "
         "however often it is read. A prepaid call's `call.setup` carries `credit`: the hold its node "
-        "reserved; the pipeline replaces the hold with the call's rated cost when its CDR is made.",
+        "reserved; the pipeline replaces the hold with the call's rated cost when its CDR is made. The "
+        "balances go back to the nodes as `account.balance` records (`schemas/account.balance.json`, one per "
+        "account and events partition) on `kafka.topic_balances` or the embedded `balances.jsonl`.",
         "- **Unknown fields are refused**, like a wrong type or a missing required field: such an event "
         "goes to the dead-letter topic with the field named, and its call misses that `seq`.",
         "- **`schema_version`** is 1 or 2; version 2 adds `node.lost`, `node.heartbeat.address`, "
