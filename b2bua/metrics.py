@@ -18,7 +18,8 @@ NAMES = ("sipledger_b2bua_active_calls", "sipledger_b2bua_calls", "sipledger_b2b
          "sipledger_b2bua_refreshes", "sipledger_b2bua_byes_sent", "sipledger_b2bua_refused_requests",
          "sipledger_b2bua_takeovers", "sipledger_b2bua_commands_applied", "sipledger_b2bua_spool_bytes",
          "sipledger_b2bua_info", "sipledger_b2bua_gateway_up", "sipledger_b2bua_gateway_probe_rtt_seconds",
-         "sipledger_b2bua_gateway_probes", "sipledger_b2bua_gateway_skips")
+         "sipledger_b2bua_gateway_probes", "sipledger_b2bua_gateway_skips",
+         "sipledger_b2bua_prepaid_available", "sipledger_b2bua_prepaid_ready")
 
 
 def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) -> Families:
@@ -69,5 +70,15 @@ def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) ->
                                                         ((h.name, "lost"), h.probes_lost))])
         yield counter("sipledger_b2bua_gateway_skips", "Call attempts routed around the gateway while it "
                       "was down", labels=["gateway"], samples=[((h.name,), h.skipped) for h in gws])
+        # Prepaid accounts (config, so a fixed set): what a new call would be priced on, for a low-balance
+        # alert (VOS3000's Balance Alarm); refusals and credit-limit BYEs are in _calls and _byes_sent.
+        credit = c.credit
+        yield gauge("sipledger_b2bua_prepaid_available", "A prepaid account's available balance as this "
+                    "node sees it (the pipeline's balance less the holds of open calls), in its rate "
+                    "currency",
+                    labels=["account"],
+                    samples=[((a,), float(credit.available(a))) for a in sorted(credit.prepaid)])
+        yield gauge("sipledger_b2bua_prepaid_ready", "1 once this node has the prepaid balances (until then "
+                    "prepaid calls get 503)", 1 if credit.ready else 0)
 
     return collect

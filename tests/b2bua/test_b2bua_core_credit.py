@@ -200,3 +200,26 @@ def test_credit_book_sums_partitions_and_refuses_bad_records() -> None:
     h.apply(h.core.balance_record(bad, h.now))
     assert h.core.credit.available("acme") == Decimal("1.00")
     assert any("account.balance record refused" in log.text for log in h.logs)
+
+
+def test_metrics_show_each_prepaid_accounts_available_balance_and_readiness() -> None:
+    from prometheus_client.core import Metric
+
+    from b2bua.metrics import NAMES, families
+
+    h = prepaid("1.00")
+
+    def scrape() -> dict[str, Metric]:
+        return {m.name: m for m in families(lambda: h.core, None, "n1")()}
+
+    def available() -> list[tuple[dict[str, str], float]]:
+        return [(s.labels, s.value) for s in scrape()["sipledger_b2bua_prepaid_available"].samples]
+
+    got = scrape()
+    assert set(got) == set(NAMES)
+    assert available() == [({"account": "acme"}, 1.0)]
+    answer_call(h, 1)  # holds what its 60 s limit costs: all of the 1.00
+    assert available() == [({"account": "acme"}, 0.0)]
+    assert got["sipledger_b2bua_prepaid_ready"].samples[0].value == 1
+    h.core.credit.ready = False
+    assert scrape()["sipledger_b2bua_prepaid_ready"].samples[0].value == 0
