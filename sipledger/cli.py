@@ -61,7 +61,7 @@ def _stack_dir(cfg: Config) -> Path:
 def _topics(cfg: Config) -> dict[str, int]:
     k = cfg.kafka
     return {k.topic_events: k.partitions, k.topic_commands: k.partitions, k.topic_alerts: k.partitions,
-            k.topic_cdrs: k.partitions, k.topic_dead_letter: 1}
+            k.topic_cdrs: k.partitions, k.topic_dead_letter: 1, k.topic_signalling: k.partitions}
 
 
 @stack.command("up")
