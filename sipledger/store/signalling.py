@@ -79,7 +79,7 @@ def rows_to_records(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     out = list(by_key.values())
     for rec in out:
         rec["entries"].sort(key=lambda e: e["n"])
-    out.sort(key=lambda rec: (rec["start"], rec["node"]))
+    out.sort(key=lambda rec: (rec["start"], rec["call_id"], rec["node"]))
     return out
 
 
