@@ -148,8 +148,11 @@ def _write_pcapng(fh: BinaryIO, ladder: Ladder, rows: list[tuple[float, bytes, l
     from dpkt import pcapng
 
     opt = pcapng.PcapngOptionLE
+    # A message without a body looks the same whether bodies were recorded ("") or not (null): say which.
+    unrecorded = [[ladder.records.index(rec), e["n"]] for rec, e in ladder.entries
+                  if e["kind"] == "sip" and e["body"] is None and not e["body_bytes"]]
     meta = {"records": [{k: v for k, v in rec.items() if k != "entries"} for rec in ladder.records],
-            "packets": [list(p[3]) for p in rows], "memos": memos}
+            "packets": [list(p[3]) for p in rows], "memos": memos, "unrecorded": unrecorded}
     shb = pcapng.SectionHeaderBlockLE(opts=[
         opt(code=pcapng.PCAPNG_OPT_COMMENT, text=SHB_TAG + json.dumps(meta, separators=(",", ":"))),
         opt(code=pcapng.PCAPNG_OPT_SHB_USERAPPL, data=b"sipledger trace --export"),
@@ -526,9 +529,13 @@ def _sipledger_meta(header: Sequence[str]) -> dict[str, Any] | None:
 def _exact(meta: dict[str, Any], messages: Sequence[Message]) -> Ladder:
     """The records of a capture sipledger exported (its header says which entry each packet is)."""
     records = [dict(r, entries=[]) for r in meta["records"]]
+    unrecorded = {(r, n) for r, n in meta.get("unrecorded", [])}
     for m, (r, n) in zip(messages, meta["packets"], strict=True):
         rec = records[r]
-        rec["entries"].append(_entry(m, n, "", rec["local"]))
+        entry = _entry(m, n, "", rec["local"])
+        if (r, n) in unrecorded and entry["body"] == "":
+            entry["body"] = None
+        rec["entries"].append(entry)
         for c in m.comments:
             _memo(records, c)
     for c in meta["memos"]:
