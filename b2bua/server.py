@@ -113,7 +113,8 @@ class B2BUAServer:
 
         try:
             self.metrics_server, _ = serve(m.listen_host, m.b2bua_port,
-                                           families(lambda: self.core, self.publisher, self.cfg.node.id))
+                                           families(lambda: self.core, self.publisher, self.cfg.node.id,
+                                                    self.signalling))
         except OSError as exc:
             raise ConfigError("metrics.b2bua_port", f"cannot listen on {m.listen_host}:{m.b2bua_port}: "
                               f"{exc.strerror or exc}") from None

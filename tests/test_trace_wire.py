@@ -9,12 +9,13 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from metrics_scrape import Samples, by, one, scrape
 from sip_harness.b2bua_runner import RunningB2BUA, make_config
 from sip_harness.fixtures import start_caller, start_carrier
 from sip_harness.sipp import SippResult
@@ -23,6 +24,7 @@ from pipeline.embedded import EmbeddedPipeline
 from schemas.validation import validate_signalling
 from sipledger.cli import main
 from sipledger.config import Config, from_dict
+from sipledger.ports import free_port
 from sipledger.trace_ladder import Ladder, header_value, render_text
 from sipledger.trace_pcap import read_capture
 
@@ -67,7 +69,7 @@ def cli(*args: str) -> Any:
 
 
 def run_node(cfg: Config, journal: Path, calls: Sequence[tuple[str, str, dict[str, Any]]],
-             tmp_path: Path) -> list[SippResult]:
+             tmp_path: Path, before_stop: Callable[[], None] | None = None) -> list[SippResult]:
     node = RunningB2BUA(cfg, journal).start()
     results = []
     try:
@@ -77,6 +79,8 @@ def run_node(cfg: Config, journal: Path, calls: Sequence[tuple[str, str, dict[st
                 results.append(proc.wait())
         node.wait_terminated(len(calls))
         time.sleep(cfg.trace.linger + 0.5)  # the records wait for the last answers
+        if before_stop is not None:
+            before_stop()
     finally:
         node.stop()
     return results
@@ -185,17 +189,24 @@ def test_failed_calls_only_publishes_the_call_that_failed_over(tmp_path: Path) -
     with start_carrier("uas_503", workdir=tmp_path, name="busy_gw", timeout_s=20) as first, \
             start_carrier("uas_answer_wait_bye", workdir=tmp_path, name="good_gw", calls=2,
                           timeout_s=20) as second:
-        raw = make_config(tmp_path, [first.local_port, second.local_port], trace={"failed_calls": True})
+        port = free_port()
+        raw = make_config(tmp_path, [first.local_port, second.local_port], trace={"failed_calls": True},
+                          metrics={"b2bua_port": port})
         raw["routes"].append({"prefix": "1666", "gateways": ["gw2"]})
         cfg = from_dict(raw, tmp_path)
+        scraped: list[Samples] = []
         results = run_node(cfg, journal, [("uac_basic_bye", "15551230000", {"pause_ms": 300}),
-                                          ("uac_basic_bye", "16661230000", {"pause_ms": 300})], tmp_path)
+                                          ("uac_basic_bye", "16661230000", {"pause_ms": 300})], tmp_path,
+                           before_stop=lambda: scraped.append(scrape(port)))
         r1, r2 = first.wait(10), second.wait(10)
     assert all(r.ok for r in (*results, r1, r2)), "".join(r.describe() for r in (*results, r1, r2))
     setups = [e["call_id"] for e in journal_records(journal) if e["type"] == "call.setup"]
     recs = journal_records(tmp_path / "events" / "call-signalling.jsonl")
-    # Both calls were recorded, only the one whose first attempt failed is published.
+    # Both calls were recorded, only the one whose first attempt failed is published; the node says so.
     assert [r["call_id"] for r in recs] == setups[:1]
+    assert by(scraped[0], "sipledger_b2bua_traces_total", "outcome") == \
+        {"recorded": 2, "published": 1, "discarded": 1}
+    assert one(scraped[0], "sipledger_b2bua_trace_buffered_bytes") == 0  # nothing held once both ended
     rec = recs[0]
     validate_signalling(rec)
     assert (rec["selected_by"], rec["failed"], rec["end_reason"]) == \
