@@ -18,11 +18,15 @@ NAMES = ("sipledger_b2bua_active_calls", "sipledger_b2bua_calls", "sipledger_b2b
          "sipledger_b2bua_refreshes", "sipledger_b2bua_byes_sent", "sipledger_b2bua_refused_requests",
          "sipledger_b2bua_takeovers", "sipledger_b2bua_commands_applied", "sipledger_b2bua_spool_bytes",
          "sipledger_b2bua_info", "sipledger_b2bua_gateway_up", "sipledger_b2bua_gateway_probe_rtt_seconds",
-         "sipledger_b2bua_gateway_probes", "sipledger_b2bua_gateway_skips")
+         "sipledger_b2bua_gateway_probes", "sipledger_b2bua_gateway_skips",
+         # call analysis (b2bua/signalling_trace.py): what was recorded, and what the bounds dropped
+         "sipledger_b2bua_traces", "sipledger_b2bua_trace_buffered_bytes")
 
 
-def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) -> Families:
-    """The families of one node; ``core`` returns the running core (None before start)."""
+def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str,
+             signalling: Any = None) -> Families:
+    """The families of one node; ``core`` returns the running core (None before start); ``signalling``
+    is the call signalling records' publisher (None when recording is off)."""
 
     def collect() -> Iterator[Metric]:
         c = core()
@@ -69,5 +73,15 @@ def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) ->
                                                         ((h.name, "lost"), h.probes_lost))])
         yield counter("sipledger_b2bua_gateway_skips", "Call attempts routed around the gateway while it "
                       "was down", labels=["gateway"], samples=[((h.name,), h.skipped) for h in gws])
+        trace = c.trace
+        ts = trace.stats if trace is not None else {}
+        sink_dropped = getattr(signalling, "dropped", 0)
+        yield counter("sipledger_b2bua_traces", "Call signalling records (sipledger trace): calls recorded, "
+                      "records published, discarded (failed_calls: the call did not fail), evicted (the "
+                      "node's max_buffered_bytes) and dropped (the Kafka spool full)", labels=["outcome"],
+                      samples=[*(((k,), ts.get(k, 0)) for k in ("recorded", "published", "discarded",
+                                                                 "evicted")), (("dropped",), sink_dropped)])
+        yield gauge("sipledger_b2bua_trace_buffered_bytes", "Bytes of signalling held for calls being "
+                    "recorded", trace.buffered if trace is not None else 0)
 
     return collect

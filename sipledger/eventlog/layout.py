@@ -2,7 +2,8 @@
 
 The B2BUA and the pipeline meet only in the log and the contracts: the B2BUA appends events and
 follows the commands journal, the embedded pipeline follows the events and writes commands, alerts,
-dead letters and its checkpoint. Both find those files here, and neither imports the other.
+dead letters and its checkpoint; call analysis adds the B2BUA's signalling records and the pipeline's
+position in them. Both find those files here, and neither imports the other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class EmbeddedPaths:
     dead_letter: Path
     webhook_dead_letter: Path
     checkpoint: Path
+    # Call analysis: the B2BUA's signalling records (sipledger trace), and how far the pipeline stored them.
+    signalling: Path
+    signalling_checkpoint: Path
 
     @classmethod
     def from_config(cls, cfg: Config) -> EmbeddedPaths:
@@ -31,7 +35,8 @@ class EmbeddedPaths:
         events = file_url_path(cfg.events.log, cfg.base_dir).resolve()
         d = events.parent
         return cls(events, d / "commands.jsonl", d / "alerts.jsonl", d / "dead-letter.jsonl",
-                   d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json")
+                   d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json",
+                   d / "call-signalling.jsonl", d / "call-signalling-checkpoint.json")
 
     def closed_calls(self, gen: int) -> Path:
         """The embedded pipeline's closed-call memory, generation ``gen``."""
