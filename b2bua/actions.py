@@ -61,4 +61,11 @@ class Log:
     text: str
 
 
-Action = Send | SetTimer | CancelTimer | Emit | Log
+@dataclass(slots=True)
+class PublishTrace:
+    """A finished call's signalling record (b2bua/signalling_trace.py) for the call-signalling log."""
+
+    record: dict[str, Any]
+
+
+Action = Send | SetTimer | CancelTimer | Emit | Log | PublishTrace

@@ -16,6 +16,7 @@ from typing import Any
 from b2bua.actions import Address
 from b2bua.admission import Admit, Challenge, Refuse
 from b2bua.call import Attempt, Call, CallState, EndedAttempt, EndedCall, Leg
+from b2bua.call_events import format_ts
 from b2bua.core_config import (
     ALLOW,
     SUPPORTED,
@@ -118,6 +119,9 @@ class CallSetup(Credit, CoreState):
                             sip_status=404, detail=f"no route for {call.callee}")
             return
         call.prefix, call.gateways = route.prefix, route.gateways
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"route: prefix {route.prefix!r} for {call.callee}, gateways "
+                       f"{', '.join(g.name for g in route.gateways)} (account {account.name})")
         first = self._route_gateways(call, -1)  # gateways known down are skipped (gateway_probes.py)
         if first is None:
             self._all_gateways_down(call)
@@ -166,6 +170,12 @@ class CallSetup(Credit, CoreState):
         self.stats["refused"] += 1
         self._respond(key, req, refusal.status, refusal.reason_phrase)
         call_id = self._new_call_id()
+        trace = self.trace
+        selected = trace.select(refusal.account or account) if trace is not None else None
+        if trace is not None and selected is not None:
+            trace.start(call_id, refusal.account or account, selected, self._now, req.call_id, req)
+            self._trace_end(call_id, refusal.end_reason, "system",
+                            f"refused: {refusal.status} ({refusal.end_reason}: {refusal.detail})")
         self._emit(call_id, "call.setup", **self._setup_fields(req, refusal.account or account, source))
         self._emit(call_id, "call.terminated", reason=refusal.end_reason, initiator="system",
                    sip_status=refusal.status, detail=refusal.detail[:512])
@@ -187,6 +197,9 @@ class CallSetup(Credit, CoreState):
         self.calls[call.id] = call
         self.by_server_key[key] = call
         self.dialogs[caller.dialog.id] = (call, "caller")
+        trace = self.trace
+        if trace is not None and (selected := trace.select(account.name)) is not None:
+            trace.start(call.id, account.name, selected, self._now, req.call_id, req)
         fields = self._setup_fields(req, account.name, source)
         if credit is not None:
             fields["credit"] = credit.fields()
@@ -206,6 +219,10 @@ class CallSetup(Credit, CoreState):
         call.carrier = Leg("carrier", transport, local_sdp=invite.body,
                            local_sdp_type=invite.headers.get("Content-Type") or "application/sdp")
         self.uac_callids[invite.call_id or ""] = call
+        if (trace := self._traced(call.id)) is not None:
+            trace.bind(trace.traces[call.id], invite.call_id or "", "carrier")
+            trace.memo(call.id, self._now, f"attempt {attempt.number} of {len(call.gateways)}: gateway "
+                       f"{gw.name} (vendor {gw.vendor or gw.name}) at {attempt.dest}", "carrier")
         self._emit(call.id, "call.routed", vendor=(gw.vendor or gw.name)[:64],
                    gateway=f"{gw.host}:{gw.port}"[:128], prefix=call.prefix[:32], attempt=attempt.number)
         self._send_attempt(call, attempt)
@@ -285,12 +302,20 @@ class CallSetup(Credit, CoreState):
             self._on_carrier_answer(call, attempt, resp)
             return
         if status == 422 and attempt.negotiation.on_422(resp):
+            if (trace := self._traced(call.id)) is not None:
+                trace.memo(call.id, self._now, f"{attempt.gateway.name} wants a longer session (422, Min-SE "
+                           f"{resp.headers.get('Min-SE')}): INVITE again", "carrier")
             self._retry_422(call, attempt)
             return
         if should_fail_over(status) and (nxt := self._route_gateways(call, call.gateway_index)) is not None:
+            self._attempt_failed(call, attempt, f"{status} {resp.reason}".rstrip())
             call.gateway_index = nxt
             self._start_attempt(call)
             return
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"attempt {attempt.number} to {attempt.gateway.name} failed: "
+                       f"{status} {resp.reason}".rstrip() + ("; no gateway left" if should_fail_over(status)
+                                                         else "; not a failover status"), "carrier")
         reason = "busy" if status in (486, 600) else "rejected"
         self._terminate(call, reason, "callee", status_to_caller=status, reason_phrase=resp.reason,
                         sip_status=status)
@@ -424,6 +449,8 @@ class CallSetup(Credit, CoreState):
             call.limit_at = self._now + limit - (CREDIT_GUARD_S if source == "credit_limit" else 0.0)
             call.limit_reason = _LIMIT_REASON[source]
             self._arm(call, "limit", call.limit_at)
+        if (trace := self._traced(call.id)) is not None:
+            self._memo_answer(trace, call, attempt, limit, source)
         self._emit(
             call.id, "call.answered",
             timer_mode="session_timer" if caller.has_timer else "no_timer",
@@ -469,6 +496,32 @@ class CallSetup(Credit, CoreState):
             return None, "none"
         return min(options)
 
+    def _attempt_failed(self, call: Call, attempt: Attempt, why: str) -> None:
+        trace = self._traced(call.id)
+        if trace is not None:
+            trace.failed_over(call.id)
+            nxt = call.gateways[call.gateway_index + 1]
+            trace.memo(call.id, self._now, f"attempt {attempt.number} to {attempt.gateway.name} failed: "
+                       f"{why}; failing over to {nxt.name}", "carrier")
+
+    def _memo_answer(self, trace: Any, call: Call, attempt: Attempt, limit: int | None, source: str) -> None:
+        """What the answer set up: each leg's session timer (or probes), and the duration limit."""
+        def leg_text(role: str) -> str:
+            leg = call.leg(role)  # type: ignore[arg-type]
+            if leg.has_timer:
+                return f"{role} leg session timer {leg.interval} s, refresher {refresher_label(leg)}"
+            probes = self.cfg.liveness_probe_interval
+            return f"{role} leg without timer" + (f", OPTIONS probe every {probes} s" if probes else "")
+
+        trace.memo(call.id, self._now, f"answered by {attempt.gateway.name}: {leg_text('caller')}; "
+                   f"{leg_text('carrier')}")
+        if limit is None:
+            trace.memo(call.id, self._now, "no duration limit armed (timers.max_call_duration and "
+                       "timers.no_timer_max_duration do not apply)")
+        else:
+            trace.memo(call.id, self._now, f"limit armed: {limit} s from timers.{source}, at "
+                       f"{format_ts(self._now + limit + self.wall_offset)}")
+
     def _on_attempt_timeout(self, call: Call) -> None:
         """No response at all from the gateway in time: next gateway, or 408 to the caller."""
         attempt = call.attempt
@@ -480,9 +533,15 @@ class CallSetup(Credit, CoreState):
         if call.cancelled:
             return
         if (nxt := self._route_gateways(call, call.gateway_index)) is not None:
+            self._attempt_failed(call, attempt, f"no answer within {self.cfg.invite_timeout:g} s "
+                                 "(sip.invite_timeout)")
             call.gateway_index = nxt
             self._start_attempt(call)
             return
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"attempt {attempt.number} to {attempt.gateway.name}: no answer "
+                       f"within {self.cfg.invite_timeout:g} s (sip.invite_timeout); no gateway left",
+                       "carrier")
         self._terminate(call, "response_timeout", "system", status_to_caller=408, sip_status=408,
                         detail=f"no response from {attempt.gateway.host}:{attempt.gateway.port}")
 

@@ -57,6 +57,9 @@ class Commands(CoreState):
         if reason not in END_REASONS:
             reason = "pipeline_terminate"
         self.stats["commands_applied"] += 1
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"terminate command {command_id} from {cmd.get('issued_by', '?')} "
+                       f"obeyed ({reason}): BYE on both legs")
         self._terminate(call, str(reason), "system", status_to_caller=503, sip_status=None,
                         detail=f"command {command_id} from {cmd.get('issued_by', '?')}")
 
@@ -80,6 +83,14 @@ class Commands(CoreState):
         self.stats["takeovers"] += 1
         self._log("warning", f"taking over call {call_id} of lost node {cmd['dead_node']}: BYE on both legs")
         reason = reason_header(cmd["dead_node"], self.cfg.node_id)
+        trace = self.trace
+        selected = trace.select("") if trace is not None else None
+        if trace is not None and selected is not None:
+            tt = trace.start(call_id, "", selected, self._now)
+            for role in LEGS:
+                trace.bind(tt, str(cmd["dialogs"][role].get("call_id") or ""), role)
+            trace.memo(call_id, self._now, f"takeover of call {call_id} of lost node {cmd['dead_node']} "
+                       f"(command {cmd['command_id']}): BYE on both legs as its dialogs")
         for role in LEGS:
             state = cmd["dialogs"][role]
             try:
@@ -113,6 +124,8 @@ class Commands(CoreState):
         self._log("warning", f"call {t.call_id} of lost node {t.dead_node} ended: {legs}")
         self._emit(t.call_id, "call.terminated", seq=t.seq, reason="orphaned", initiator="system",
                    sip_status=None, takeover=t.report())
+        if self.trace is not None:
+            self._trace_end(t.call_id, "orphaned", "system", f"takeover done: {legs}")
 
     def _on_release(self, cmd: dict[str, Any]) -> None:
         """A call another node took over while we were cut off: forget it, sending nothing (its legs
@@ -123,6 +136,9 @@ class Commands(CoreState):
             return
         self.stats["releases"] += 1
         self._log("warning", f"call {call.id} was taken over by {cmd.get('taken_over_by')}: released")
+        if self.trace is not None:
+            self._trace_end(call.id, "orphaned", "system", f"released: the call was taken over by "
+                            f"{cmd.get('taken_over_by')} while this node was cut off; nothing sent")
         for role in LEGS:
             dialog = call.leg(role).dialog
             if dialog is not None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from b2bua.actions import Action, Address, SetTimer
+from b2bua.actions import Action, Address, PublishTrace, SetTimer
 from b2bua.call import Call
 from b2bua.call_setup import CallSetup
 from b2bua.commands import Commands
@@ -79,10 +79,14 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
         self._start_gateway_probes()
 
     def receive(self, message: Request | Response | ParseError, source: Address, now: float) -> list[Action]:
+        trace = self.trace
+
         def run() -> None:
             if isinstance(message, ParseError):
                 self._on_parse_error(message, source)
                 return
+            if trace is not None:
+                trace.seen_in(message, source, now)
             try:
                 if isinstance(message, Request):
                     self._on_request(message, source)
@@ -93,7 +97,10 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
                 # that is bad input from the peer, answered like any other, not a fault of ours.
                 self._on_malformed(message, source, exc)
 
-        return self._guard(run, now, source, lambda: describe(message))
+        out = self._guard(run, now, source, lambda: describe(message))
+        if trace is not None:
+            trace.step_done()
+        return out
 
     def timer_fired(self, key: Hashable, now: float) -> list[Action]:
         return self._guard(lambda: self._on_timer(key), now, None, lambda: f"timer {key!r}")
@@ -271,6 +278,10 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
             self._on_call_timer(call, name)
         elif kind == GW_TIMER and len(key) == 3:
             self._on_gateway_timer(key[1], key[2])
+        elif kind == "trace" and len(key) == 2:
+            record = self.trace.flush(key[1]) if self.trace is not None else None
+            if record is not None:
+                self._out.append(PublishTrace(record))
         elif key == SWEEP_KEY:
             self._out.append(SetTimer(SWEEP_KEY, self._now + self.cfg.sweep_interval))
             self._sweep()
@@ -288,6 +299,12 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
         elif name.startswith("probe:"):
             self._send_probe(call, name[6:])  # type: ignore[arg-type]
         elif name == "limit":
+            if (trace := self._traced(call.id)) is not None:
+                source = ("max_call_duration" if call.limit_reason == "max_duration_limit"
+                          else "no_timer_max_duration")
+                trace.memo(call.id, self._now, f"limit fired: {call.limit_reason} after "
+                           f"{self._now - (call.answered_at or call.created_at):.1f} s (timers.{source}): "
+                           "BYE on both legs")
             self._terminate(call, call.limit_reason or "max_duration_limit", "system",
                             detail="call duration limit reached")
         elif name.startswith("2xx:"):

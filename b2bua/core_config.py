@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from b2bua.signalling_trace import TraceSettings
 from b2bua.sip.message import (
     uri_host,
 )
@@ -72,6 +73,8 @@ class CoreConfig:
     # Safety net: how often stuck calls are looked for, and how long ended calls stay known for
     # late retransmissions (a late 2xx after a CANCEL still gets its ACK and BYE).
     sweep_interval: float = 10.0
+    # Call analysis: which calls' signalling is recorded (b2bua/signalling_trace.py); off by default.
+    trace: TraceSettings = field(default_factory=TraceSettings)
 
     @property
     def linger(self) -> float:
@@ -102,4 +105,5 @@ class CoreConfig:
             no_timer_max_duration=t.no_timer_max_duration,
             max_call_duration=t.max_call_duration,
             liveness_probe_interval=t.liveness_probe_interval,
+            trace=TraceSettings.from_config(cfg),
         )

@@ -31,6 +31,7 @@ from b2bua.credit_book import CreditBook
 from b2bua.gateway_health import GatewayTable
 from b2bua.refusals import RefusalCounter
 from b2bua.routing import RouteTable
+from b2bua.signalling_trace import SignallingRecorder
 from b2bua.sip.conformance import Rejection, check_body, check_method, check_require, check_uri_scheme
 from b2bua.sip.dialog import DialogId, dialog_id_for_request
 from b2bua.sip.message import (
@@ -106,6 +107,11 @@ class CoreState:
         # Prepaid accounts and the node's view of their balances (b2bua/credit.py); none by default.
         self.credit = credit if credit is not None else CreditBook()
         self.layer = TransactionLayer(timers=config.timers, rng=rng)
+        # Call analysis (b2bua/signalling_trace.py): None when no call can be recorded, so the hooks cost
+        # one attribute test.
+        self.trace: SignallingRecorder | None = (
+            SignallingRecorder(config.trace, config.node_id, Address(config.local_host, config.local_port),
+                               wall_offset, self.layer.rng) if config.trace.enabled else None)
         # ``now`` + wall_offset = Unix time; only used to stamp expires_at in events.
         self.wall_offset = wall_offset
         self._new_call_id = new_call_id or _uuid4_text
@@ -194,7 +200,25 @@ class CoreState:
             self._log(level, text)
 
     def _send(self, msg: Request | Response, dest: Address) -> None:
-        self._out.append(Send(serialize(msg), dest))
+        data = serialize(msg)
+        self._out.append(Send(data, dest))
+        if self.trace is not None:
+            self.trace.seen_out(msg, data, dest, self._now)
+
+    def _traced(self, call_id: str) -> SignallingRecorder | None:
+        """The recorder when ``call_id`` is being recorded (memos are written only then)."""
+        trace = self.trace
+        return trace if trace is not None and call_id in trace.traces else None
+
+    def _trace_end(self, call_id: str, reason: str | None, initiator: str | None, memo: str) -> None:
+        """The call ended: its last memo, and its record published ``linger`` later (the 200 to our BYE,
+        the caller's ACK of a failure are still to come)."""
+        trace = self._traced(call_id)
+        if trace is None or trace.traces[call_id].ended is not None:
+            return
+        trace.memo(call_id, self._now, memo)
+        if trace.end(call_id, self._now, reason, initiator):
+            self._out.append(SetTimer(("trace", call_id), self._now + trace.settings.linger))
 
     def _emit(self, call_id: str, etype: str, **fields: Any) -> None:
         self._out.append(Emit(call_id, etype, fields))

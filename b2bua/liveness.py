@@ -23,6 +23,8 @@ class Liveness(CoreState):
         if leg.dialog is None or leg.dialog.is_terminated or leg.has_timer or leg.probe_key is not None:
             return
         req = leg.dialog.create_options(branch=self.layer.new_branch())
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"liveness probe sent on the {role} leg (OPTIONS)", role)
         leg.probe_key = self._send_request(call, leg, req, "probe")
 
     def _on_probe_response(self, call: Call, role: LegRole, key: TransactionKey, resp: Response) -> None:
@@ -33,6 +35,9 @@ class Liveness(CoreState):
         if resp.status in (408, 481):
             self._probe_failed(call, role, resp.status, "status")
             return
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"liveness probe answered {resp.status} on the {role} leg: alive",
+                       role)
         self._emit(call.id, "liveness.probe_succeeded", leg=role, status=resp.status,
                    **self._local_cseq(call, role))
         if not leg.has_timer:
@@ -41,6 +46,9 @@ class Liveness(CoreState):
     def _probe_failed(self, call: Call, role: LegRole, status: int | None, cause: str) -> None:
         if call.ended:
             return
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"liveness probe failed on the {role} leg: {status or cause}",
+                       role)
         self._emit(call.id, "liveness.probe_failed", leg=role, status=status, cause=cause,
                    **self._local_cseq(call, role))
         self._terminate(call, "liveness_probe_failed", "system", sip_status=status,

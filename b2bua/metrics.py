@@ -19,11 +19,15 @@ NAMES = ("sipledger_b2bua_active_calls", "sipledger_b2bua_calls", "sipledger_b2b
          "sipledger_b2bua_takeovers", "sipledger_b2bua_commands_applied", "sipledger_b2bua_spool_bytes",
          "sipledger_b2bua_info", "sipledger_b2bua_gateway_up", "sipledger_b2bua_gateway_probe_rtt_seconds",
          "sipledger_b2bua_gateway_probes", "sipledger_b2bua_gateway_skips",
-         "sipledger_b2bua_prepaid_available", "sipledger_b2bua_prepaid_ready")
+         "sipledger_b2bua_prepaid_available", "sipledger_b2bua_prepaid_ready",
+         # call analysis (b2bua/signalling_trace.py): what was recorded, and what the bounds dropped
+         "sipledger_b2bua_traces", "sipledger_b2bua_trace_buffered_bytes")
 
 
-def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) -> Families:
-    """The families of one node; ``core`` returns the running core (None before start)."""
+def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str,
+             signalling: Any = None) -> Families:
+    """The families of one node; ``core`` returns the running core (None before start); ``signalling``
+    is the call signalling records' publisher (None when recording is off)."""
 
     def collect() -> Iterator[Metric]:
         c = core()
@@ -80,5 +84,15 @@ def families(core: Callable[[], B2BUACore | None], publisher: Any, node: str) ->
                     samples=[((a,), float(credit.available(a))) for a in sorted(credit.prepaid)])
         yield gauge("sipledger_b2bua_prepaid_ready", "1 once this node has the prepaid balances (until then "
                     "prepaid calls get 503)", 1 if credit.ready else 0)
+        trace = c.trace
+        ts = trace.stats if trace is not None else {}
+        sink_dropped = getattr(signalling, "dropped", 0)
+        yield counter("sipledger_b2bua_traces", "Call signalling records (sipledger trace): calls recorded, "
+                      "records published, discarded (failed_calls: the call did not fail), evicted (the "
+                      "node's max_buffered_bytes) and dropped (the Kafka spool full)", labels=["outcome"],
+                      samples=[*(((k,), ts.get(k, 0)) for k in ("recorded", "published", "discarded",
+                                                                 "evicted")), (("dropped",), sink_dropped)])
+        yield gauge("sipledger_b2bua_trace_buffered_bytes", "Bytes of signalling held for calls being "
+                    "recorded", trace.buffered if trace is not None else 0)
 
     return collect

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 from urllib.parse import urlparse
 
-from b2bua.actions import Action, Address, CancelTimer, Emit, Log, Send, SetTimer
+from b2bua.actions import Action, Address, CancelTimer, Emit, Log, PublishTrace, Send, SetTimer
 from b2bua.admission import Admission
 from b2bua.balances_in import FileBalanceFollower, KafkaBalanceFollower
 from b2bua.call_events import CallEventFactory
@@ -28,11 +28,17 @@ from b2bua.credit_book import CreditBook
 from b2bua.gc_policy import CollectorPolicy
 from b2bua.loop_stalls import LoopStallWatch
 from b2bua.routing import RouteTable
+from b2bua.signalling_trace import TraceSettings
 from b2bua.sip.parser import ParserLimits
 from b2bua.transport import Incoming, TcpLimits, TimerTask, Transports
 from sipledger.config import Config, ConfigError
 from sipledger.eventlog import FileJournal, Publisher, open_publisher
 from sipledger.eventlog.kafka_publisher import SpooledKafkaPublisher
+from sipledger.eventlog.signalling import (
+    JournalSignallingPublisher,
+    SignallingPublisher,
+    open_signalling_publisher,
+)
 
 log = logging.getLogger("sipledger.b2bua")
 
@@ -51,6 +57,10 @@ class B2BUAServer:
         self.publisher = publisher or open_publisher(cfg.events.log, cfg.kafka.topic_events,
                                                      cfg.events.spool_dir, cfg.base_dir)
         self.factory = CallEventFactory(cfg.node.id, self.publisher)
+        # Call analysis: records go to a sink of their own (never the events' journal, spool or topic).
+        self.signalling: SignallingPublisher | None = None
+        if TraceSettings.from_config(cfg).enabled:
+            self.signalling = open_signalling_publisher(cfg)
         self.core: B2BUACore | None = None
         self.transports: Transports | None = None
         self.timers: TimerTask | None = None
@@ -107,7 +117,8 @@ class B2BUAServer:
 
         try:
             self.metrics_server, _ = serve(m.listen_host, m.b2bua_port,
-                                           families(lambda: self.core, self.publisher, self.cfg.node.id))
+                                           families(lambda: self.core, self.publisher, self.cfg.node.id,
+                                                    self.signalling))
         except OSError as exc:
             raise ConfigError("metrics.b2bua_port", f"cannot listen on {m.listen_host}:{m.b2bua_port}: "
                               f"{exc.strerror or exc}") from None
@@ -198,6 +209,9 @@ class B2BUAServer:
                     self.factory.emit(a.call_id, a.type, **a.fields)
                 elif isinstance(a, Log):
                     log.log(_LEVELS.get(a.level, logging.INFO), "%s", a.text)
+                elif isinstance(a, PublishTrace) and self.signalling is not None:
+                    self.signalling.publish(a.record)
+                    emitted = emitted or isinstance(self.signalling, JournalSignallingPublisher)
             except Exception:
                 # An invalid event is a bug of ours, but the call itself must go on.
                 if isinstance(a, Emit):
@@ -216,6 +230,8 @@ class B2BUAServer:
         self._flush_scheduled = False
         try:
             self.publisher.flush()
+            if isinstance(self.signalling, JournalSignallingPublisher):
+                self.signalling.flush()
         except Exception:
             log.exception("journal flush failed")
 
@@ -302,6 +318,12 @@ class B2BUAServer:
                 self.publisher.close()
         except Exception:
             log.exception("closing the event publisher failed")
+        try:
+            if self.signalling is not None:
+                # After the events, briefly: records left in its spool go out after the next start.
+                self.signalling.close(0.3)
+        except Exception:
+            log.exception("closing the signalling publisher failed")
         finally:
             loop = self._loop
             if loop is not None and not loop.is_closed():

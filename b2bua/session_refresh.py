@@ -59,6 +59,9 @@ class SessionRefresh(CoreState):
             return
         self._schedule_session(call, role)
         self._emit_refreshed(call, role, method)
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"refresh received on the {role} leg ({method}): session "
+                       f"{leg.interval} s, refresher {'b2bua' if leg.we_refresh else 'peer'}", role)
 
     def _we_refreshed(self, call: Call, role: LegRole, resp: Response, method: str) -> None:
         """Our refresh (or relayed re-offer) on ``role`` got a 2xx."""
@@ -78,6 +81,9 @@ class SessionRefresh(CoreState):
         leg.session.refreshed(self._now, interval, we)
         self._schedule_session(call, role)
         self._emit_refreshed(call, role, method)
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"refresh on the {role} leg ({method}) answered {resp.status}: "
+                       f"session {interval} s", role)
 
     def _emit_refreshed(self, call: Call, role: LegRole, method: str) -> None:
         leg = call.leg(role)
@@ -104,6 +110,9 @@ class SessionRefresh(CoreState):
             elif leg.we_refresh:
                 self._refresh_failed(call, role, leg.refresh_method, None, "expired")
             else:
+                if (trace := self._traced(call.id)) is not None:
+                    trace.memo(call.id, self._now, f"session of the {role} leg expired: no refresh from "
+                               f"the peer within {leg.interval} s", role)
                 self.metrics.refreshes[(role, "expired")] += 1
                 self._emit(call.id, "session.refresh_failed", leg=role, method=None, status=None,
                            cause="expired", **self._local_cseq(call, role))
@@ -130,6 +139,9 @@ class SessionRefresh(CoreState):
                                              headers=headers)
             leg.invite_busy = True
         leg.refresh_method = method
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"refresh sent on the {role} leg ({method}, Session-Expires "
+                       f"{leg.interval})", role)
         leg.refresh_key = self._send_request(call, leg, req, "refresh")
 
     def _on_refresh_response(self, call: Call, role: LegRole, key: TransactionKey, resp: Response) -> None:
@@ -163,6 +175,9 @@ class SessionRefresh(CoreState):
         if call.ended:
             return
         self.metrics.refreshes[(role, cause)] += 1
+        if (trace := self._traced(call.id)) is not None:
+            trace.memo(call.id, self._now, f"refresh failed on the {role} leg: {method or 'refresh'} "
+                       f"{status or cause}", role)
         self._emit(call.id, "session.refresh_failed", leg=role,
                    method=method if method in ("INVITE", "UPDATE") else None, status=status, cause=cause,
                    **self._local_cseq(call, role))

@@ -113,6 +113,10 @@ class Termination(CoreState):
         if detail:
             fields["detail"] = detail[:512]
         self._emit(call.id, "call.terminated", **fields)
+        if self.trace is not None:
+            self._trace_end(call.id, reason, initiator, f"call ended: {reason} by {initiator}"
+                            + (f", SIP {sip_status}" if sip_status else "")
+                            + (f" ({detail})" if detail else ""))
 
     def _force_forget(self, call: Call) -> None:
         """Last resort when even the clean-up failed: drop every reference so nothing fires again."""
@@ -121,6 +125,8 @@ class Termination(CoreState):
         call.timers.clear()
         call.state = CallState.ENDED
         self.calls.pop(call.id, None)
+        if self.trace is not None:
+            self._trace_end(call.id, None, None, "call forgotten without an end on the wire")
         if call.slot_held:
             call.slot_held = False
             self.admission.release(call.account)

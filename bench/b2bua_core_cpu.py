@@ -8,7 +8,11 @@ serializer (the core's Send actions are bytes) and every event through a real ``
 (schema validation, JSON encoding into a journal buffer that is never written). What is left out
 is what the adapter adds on top: the event loop, the socket calls and the journal's write.
 
-    python3 bench/b2bua_core_cpu.py [--calls 20000] [--concurrent 1000] [--profile]
+    python3 bench/b2bua_core_cpu.py [--calls 20000] [--concurrent 1000] [--profile] [--trace MODE]
+
+``--trace`` measures call analysis (b2bua/signalling_trace.py): ``off`` (the default, no recorder),
+``all`` (every call recorded and its record encoded like the journal would), ``failed`` (every call
+recorded, none published: these calls end normally, the cost of ``[trace] failed_calls = true``).
 
 Prints microseconds of CPU per call (best of ``--repeat`` rounds) and the target from issue 16
 (1.2 ms of CPU per call for the whole process at 300 calls/s).
@@ -31,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from b2bua.actions import Action, Address, CancelTimer, Emit, Send, SetTimer
+from b2bua.actions import Action, Address, CancelTimer, Emit, PublishTrace, Send, SetTimer
 from b2bua.admission import Admission
 from b2bua.call_events import CallEventFactory
 from b2bua.core import B2BUACore, CoreConfig
@@ -108,14 +112,17 @@ def _answer(request: bytes, status: int, reason: str, tag: str | None, body: byt
 
 
 class Driver:
-    def __init__(self) -> None:
+    def __init__(self, trace: str = "off") -> None:
         cfg = from_dict({
             "node": {"id": "bench-node"},
             "sip": {"listen_host": "127.0.0.1", "listen_port": 5060},
             "accounts": [{"name": "bench", "ips": ["127.0.0.1"]}],
             "gateways": [{"name": "carrier", "host": "127.0.0.1", "port": 5080, "probe": False}],
             "routes": [{"prefix": "", "gateways": ["carrier"]}],
+            "trace": {"sample_rate": 1.0 if trace == "all" else 0.0, "failed_calls": trace == "failed"},
         })
+        self.traces = 0  # records published
+        self.trace_bytes = 0
         self.now = 1000.0
         self.core = B2BUACore(CoreConfig.from_config(cfg), Admission(cfg.accounts, cfg.admission, b"k" * 32),
                               RouteTable.from_config(cfg), rng=random.Random(7), wall_offset=1.78e9 - 1000.0)
@@ -137,6 +144,10 @@ class Driver:
                 self.timers.cancel(a.key)
             elif isinstance(a, Emit):
                 self.events.emit(a.call_id, a.type, **a.fields)
+            elif isinstance(a, PublishTrace):
+                # What the journal publisher does with a record: one JSON line.
+                self.traces += 1
+                self.trace_bytes += len(self.journal._dumps(a.record)) + 1
 
     def receive(self, data: bytes, source: Address) -> None:
         msg = parse_message(data)
@@ -187,8 +198,11 @@ def main() -> int:
     p.add_argument("--concurrent", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    p.add_argument("--trace", choices=["off", "all", "failed"], default="off",
+                   help="call analysis: no recorder, every call recorded and published, or every call "
+                        "recorded for failed_calls (none published: these calls end normally)")
     args = p.parse_args()
-    driver = Driver()
+    driver = Driver(args.trace)
     run_calls(200, 100, driver)  # warm-up: caches, schema compilation
     gc.collect()
     best = float("inf")
@@ -198,7 +212,8 @@ def main() -> int:
         best = min(best, (time.process_time() - t0) / args.calls)
     print(f"b2bua core path: {best * 1e6:.0f} us CPU per call (best of {args.repeat} x {args.calls} calls, "
           f"{args.concurrent} at a time; pid {os.getpid()}); active calls left {driver.core.active_calls}, "
-          f"events {driver.events.published}")
+          f"events {driver.events.published}; trace {args.trace}: {driver.traces} records "
+          f"({driver.trace_bytes / max(driver.traces, 1):.0f} bytes each)")
     print("target (issue 16): <= 1,200 us per call for the whole process at 300 calls/s")
     if args.profile:
         prof = cProfile.Profile()

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.faust_app import DEFAULT_BATCH  # noqa: E402
-from pipeline.kafka_io import WorkerProcess, make_producer, produce_events  # noqa: E402
+from pipeline.kafka_io import WorkerProcess, make_producer, produce_events, worker_config  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
 from sipledger.stack import clickhouse_server, kafka_broker  # noqa: E402
 from sipledger.store import open_store  # noqa: E402
@@ -80,20 +80,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bench.toml"
-        cfg.write_text(f"""
-[events]
-log = "kafka://{bootstrap}"
-[kafka]
-bootstrap = "{bootstrap}"
-partitions = {PARTITIONS}
-topic_events = "{topics["events"]}"
-topic_commands = "{topics["commands"]}"
-topic_alerts = "{topics["alerts"]}"
-topic_cdrs = "{topics["cdrs"]}"
-topic_dead_letter = "{topics["dead"]}"
-[store]
-url = "{url}"
-""")
+        cfg.write_text(worker_config(bootstrap, topics, url, PARTITIONS))
         extra = ["--batch-size", str(args.batch_size), *args.worker_arg]
         if args.no_events_table:
             extra.append("--no-store-events")

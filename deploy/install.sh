@@ -14,9 +14,14 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verifies deploy/
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
+# `sipledger trace --export` writes captures that tshark and sngrep must open (tested with both).
+command -v tshark >/dev/null || need_apt+=(tshark)
+command -v sngrep >/dev/null || need_apt+=(sngrep)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # tshark's package asks whether non-root users may capture (setuid dumpcap): answer no up front.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi

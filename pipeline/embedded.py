@@ -41,6 +41,7 @@ from pipeline.metrics import PipelineCounts
 from pipeline.node_watch import NodeWatch
 from pipeline.processor import Outputs, Processor, save_json_atomic
 from pipeline.query_server import QueryServer
+from pipeline.signalling_ingest import JournalSignallingFollower, SignallingSink
 from pipeline.store_sink import StoreSink
 from pipeline.webhook import WebhookNotifier
 from sipledger.config import Config
@@ -81,6 +82,10 @@ class EmbeddedPipeline:
         self.balances = FileJournal(self.paths.balances)
         self.alerts = FileJournal(self.paths.alerts)
         self.dead = DeadLetterFile(self.paths.dead_letter)
+        # Call analysis: the B2BUA's signalling records, stored beside (never before) the events' rows.
+        self.signalling = JournalSignallingFollower(
+            self.paths.signalling, self.paths.signalling_checkpoint,
+            SignallingSink(self.store, cfg.trace.retention_days, self.dead.put, clock=clock))
         self.webhook = (WebhookNotifier(cfg.pipeline.webhook_url, self.paths.webhook_dead_letter)
                         if cfg.pipeline.webhook_url else None)
         p = cfg.pipeline
@@ -202,6 +207,7 @@ class EmbeddedPipeline:
             self._watch_nodes()
             self._publish(self.processor.take())
             self.stats["events"] += n
+            self.signalling.step(force=force_flush)
             now = self.clock()
             due = force_flush or self.sink.should_flush() or now - self._last_flush >= FLUSH_INTERVAL_S
             if not due or not self.sink.flush():

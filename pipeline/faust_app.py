@@ -1443,7 +1443,8 @@ def ensure_topics(cfg: Config, app_id: str) -> None:
             raise RuntimeError(f"changelog topic {changelog!r} has {counts[changelog]} partitions, the "
                                f"events topic {events}: each events partition needs its own changelog "
                                "partition")
-        create_topics(bootstrap, {changelog: events, status_topic(app_id): 1, cfg.kafka.topic_balances: 1},
+        create_topics(bootstrap, {changelog: events, status_topic(app_id): 1,
+                                  cfg.kafka.topic_signalling: events, cfg.kafka.topic_balances: 1},
                       configs={changelog: CHANGELOG_CONFIGS, status_topic(app_id): STATUS_CONFIGS,
                                cfg.kafka.topic_balances: BALANCES_CONFIGS})
     except StackError as exc:
@@ -1472,6 +1473,10 @@ def run_worker(cfg: Config, app_id: str = DEFAULT_APP_ID, loglevel: str = "warn"
         log.critical("cannot start: %s", exc)
         _exit_now(1)
     worker = PipelineWorker(app, app.sipledger, loglevel=loglevel, quiet=True)  # type: ignore[attr-defined]
+    # Call analysis: records of the call-signalling topic into the store, in a thread of their own.
+    from pipeline.signalling_ingest import start_kafka_follower
+
+    start_kafka_follower(cfg, app_id)
     worker.execute_from_commandline()
 
 

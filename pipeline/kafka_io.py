@@ -2,6 +2,7 @@
 
 * ``produce_events``: publish events as the B2BUA does - keyed by call_id, node.heartbeat broadcast to
   every partition (so every partition's processor sees every node).
+* ``worker_config``: the config text of a worker on given topics and store.
 * ``WorkerProcess``: a ``python3 -m pipeline.faust_app worker`` subprocess in its own session, with a
   bounded stop that ends in SIGKILL (a faust worker can hang in aiokafka's consumer thread after SIGTERM).
 """
@@ -47,6 +48,28 @@ def produce_events(producer: Any, topic: str, events: Iterable[dict[str, Any]], 
             send(topic, value=value, key=ev["call_id"].encode())
             n += 1
     return n
+
+
+def worker_config(bootstrap: str, topics: dict[str, str], store_url: str, partitions: int,
+                  pipeline: str = "") -> str:
+    """A worker's sipledger.toml on the given topics (keys events, commands, alerts, cdrs, dead) and
+    store; ``pipeline``: lines for its [pipeline] section."""
+    return f"""
+[events]
+log = "kafka://{bootstrap}"
+[kafka]
+bootstrap = "{bootstrap}"
+partitions = {partitions}
+topic_events = "{topics['events']}"
+topic_commands = "{topics['commands']}"
+topic_alerts = "{topics['alerts']}"
+topic_cdrs = "{topics['cdrs']}"
+topic_dead_letter = "{topics['dead']}"
+[store]
+url = "{store_url}"
+[pipeline]
+{pipeline}
+"""
 
 
 def read_topic(bootstrap: str, topic: str,

@@ -39,7 +39,8 @@ def _load(name: str) -> dict[str, Any]:
 
 _SCHEMA_FILES: tuple[str, ...] = ("common.json", "cdr.json", "alert.zombie.json",
                                   "command.call.terminate.json", "command.call.takeover.json",
-                                  "command.call.release.json", "dead_letter.json", "account.balance.json")
+                                  "command.call.release.json", "dead_letter.json", "account.balance.json",
+                                  "call_signalling.json")
 COMMAND_TYPES: tuple[str, ...] = ("call.terminate", "call.takeover", "call.release")
 
 
@@ -139,6 +140,13 @@ def validate_balance(obj: Any) -> None:
 
 def validate_dead_letter(obj: Any) -> None:
     _check("dead_letter.json", obj)
+
+
+def validate_signalling(obj: Any) -> None:
+    """Raise ContractError unless ``obj`` is a valid call signalling record (``sipledger trace``)."""
+    if not isinstance(obj, Mapping):
+        raise ContractError("call signalling record must be a JSON object")
+    _check("call_signalling.json", obj)
 
 
 def decode_event(raw: bytes | str) -> dict[str, Any]:

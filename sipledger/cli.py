@@ -62,7 +62,8 @@ def _stack_dir(cfg: Config) -> Path:
 def _topics(cfg: Config) -> dict[str, int]:
     k = cfg.kafka
     return {k.topic_events: k.partitions, k.topic_commands: k.partitions, k.topic_alerts: k.partitions,
-            k.topic_cdrs: k.partitions, k.topic_dead_letter: 1, k.topic_balances: 1}
+            k.topic_cdrs: k.partitions, k.topic_dead_letter: 1, k.topic_signalling: k.partitions,
+            k.topic_balances: 1}
 
 
 def _topic_configs(cfg: Config) -> dict[str, dict[str, str]]:
@@ -833,6 +834,90 @@ def calls_cmd(cfg: Config, store_url: str | None, app_id: str | None, fmt: str) 
         click.echo(json.dumps(calls, indent=2))
     else:
         render_calls(calls)
+
+
+@main.command("trace")
+@click.argument("call_id", required=False)
+@click.option("--import", "import_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Read a pcap or pcapng capture (of any switch) instead of the store")
+@click.option("--export", "export_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the call as a capture: FILE.pcapng (with the memos as comments) or a classic pcap")
+@click.option("--full", is_flag=True, help="Each message's headers (and body, when recorded) too")
+@click.option("--format", "fmt", type=click.Choice(["table", "html", "json"]), default="table")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the ladder (table, html or json) to this file instead of stdout")
+@click.option("--store", "store_url", default=None, help="Store URL (default: store.url)")
+@click.option("--limit", default=20, show_default=True, help="Without CALL_ID: how many recent calls to list")
+@with_config
+def trace_cmd(cfg: Config, call_id: str | None, import_file: str | None, export_file: str | None, full: bool,
+              fmt: str, as_json: bool, out_file: str | None, store_url: str | None, limit: int) -> None:
+    """Call analysis: the signalling of CALL_ID's two legs side by side (caller | B2BUA | carrier), with
+    the times, the first lines and the B2BUA's memos (VOS3000's "Call Analysis").
+
+    CALL_ID is the call id of the call's events, or either leg's SIP Call-ID. Without it, the latest
+    recorded calls are listed. Calls are recorded by the B2BUA per account (trace = true), by
+    [trace] sample_rate, or when they fail ([trace] failed_calls). Exit 1 when nothing is found.
+    """
+    from pathlib import Path
+
+    from .store import StoreError
+    from .trace_ladder import render_html, render_text
+    from .trace_pcap import CaptureError, write_capture
+    from .trace_view import as_json as ladders_json
+    from .trace_view import from_capture, from_store, recent
+
+    fmt = "json" if as_json else fmt
+    if import_file is None and call_id is None:
+        store = _reader(cfg, store_url)
+        try:
+            with store:
+                calls = recent(store, limit)
+        except StoreError as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+        if fmt == "json":
+            click.echo(json.dumps(calls, indent=2))
+        else:
+            click.echo(f"{'start (UTC)':<25} {'call id':<38} {'node':<12} {'account':<12} {'end reason':<22} "
+                       "entries")
+            for c in calls:
+                reason = (c["end_reason"] or "-") + (" (failed)" if c["failed"] else "")
+                click.echo(f"{c['start']:<25} {c['call_id']:<38} {c['node']:<12} {c['account'] or '-':<12} "
+                           f"{reason:<22} {c['entries']}")
+        sys.exit(0 if calls else 1)
+    try:
+        if import_file is not None:
+            ladders = from_capture(Path(import_file), call_id)
+            source = import_file
+        else:
+            assert call_id is not None
+            store = _reader(cfg, store_url)
+            with store:
+                ladders = from_store(store, call_id)
+            source = store.url
+    except (StoreError, CaptureError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    if not ladders:
+        what = f"call {call_id}" if call_id else "any SIP dialog"
+        click.echo(f"no signalling of {what} in {source}", err=True)
+        sys.exit(1)
+    if export_file is not None:
+        if len(ladders) > 1:
+            raise click.ClickException(f"{len(ladders)} calls in {source}: name one with CALL_ID to export "
+                                       "it")
+        n = write_capture(ladders[0].records, Path(export_file))
+        click.echo(f"wrote {n} packets to {export_file}", err=True)
+    if fmt == "json":
+        text = json.dumps(ladders_json(ladders), indent=2) + "\n"
+    elif fmt == "html":
+        text = render_html(ladders, f"Call analysis: {call_id or Path(source).name}")
+    else:
+        text = "\n".join(render_text(lad, full=full) for lad in ladders)
+    if out_file is not None:
+        Path(out_file).write_text(text)
+        click.echo(f"wrote {out_file}", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 @main.group("alerts")

@@ -137,6 +137,7 @@ class KafkaConfig:
     topic_alerts: str = opt("zombie-alerts", "Topic of zombie alerts")
     topic_cdrs: str = opt("cdrs", "Topic of CDRs")
     topic_dead_letter: str = opt("dead-letter", "Topic of refused messages, with the reason")
+    topic_signalling: str = opt("call-signalling", "Topic of call signalling records (`sipledger trace`)")
     topic_balances: str = opt("account-balances", "Compacted topic of prepaid account balances (pipeline -> "
                               "B2BUA nodes), one partition")
 
@@ -202,6 +203,29 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """Call analysis (VOS3000 "Call Analysis"): which calls' signalling the B2BUA records, and its bounds."""
+
+    sample_rate: float = opt(0.0, "Share of calls (0 to 1) whose signalling is recorded and published; "
+                             "accounts with trace = true are always recorded", lo=0.0, hi=1.0)
+    failed_calls: bool = opt(False, "Record every call, but publish only those that failed or ended "
+                             "abnormally (any end but a party's BYE or the caller's CANCEL, or a carrier "
+                             "attempt failed over)")
+    bodies: bool = opt(False, "Keep message bodies (SDP) in the records; off: first lines and headers only")
+    max_messages: int = opt(200, "Entries (messages and memos) kept per call; beyond, the first and the "
+                            "last ones are kept and the count of those between is recorded", lo=10)
+    max_call_bytes: int = opt(262_144, "Bytes of signalling kept per call, the same way", lo=4096)
+    max_buffered_bytes: int = opt(67_108_864, "Bytes a node buffers for calls still up; beyond, the oldest "
+                                  "calls' traces are dropped (counted), never a call delayed", lo=65_536)
+    linger: float = opt(2.0, "Seconds a record waits after its call ended for the last answers (the 200 "
+                        "to a BYE, an ACK) before it is published", lo=0.0, hi=60.0)
+    spool_max_bytes: int = opt(268_435_456, "Kafka mode: bytes of records a node spools while the broker "
+                               "is away; beyond, new records are dropped (counted), events never", lo=65_536)
+    retention_days: int = opt(7, "Days of records the store keeps (table call_signalling, one partition "
+                              "a day; older ones are dropped by the pipeline)", lo=1)
+
+
+@dataclass(frozen=True, slots=True)
 class StackConfig:
     dir: str = opt(".stack", "Folder (ignored by git) for the local services' data, logs and jars")
     kafka_port: int = opt(0, "Kafka broker port on 127.0.0.1 (0 = pick a free one)", lo=0, hi=65535)
@@ -218,6 +242,7 @@ class Account:
     max_concurrent_calls: int = opt(0, "Concurrent calls allowed (0 = no limit)", lo=0)
     bill_mode: str = opt("full", "Bill the full duration or only the verified part",
                          choices=("full", "verified"))
+    trace: bool = opt(False, "Record the signalling of every call of this account (`sipledger trace`)")
     prepaid: bool = opt(False, "Prepaid: calls are limited to what the balance pays for at the sell rate "
                         "(top-ups: sipledger balance add) and refused below min_balance")
     min_balance: Decimal = opt(Decimal(0), "Prepaid: the least available balance a call may start with, in "
@@ -264,6 +289,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     accounts: list[Account] = field(default_factory=list)
     gateways: list[Gateway] = field(default_factory=list)
@@ -291,7 +317,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "node": NodeConfig, "sip": SipConfig, "timers": TimersConfig, "admission": AdmissionConfig,
     "events": EventsConfig, "kafka": KafkaConfig, "store": StoreConfig, "pipeline": PipelineConfig,
-    "metrics": MetricsConfig, "stack": StackConfig,
+    "metrics": MetricsConfig, "stack": StackConfig, "trace": TraceConfig,
 }
 TABLE_ARRAYS: dict[str, type] = {"accounts": Account, "gateways": Gateway, "routes": Route}
 
@@ -458,6 +484,9 @@ def _check_references(cfg: Config) -> None:
         for gname in route.gateways:
             if gname not in names:
                 raise ConfigError(f"routes[{i}].gateways", f"no gateway named {gname!r}")
+    if cfg.trace.max_call_bytes > cfg.trace.max_buffered_bytes:
+        raise ConfigError("trace.max_call_bytes", f"{cfg.trace.max_call_bytes} is above "
+                          f"trace.max_buffered_bytes ({cfg.trace.max_buffered_bytes})")
     accounts = [a.name for a in cfg.accounts]
     for i, acc in enumerate(cfg.accounts):
         if not acc.name:

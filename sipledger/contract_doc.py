@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any, Final
 
 from pipeline.domain.end_reasons import VOS3000_EQUIVALENT, ZOMBIE_REASONS
-from schemas.validation import EVENT_TYPES, validate_event
+from schemas.validation import EVENT_TYPES, validate_event, validate_signalling
 from sipledger import config as config_mod
 
 ENVELOPE: Final = ("event_id", "call_id", "seq", "type", "ts", "node", "schema_version")
@@ -425,7 +425,55 @@ def render() -> str:
     out += ["## Shared definitions", "", *_end_reasons(), "### Dialog leg", "",
             common["$defs"]["dialog_leg"]["description"] + ".", "",
             *_table(field_rows(common["$defs"]["dialog_leg"], "dialog_leg")), ""]
+    out += _signalling()
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+# A record as the B2BUA published it in tests/test_trace_wire.py, cut to three entries (one each kind).
+SIGNALLING_EXAMPLE: Final[dict[str, Any]] = {
+    "schema_version": 1, "call_id": "e36991cc-817a-419a-9434-8d50da6ff77d", "node": "wire-node",
+    "account": "acme", "selected_by": "account", "local": "127.0.0.1:46018",
+    "start": "2026-12-05T00:39:09.135Z", "end": "2026-12-05T00:39:09.447Z",
+    "end_reason": "normal_caller_bye", "failed": False, "dropped_entries": 0,
+    "entries": [
+        {"n": 1, "ts": "2026-12-05T00:39:09.135Z", "kind": "sip", "leg": "caller", "direction": "in",
+         "transport": "udp", "remote": "127.0.0.1:41479", "sip_call_id": "1-703@127.0.0.1",
+         "first_line": "INVITE sip:15551230000@127.0.0.1:46018 SIP/2.0",
+         "headers": "Via: SIP/2.0/UDP 127.0.0.1:41479;branch=z9hG4bK-703-1-0\r\nFrom: \"1000\" "
+                    "<sip:1000@127.0.0.1:41479>;tag=703SIPpTag001\r\nTo: <sip:15551230000@127.0.0.1:46018>"
+                    "\r\nCall-ID: 1-703@127.0.0.1\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp"
+                    "\r\nContent-Length: 192",
+         "body": None, "body_bytes": 192},
+        {"n": 3, "ts": "2026-12-05T00:39:09.135Z", "kind": "memo", "leg": None,
+         "text": "route: prefix '1555' for 15551230000, gateways gw1 (account acme)"},
+        {"n": 5, "ts": "2026-12-05T00:39:09.135Z", "kind": "sip", "leg": "carrier", "direction": "out",
+         "transport": "udp", "remote": "127.0.0.1:50434", "sip_call_id": "0e0036c0ad167cf1f6609050@127.0.0.1",
+         "first_line": "INVITE sip:15551230000@127.0.0.1:50434 SIP/2.0",
+         "headers": "Via: SIP/2.0/UDP 127.0.0.1:46018;branch=z9hG4bK4b1c\r\nCall-ID: "
+                    "0e0036c0ad167cf1f6609050@127.0.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 192",
+         "body": None, "body_bytes": 192},
+    ],
+}
+
+
+def _signalling() -> list[str]:
+    """The call signalling record (schemas/call_signalling.json): not an event, but a contract too."""
+    schema = _schema("call_signalling.json")
+    defs = schema["$defs"]
+    rows: list[tuple[str, str, bool, str]] = []
+    for name, prop in schema["properties"].items():
+        if name == "entries":  # its items are this file's own $defs, described below
+            rows.append((name, f"array of `sip` or `memo` entries (at most {prop['maxItems']})",
+                         name in schema["required"], prop.get("description", "")))
+        else:
+            rows += field_rows({"properties": {name: prop}, "required": schema["required"]},
+                               "call_signalling")
+    out = ["## Call signalling records", "", f"{schema['title']} (`schemas/call_signalling.json`).", "",
+           _purpose(schema), "", *_table(rows), ""]
+    for kind in ("sip", "memo"):
+        out += [f"### Entry `{kind}`", "", defs[kind].get("description", "") + ".", "",
+                *_table(field_rows(defs[kind], f"call_signalling.{kind}")), ""]
+    return [*out, "Example (three of its entries):", "", *_json_block(SIGNALLING_EXAMPLE), ""]
 
 
 def example_stream() -> list[dict[str, Any]]:
@@ -441,3 +489,4 @@ def check_examples() -> None:
     """ContractError naming the field if an example breaks its schema; a type without one is a KeyError."""
     for etype in EVENT_TYPES:
         validate_event(EXAMPLES[etype])
+    validate_signalling(SIGNALLING_EXAMPLE)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,22 @@ def private_stack_dir(name: str) -> Path:
 @pytest.fixture()
 def default_config() -> config_mod.Config:
     return config_mod.load(None)
+
+
+@pytest.fixture
+def b2bua(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start real B2BUAs (``serve`` on a thread) with the scaled-down test config; stopped afterwards:
+    ``b2bua(gateway_ports, transport="udp", **config_sections)``."""
+    from sip_harness.b2bua_runner import RunningB2BUA, make_config
+
+    running: list[RunningB2BUA] = []
+
+    def start(gateways: list[int], transport: str = "udp", **sections: dict[str, Any]) -> RunningB2BUA:
+        cfg = config_mod.from_dict(make_config(tmp_path, gateways, transport, **sections), tmp_path)
+        node = RunningB2BUA(cfg, tmp_path / "events" / "events.jsonl").start()
+        running.append(node)
+        return node
+
+    yield start
+    for node in running:
+        node.stop()

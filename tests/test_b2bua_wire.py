@@ -9,35 +9,18 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sip_harness.b2bua_runner import RunningB2BUA, make_config
+from sip_harness.b2bua_runner import RunningB2BUA
 from sip_harness.fixtures import start_caller, start_carrier
 from sip_harness.sipp import SippProcess, SippResult
-
-from sipledger.config import from_dict
 
 pytestmark = pytest.mark.sipp
 
 CALLEE = "15551230000"
-
-
-@pytest.fixture
-def b2bua(tmp_path: Path) -> Iterator[Callable[..., RunningB2BUA]]:
-    running: list[RunningB2BUA] = []
-
-    def start(gateways: list[int], transport: str = "udp", **sections: dict[str, Any]) -> RunningB2BUA:
-        cfg = from_dict(make_config(tmp_path, gateways, transport, **sections), tmp_path)
-        node = RunningB2BUA(cfg, tmp_path / "events" / "events.jsonl").start()
-        running.append(node)
-        return node
-
-    yield start
-    for node in running:
-        node.stop()
 
 
 def carrier(tmp_path: Path, scenario: str, **kw: Any) -> SippProcess:

@@ -22,7 +22,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.domain.timeutil import format_ts
-from pipeline.kafka_io import WorkerProcess, make_producer, produce_events, read_topic
+from pipeline.kafka_io import WorkerProcess, make_producer, produce_events, read_topic, worker_config
 from pipeline.synthetic import SyntheticSpec, expected_kinds, generate
 from sipledger.stack.kafka_broker import create_topics
 from sipledger.store import Store, open_store
@@ -58,23 +58,8 @@ def setup(real_stack: Any, tmp_path: Path) -> Iterator[Setup]:
                                                topics["dead"]: 1})
     url = real_stack.clickhouse_url(f"faust_{sfx}")
     cfg = tmp_path / "sipledger.toml"
-    cfg.write_text(f"""
-[events]
-log = "kafka://{real_stack.kafka_bootstrap}"
-[kafka]
-bootstrap = "{real_stack.kafka_bootstrap}"
-partitions = {PARTITIONS}
-topic_events = "{topics['events']}"
-topic_commands = "{topics['commands']}"
-topic_alerts = "{topics['alerts']}"
-topic_cdrs = "{topics['cdrs']}"
-topic_dead_letter = "{topics['dead']}"
-[store]
-url = "{url}"
-[pipeline]
-grace_period = 1
-node_timeout = 3
-""")
+    cfg.write_text(worker_config(real_stack.kafka_bootstrap, topics, url, PARTITIONS,
+                                 "grace_period = 1\nnode_timeout = 3"))
     store = open_store(url)
     worker = WorkerProcess(cfg, f"sipledger-test-{sfx}", tmp_path / "worker.log")
     s = Setup(sfx, real_stack.kafka_bootstrap, topics, cfg, store, worker)

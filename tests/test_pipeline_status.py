@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.kafka_io import REPO, WorkerProcess, make_producer, produce_events
+from pipeline.kafka_io import REPO, WorkerProcess, make_producer, produce_events, worker_config
 from pipeline.synthetic import SyntheticSpec, generate
 from sipledger.stack.kafka_broker import create_topics
 
@@ -45,22 +45,8 @@ def test_status_shows_lag_restores_and_workers(real_stack: Any, tmp_path: Path) 
     create_topics(real_stack.kafka_bootstrap, {t: PARTITIONS for t in topics.values()})
     bootstrap = real_stack.kafka_bootstrap
     cfg = tmp_path / "sipledger.toml"
-    cfg.write_text(f"""
-[events]
-log = "kafka://{bootstrap}"
-[kafka]
-bootstrap = "{bootstrap}"
-partitions = {PARTITIONS}
-topic_events = "{topics['events']}"
-topic_commands = "{topics['commands']}"
-topic_alerts = "{topics['alerts']}"
-topic_cdrs = "{topics['cdrs']}"
-topic_dead_letter = "{topics['dead']}"
-[store]
-url = "{real_stack.clickhouse_url(f'status_{sfx}')}"
-[pipeline]
-node_timeout = 3600
-""")
+    cfg.write_text(worker_config(bootstrap, topics, real_stack.clickhouse_url(f"status_{sfx}"), PARTITIONS,
+                                 "node_timeout = 3600"))
     app_id = f"sipledger-status-{sfx}"
     workers = [WorkerProcess(cfg, app_id, tmp_path / f"w{i}.log", loglevel="info") for i in range(2)]
     try:

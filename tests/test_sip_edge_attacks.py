@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +23,10 @@ from sip_harness.fixtures import start_caller, start_carrier
 from sip_harness.sipp import SippProcess
 from sip_harness.wire import invite, many_tcp, options, tcp_connect, tcp_responses, udp_responses, udp_socket
 
-from sipledger.config import from_dict
-
 pytestmark = pytest.mark.sipp
 
 CALLEE = "15551230000"
 USER = {"name": "roamer", "username": "1005", "password": "s3cret"}
-
-
-@pytest.fixture
-def b2bua(tmp_path: Path) -> Iterator[Callable[..., RunningB2BUA]]:
-    running: list[RunningB2BUA] = []
-
-    def start(gateways: list[int], transport: str = "udp", **sections: dict[str, Any]) -> RunningB2BUA:
-        cfg = from_dict(make_config(tmp_path, gateways, transport, **sections), tmp_path)
-        node = RunningB2BUA(cfg, tmp_path / "events" / "events.jsonl").start()
-        running.append(node)
-        return node
-
-    yield start
-    for node in running:
-        node.stop()
-
-
-def _addr(node: RunningB2BUA) -> tuple[str, int]:
-    host, port = node.address.split(":")
-    return host, int(port)
 
 
 def _server(node: RunningB2BUA) -> Any:
@@ -85,7 +63,7 @@ def test_svcrack_finds_no_password_and_cannot_lock_out_the_user_elsewhere(
         words = tmp_path / "words.txt"
         words.write_text("\n".join(["123456", "password", "1005", "qwerty", "letmein", "admin", "s3cret",
                                     "secret"]) + "\n")
-        host, port = _addr(node)
+        host, port = node.host_port
         crack = subprocess.run(["sipvicious_svcrack", "-u", "1005", "-d", str(words), "-m", "INVITE",
                                 "-p", str(port), host], capture_output=True, text=True, timeout=90,
                                cwd=tmp_path)
@@ -109,7 +87,7 @@ def test_svcrack_finds_no_password_and_cannot_lock_out_the_user_elsewhere(
 def test_svwar_cannot_tell_existing_users_from_missing_ones(
         tmp_path: Path, b2bua: Callable[..., RunningB2BUA], method: str) -> None:
     node = b2bua([9], accounts=[USER, {"name": "acme", "ips": ["192.0.2.7"]}])
-    host, port = _addr(node)
+    host, port = node.host_port
     war = subprocess.run(["sipvicious_svwar", "--force", "-e", "1000-1010", "-m", method, "-p", str(port),
                           host], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     report = war.stdout + war.stderr
@@ -134,7 +112,7 @@ def test_10000_refused_invites_add_no_call_events(
         sent = 0
         while sent < 10_000:
             for _ in range(200):
-                sock.sendto(invite(f"flood{sent}", via_port=sport), _addr(node))
+                sock.sendto(invite(f"flood{sent}", via_port=sport), node.host_port)
                 sent += 1
             while core.refusals.total < sent - 400 and time.monotonic() - started < 60:
                 time.sleep(0.005)  # let the B2BUA (a thread of this process) keep up: no kernel drops
@@ -222,7 +200,7 @@ def test_300_idle_tcp_connections_do_not_stop_a_legitimate_tcp_call(
         transports = _server(node).transports
         spread = [f"127.0.0.{2 + n // 10}" for n in range(300)]  # 30 addresses, 10 each
         one_source = ["127.0.0.50"] * 300
-        with many_tcp(_addr(node), spread), many_tcp(_addr(node), one_source):
+        with many_tcp(node.host_port, spread), many_tcp(node.host_port, one_source):
             time.sleep(0.5)
             held = transports.tcp_connections
             stats = dict(transports.stats)
@@ -241,7 +219,7 @@ def test_300_idle_tcp_connections_do_not_stop_a_legitimate_tcp_call(
 def test_slowloris_connections_are_closed_at_the_message_timeout(b2bua: Callable[..., RunningB2BUA]) -> None:
     node = b2bua([9], sip={"tcp_message_timeout": 2.0})
     payload = options("slowloris")
-    conns = [tcp_connect(_addr(node), "127.0.0.61") for _ in range(20)]
+    conns = [tcp_connect(node.host_port, "127.0.0.61") for _ in range(20)]
     started = time.monotonic()
     closed_at: dict[int, float] = {}
     try:
@@ -268,7 +246,7 @@ def test_slowloris_connections_are_closed_at_the_message_timeout(b2bua: Callable
     assert max(closed_at.values()) < 4.0, closed_at
     assert _server(node).transports.stats["tcp_timeouts"] >= 20
     # A whole message on a fresh connection is still answered.
-    with contextlib.closing(tcp_connect(_addr(node))) as c:
+    with contextlib.closing(tcp_connect(node.host_port)) as c:
         c.sendall(options("after-slowloris"))
         answers, _ = tcp_responses(c, 1)
         assert [r.status for r in answers] == [200]

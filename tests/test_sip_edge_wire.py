@@ -8,13 +8,13 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rfc4475 import ALL, BY_NAME, Torture
-from sip_harness.b2bua_runner import RunningB2BUA, make_config
+from sip_harness.b2bua_runner import RunningB2BUA
 from sip_harness.fixtures import start_caller, start_carrier
 from sip_harness.sipp import SippProcess
 from sip_harness.wire import (
@@ -27,31 +27,9 @@ from sip_harness.wire import (
     udp_socket,
 )
 
-from sipledger.config import from_dict
-
 pytestmark = pytest.mark.sipp
 
 TORTURER = "127.0.0.77"
-
-
-@pytest.fixture
-def b2bua(tmp_path: Path) -> Iterator[Callable[..., RunningB2BUA]]:
-    running: list[RunningB2BUA] = []
-
-    def start(gateways: list[int], transport: str = "udp", **sections: dict[str, Any]) -> RunningB2BUA:
-        cfg = from_dict(make_config(tmp_path, gateways, transport, **sections), tmp_path)
-        node = RunningB2BUA(cfg, tmp_path / "events" / "events.jsonl").start()
-        running.append(node)
-        return node
-
-    yield start
-    for node in running:
-        node.stop()
-
-
-def _addr(node: RunningB2BUA) -> tuple[str, int]:
-    host, port = node.address.split(":")
-    return host, int(port)
 
 
 def _core(node: RunningB2BUA) -> Any:
@@ -84,13 +62,13 @@ def test_rfc4475_torture_messages_over_udp(b2bua: Callable[..., RunningB2BUA]) -
     with contextlib.closing(udp_socket(TORTURER, 5060)) as sock, \
             contextlib.closing(udp_socket(TORTURER, 5061)) as tls_port:
         for t in ALL:
-            sock.sendto(t.data, _addr(node))
+            sock.sendto(t.data, node.host_port)
             into = tls_port if t.name == "bext01" else sock
             got = [r.status for r in udp_responses(into, 1.5 if t.expect else 0.5,
                                                    until_final=bool(t.expect), call_id=_call_id(t) or None)]
             _check(t, got)
         # dblreq: only the REGISTER counts on UDP; the INVITE behind it got no answer of its own.
-        sock.sendto(BY_NAME["dblreq"].data, _addr(node))
+        sock.sendto(BY_NAME["dblreq"].data, node.host_port)
         answers = [r for r in udp_responses(sock, 1.0, until_final=False) if r.call_id.startswith("dblreq")]
         assert [(r.status, r.cseq.method) for r in answers] == [(405, "REGISTER")]
     core = _core(node)
@@ -101,7 +79,7 @@ def test_rfc4475_torture_messages_over_udp(b2bua: Callable[..., RunningB2BUA]) -
 def test_rfc4475_torture_messages_over_tcp(b2bua: Callable[..., RunningB2BUA]) -> None:
     node = _torture_node(b2bua)
     for t in ALL:
-        with contextlib.closing(tcp_connect(_addr(node), TORTURER)) as conn:
+        with contextlib.closing(tcp_connect(node.host_port, TORTURER)) as conn:
             conn.sendall(t.data)
             if t.name == "clerr":
                 # Content-Length promises more than comes: on a stream the rest is awaited, and the
@@ -144,7 +122,7 @@ def test_tcp_reads_content_length_anywhere_and_keeps_messages_apart(
         b2bua: Callable[..., RunningB2BUA]) -> None:
     node = b2bua([9])
     variants = _cl_variants()
-    with contextlib.closing(tcp_connect(_addr(node))) as conn:
+    with contextlib.closing(tcp_connect(node.host_port)) as conn:
         conn.sendall(b"".join(variants))  # several messages in one segment
         answers, _ = tcp_responses(conn, len(variants))
         expected = [(200, f"cl{n}") for n in range(len(variants))]
@@ -171,14 +149,14 @@ def test_answers_go_to_the_real_source_never_to_a_forged_via(b2bua: Callable[...
         with contextlib.closing(udp_socket("127.0.0.3", port)) as victim:
             bad = invite("forged1", via_host="127.0.0.3", via_port=port).replace(b"1 INVITE", b"1 BYE")
             bad = bad.replace(b";rport", b"")  # plain RFC 3261: the port comes from the Via
-            sender.sendto(bad, _addr(node))
+            sender.sendto(bad, node.host_port)
             answers = udp_responses(sender, 2.0)
             assert [r.status for r in answers] == [400]
             assert "received=127.0.0.2" in (answers[0].headers.get("Via") or "")
             # An answer the core gives (OPTIONS) follows the same rule, as does one to a forged rport.
             forged = options("forged2", via_host="127.0.0.3", via_port=port, rport=False)
             sender.sendto(forged.replace(b"Via: SIP/2.0/UDP 127.0.0.3", b"Via: SIP/2.0/UDP 127.0.0.3")
-                          .replace(b"\r\nFrom", b";received=127.0.0.3\r\nFrom", 1), _addr(node))
+                          .replace(b"\r\nFrom", b";received=127.0.0.3\r\nFrom", 1), node.host_port)
             assert [r.status for r in udp_responses(sender, 2.0)] == [200]
             assert udp_responses(victim, 0.5, until_final=False) == []
 
@@ -188,9 +166,9 @@ def test_oversized_requests_get_513_over_udp_and_tcp(b2bua: Callable[..., Runnin
     big = options("big", extra="X-Big: " + "b" * 3000 + "\r\n")
     with contextlib.closing(udp_socket()) as sock:
         port = sock.getsockname()[1]
-        sock.sendto(options("bigu", via_port=port, extra="X-Big: " + "b" * 3000 + "\r\n"), _addr(node))
+        sock.sendto(options("bigu", via_port=port, extra="X-Big: " + "b" * 3000 + "\r\n"), node.host_port)
         assert [r.status for r in udp_responses(sock, 2.0)] == [513]
-    with contextlib.closing(tcp_connect(_addr(node))) as conn:
+    with contextlib.closing(tcp_connect(node.host_port)) as conn:
         conn.sendall(big + options("after"))
         answers, closed = tcp_responses(conn, 2)
         assert [(r.status, r.call_id) for r in answers] == [(513, "big"), (200, "after")] and not closed
@@ -221,7 +199,7 @@ def test_a_captured_authorization_replayed_is_refused_and_reaches_no_carrier(
     node.wait_terminated()
     captured, uri = _authorization(log)
     assert uri.startswith("sip:15551230000@")
-    host, port = _addr(node)
+    host, port = node.host_port
     # Replayed with a new Call-ID: from another address and from the caller's own, to the same number
     # and to a premium one.
     for n, (src, callee) in enumerate([("127.0.0.2", "15551230000"), ("127.0.0.2", "19005550100"),
@@ -230,7 +208,7 @@ def test_a_captured_authorization_replayed_is_refused_and_reaches_no_carrier(
             sport = sock.getsockname()[1]
             req = invite(f"replay{n}", callee=callee, host=host, port=port, via_host=src, via_port=sport,
                          authorization=captured, user="roam")
-            sock.sendto(req, _addr(node))
+            sock.sendto(req, node.host_port)
             finals = [r.status for r in udp_responses(sock, 2.0) if r.status >= 200]
             assert finals and finals[0] in (400, 401), (src, callee, finals)
     events = node.events()

@@ -65,7 +65,7 @@ def test_dialect_matches_server(store: Store) -> None:
 
 def test_migrate_is_idempotent(store: Store) -> None:
     assert migrate(store) == ["001_call_events.sql", "002_cdrs.sql", "003_zombie_alerts.sql", "004_rates.sql",
-                              "008_account_ledger.sql"]
+                              "006_call_signalling.sql", "008_account_ledger.sql"]
     tables = {r["name"] for r in store.query("SELECT name FROM system.tables WHERE database = %(d)s",
                                              {"d": store.database})}
     assert {"call_events", "cdrs", "zombie_alerts", "rates"} <= tables

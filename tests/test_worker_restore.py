@@ -25,7 +25,7 @@ from drills.harness import DrillStack
 from pipeline.call_table import changelog_topic, encode, is_state, state_of, state_value
 from pipeline.domain import CallState, Policy, apply
 from pipeline.faust_app import CHANGELOG_CONFIGS, EXIT_UNAVAILABLE
-from pipeline.kafka_io import WorkerProcess, make_producer, produce_events
+from pipeline.kafka_io import WorkerProcess, make_producer, produce_events, worker_config
 from pipeline.synthetic import SyntheticSpec, generate
 from sipledger.stack.kafka_broker import create_topics
 from sipledger.topic_reader import end_offsets, read_to_end
@@ -36,24 +36,8 @@ PARTITIONS = 4
 
 
 def _config(path: Path, bootstrap: str, store_url: str, topics: dict[str, str], extra: str = "") -> Path:
-    path.write_text(f"""
-[events]
-log = "kafka://{bootstrap}"
-[kafka]
-bootstrap = "{bootstrap}"
-partitions = {PARTITIONS}
-topic_events = "{topics['events']}"
-topic_commands = "{topics['commands']}"
-topic_alerts = "{topics['alerts']}"
-topic_cdrs = "{topics['cdrs']}"
-topic_dead_letter = "{topics['dead']}"
-[store]
-url = "{store_url}"
-[pipeline]
-grace_period = 1
-node_timeout = 3600
-{extra}
-""")
+    path.write_text(worker_config(bootstrap, topics, store_url, PARTITIONS,
+                                  "grace_period = 1\nnode_timeout = 3600\n" + extra))
     return path
 
 

@@ -2,8 +2,9 @@
 
 The B2BUA and the pipeline meet only in the log and the contracts: the B2BUA appends events and
 follows the commands and balances journals, the embedded pipeline follows the events and writes
-commands, account balances, alerts, dead letters and its checkpoint. Both find those files here, and
-neither imports the other.
+commands, account balances, alerts, dead letters and its checkpoint; call analysis adds the B2BUA's
+signalling records and the pipeline's position in them. Both find those files here, and neither imports
+the other.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class EmbeddedPaths:
     # the journal offset it is current to (a starting node reads that, then follows the journal).
     balances: Path
     balances_snapshot: Path
+    # Call analysis: the B2BUA's signalling records (sipledger trace), and how far the pipeline stored them.
+    signalling: Path
+    signalling_checkpoint: Path
 
     @classmethod
     def from_config(cls, cfg: Config) -> EmbeddedPaths:
@@ -37,7 +41,7 @@ class EmbeddedPaths:
         d = events.parent
         return cls(events, d / "commands.jsonl", d / "alerts.jsonl", d / "dead-letter.jsonl",
                    d / "webhook-dead-letter.jsonl", d / "pipeline-checkpoint.json", d / "balances.jsonl",
-                   d / "balances.json")
+                   d / "balances.json", d / "call-signalling.jsonl", d / "call-signalling-checkpoint.json")
 
     def closed_calls(self, gen: int) -> Path:
         """The embedded pipeline's closed-call memory, generation ``gen``."""

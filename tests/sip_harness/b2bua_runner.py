@@ -57,6 +57,11 @@ class RunningB2BUA:
         assert self.server is not None
         return f"127.0.0.1:{self.server.port}"
 
+    @property
+    def host_port(self) -> tuple[str, int]:
+        assert self.server is not None
+        return "127.0.0.1", self.server.port
+
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
