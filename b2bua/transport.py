@@ -122,6 +122,7 @@ class _TcpConnection:
         # within the message timeout too); None while between messages.
         self.message_started: float | None = now if inbound else None
         self.closed = False
+        self.setting_up = False  # open_connection(sock=...) is running on self.sock
 
     def deadline(self) -> float:
         limits = self.owner.tcp
@@ -136,8 +137,11 @@ class _TcpConnection:
         with contextlib.suppress(Exception):
             if self.writer is not None:
                 self.writer.close()
-            elif self.sock is not None:
+            elif self.sock is not None and not self.setting_up:
                 self.sock.close()
+            # else: its stream is being set up on the socket; _serve closes it once that returns.
+            # Closing the socket under the event loop's transport frees its descriptor number for the
+            # next accept while the loop still uses it (uvloop then stopped serving TCP altogether).
 
     async def read_loop(self) -> None:
         assert self.reader is not None
@@ -342,14 +346,22 @@ class Transports:
         return min(idle, key=lambda c: c.last_activity) if idle else None
 
     async def _serve(self, conn: _TcpConnection) -> None:
+        assert conn.sock is not None
+        conn.setting_up = True
         try:
-            assert conn.sock is not None
             reader, writer = await asyncio.open_connection(sock=conn.sock)
         except OSError as exc:
             log.debug("tcp %s: %s", conn.peer, exc)
+            conn.setting_up = False
             self._release(conn)
-            conn.close()
+            conn.closed = True
+            # The loop owns the descriptor once handed over and closed it on this failure (asyncio
+            # through the socket object; uvloop through libuv, without detaching the socket object:
+            # MagicStack/uvloop#738): detach, so the object's close cannot hit a recycled number.
+            conn.sock.detach()
             return
+        finally:
+            conn.setting_up = False
         conn.reader, conn.writer = reader, writer
         if conn.closed:  # evicted while its stream was being set up
             writer.close()
