@@ -204,6 +204,7 @@ class Transports:
         self.udp_buffer_bytes = udp_buffer_bytes  # SO_RCVBUF/SO_SNDBUF; 0 leaves the kernel default
         self.port = 0
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_sock: socket.socket | None = None  # the transport's socket (sends to a host name)
         self._listen: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: dict[tuple[str, int], _TcpConnection] = {}
@@ -255,6 +256,7 @@ class Transports:
                 sock.close()
                 raise
             self._udp = transport  # type: ignore[assignment]
+            self._udp_sock = sock
         if "tcp" in self.kinds:
             # Our own accept loop instead of asyncio.start_server: the caps are applied before a
             # connection costs more than its socket, and running out of descriptors is counted and
@@ -398,10 +400,24 @@ class Transports:
         elif self._udp is not None:
             try:
                 self._udp.sendto(data, (dest.host, dest.port))
+            except ValueError:
+                # uvloop refuses an address that needs a DNS lookup (a gateway or a Contact by name);
+                # asyncio's transport resolves it in sendto. Do what asyncio did: the socket's sendto.
+                self._send_by_name(data, dest)
             except OSError as exc:
                 log.warning("udp send to %s failed: %s", dest, exc)
         else:
             log.warning("no UDP transport for %s; dropped", dest)
+
+    def _send_by_name(self, data: bytes, dest: Address) -> None:
+        sock = self._udp_sock
+        if sock is None:
+            log.warning("udp send to %s failed: no socket", dest)
+            return
+        try:
+            sock.sendto(data, (dest.host, dest.port))
+        except (OSError, ValueError) as exc:  # unresolvable name, wrong family, full buffer
+            log.warning("udp send to %s failed: %s", dest, exc)
 
     def _send_tcp(self, data: bytes, dest: Address) -> None:
         key = (dest.host, dest.port)
@@ -437,6 +453,7 @@ class Transports:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+            self._udp_sock = None
         if self._listen is not None:
             if self._loop is not None:
                 with contextlib.suppress(Exception):
