@@ -47,7 +47,9 @@ class Leg:
     probe_key: TransactionKey | None = None
     invite_busy: bool = False  # an INVITE transaction (either direction) is open on this leg
     retransmitter: Invite2xxRetransmitter | None = None  # our 2xx to a (re-)INVITE from this peer
-    last_ack: Request | None = None  # our ACK for the peer's 2xx (re-sent for 2xx retransmissions)
+    # Our ACK for the peer's 2xx, as sent (re-sent for 2xx retransmissions), and its CSeq number.
+    last_ack: bytes | None = None
+    last_ack_cseq: int = -1
     rt_dest: Address | None = None  # where the retransmitted 2xx goes
 
     @property
@@ -93,12 +95,16 @@ class Call:
     callee: str
     source: Address
     created_at: float
-    invite: Request  # the caller's INVITE (with our received/rport stamped on its top Via)
+    # The caller's INVITE (with our received/rport stamped on its top Via) until the call is answered;
+    # then None: an answered call never answers it again (its server transaction keeps its own copy
+    # for retransmissions), and dropping it saves a third of what a held call keeps.
+    invite: Request | None
     server_key: TransactionKey
     to_tag: str
     caller: Leg
     carrier: Leg
     uas_decision: UasDecision
+    invite_cseq: int = 0  # the caller INVITE's CSeq number (kept when the INVITE is released)
     state: CallState = CallState.ROUTING
     prefix: str = ""
     gateways: tuple[Gateway, ...] = ()

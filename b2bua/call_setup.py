@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from b2bua.actions import Address
+from b2bua.actions import Address, Send
 from b2bua.admission import Admit, Challenge, Refuse
 from b2bua.call import Attempt, Call, CallState, EndedAttempt, EndedCall, Leg
 from b2bua.call_events import format_ts
@@ -191,7 +191,8 @@ class CallSetup(Credit, CoreState):
                                                 via_sent_by=self.sent_by, transport=source.transport.upper())
         call = Call(
             id=self._new_call_id(), account=account, caller_user=user_of(req.headers.get("From")),
-            callee=callee_of(req), source=source, created_at=self._now, invite=req, server_key=key,
+            callee=callee_of(req), source=source, created_at=self._now, invite=req, invite_cseq=req.cseq.num,
+            server_key=key,
             to_tag=to_tag, caller=caller, carrier=Leg("carrier", "udp"), uas_decision=decision,
         )
         self.calls[call.id] = call
@@ -232,6 +233,7 @@ class CallSetup(Credit, CoreState):
         tparam = ";transport=tcp" if transport == "tcp" else ""
         uri = f"sip:{call.callee}@{host}:{port}{tparam}"
         src = call.invite
+        assert src is not None  # attempts are made before the answer only
         h = Headers()
         h.add("Via", f"SIP/2.0/{transport.upper()} {self.sent_by};branch={self.layer.new_branch()};rport")
         h.add("Max-Forwards", str(max(0, src.max_forwards - 1)))
@@ -334,8 +336,8 @@ class CallSetup(Credit, CoreState):
         """A retransmitted 2xx needs our ACK again; a 2xx from another fork gets ACK and BYE."""
         leg = call.carrier
         if leg.dialog is not None and leg.dialog.matches(resp):
-            if leg.last_ack is not None and leg.last_ack.cseq.num == resp.cseq.num:
-                self._send(leg.last_ack, self._leg_dest(leg))
+            if leg.last_ack is not None and leg.last_ack_cseq == resp.cseq.num:
+                self._out.append(Send(leg.last_ack, self._leg_dest(leg)))
         else:
             self._ack_and_bye(call, attempt, resp)
 
@@ -389,6 +391,7 @@ class CallSetup(Credit, CoreState):
         ctype = resp.headers.get("Content-Type")
         if resp.body and ctype:
             headers.append(("Content-Type", ctype))
+        assert call.invite is not None  # not final_sent: not answered
         self._respond(call.server_key, call.invite, resp.status, resp.reason, headers=headers, body=resp.body,
                       to_tag=call.to_tag)
         if resp.status in (180, 181, 182, 183) and not call.progress_emitted:
@@ -409,7 +412,9 @@ class CallSetup(Credit, CoreState):
         if result is not None and result.mode == "timer" and result.interval:
             leg.timer_mode, leg.interval = "timer", result.interval
             leg.session = SessionTimer.from_config(result.interval, result.we_refresh, self.cfg.session)
-        if not call.invite.body and resp.body:
+        invite = call.invite
+        assert invite is not None  # the answer comes once (attempt.final guards it)
+        if not invite.body and resp.body:
             # Delayed offer: the carrier's 2xx holds the offer, the caller's ACK will hold the answer.
             call.carrier_ack_waits_for_caller = True
             call.pending_carrier_ok = resp
@@ -434,8 +439,12 @@ class CallSetup(Credit, CoreState):
         call.state = CallState.ANSWERED
         call.answered_at = self._now
         self.metrics.setup_latency.observe(self._now - call.created_at)
-        ok = build_response(call.invite, 200, "OK", to_tag=call.to_tag, headers=headers, body=resp.body)
+        ok = build_response(invite, 200, "OK", to_tag=call.to_tag, headers=headers, body=resp.body)
         self._send_2xx(call, "caller", call.server_key, ok)
+        # What a held call keeps is what it costs (issue 16: 10,000 calls up): the caller's INVITE is
+        # not needed any more, and the carrier INVITE (kept for late answers) drops its parsed values.
+        call.invite = None
+        attempt.invite.headers.forget_parsed()
 
         for role in ("caller", "carrier"):
             lg = call.leg(role)
@@ -566,8 +575,8 @@ class CallSetup(Credit, CoreState):
         if isinstance(call, Call) and not call.ended and attempt is call.attempt:
             leg = call.carrier
             if leg.dialog is not None and leg.dialog.matches(resp):
-                if leg.last_ack is not None and leg.last_ack.cseq.num == resp.cseq.num:
-                    self._send(leg.last_ack, self._leg_dest(leg))
+                if leg.last_ack is not None and leg.last_ack_cseq == resp.cseq.num:
+                    self._out.append(Send(leg.last_ack, self._leg_dest(leg)))
                 return
         self._ack_and_bye(call, attempt, resp)
 

@@ -340,8 +340,9 @@ class CoreState:
             return
         ack = leg.dialog.create_ack(branch=self.layer.new_branch(), invite_cseq=cseq, body=body,
                                     content_type=ctype if body else None)
-        leg.last_ack = ack
-        self._send(ack, self._leg_dest(leg))
+        data = serialize(ack)
+        leg.last_ack, leg.last_ack_cseq = data, ack.cseq.num
+        self._out.append(Send(data, self._leg_dest(leg)))
 
     def _send_2xx(self, call: Call, role: LegRole, key: TransactionKey, ok: Response) -> None:
         """Send a 2xx to an INVITE and keep retransmitting it until the ACK (13.3.1.4)."""
@@ -376,7 +377,7 @@ class CoreState:
             elif isinstance(a, TransactionTimeout):
                 leg.retransmitter = None
                 if role == "caller" and leg.last_ack is None and call.answered and \
-                        call.invite.cseq.num == (leg.dialog.invite_cseq if leg.dialog else -1):
+                        call.invite_cseq == (leg.dialog.invite_cseq if leg.dialog else -1):
                     # 13.3.1.4: the 2xx was never ACKed; the caller is gone, end the call.
                     self._terminate(call, "rejected", "system", sip_status=None,
                                     detail="the caller never acknowledged the 2xx")

@@ -79,7 +79,7 @@ class Termination(CoreState):
                 if role != except_leg and self._send_bye(call, role):
                     self.metrics.byes_sent[reason] += 1
         else:
-            if status_to_caller is not None and not call.final_sent:
+            if status_to_caller is not None and not call.final_sent and call.invite is not None:
                 call.final_sent = True
                 self._respond(call.server_key, call.invite, status_to_caller, reason_phrase,
                               to_tag=call.to_tag)

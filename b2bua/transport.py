@@ -122,6 +122,7 @@ class _TcpConnection:
         # within the message timeout too); None while between messages.
         self.message_started: float | None = now if inbound else None
         self.closed = False
+        self.setting_up = False  # open_connection(sock=...) is running on self.sock
 
     def deadline(self) -> float:
         limits = self.owner.tcp
@@ -136,8 +137,11 @@ class _TcpConnection:
         with contextlib.suppress(Exception):
             if self.writer is not None:
                 self.writer.close()
-            elif self.sock is not None:
+            elif self.sock is not None and not self.setting_up:
                 self.sock.close()
+            # else: its stream is being set up on the socket; _serve closes it once that returns.
+            # Closing the socket under the event loop's transport frees its descriptor number for the
+            # next accept while the loop still uses it (uvloop then stopped serving TCP altogether).
 
     async def read_loop(self) -> None:
         assert self.reader is not None
@@ -200,6 +204,7 @@ class Transports:
         self.udp_buffer_bytes = udp_buffer_bytes  # SO_RCVBUF/SO_SNDBUF; 0 leaves the kernel default
         self.port = 0
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_sock: socket.socket | None = None  # the transport's socket (sends to a host name)
         self._listen: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: dict[tuple[str, int], _TcpConnection] = {}
@@ -251,6 +256,7 @@ class Transports:
                 sock.close()
                 raise
             self._udp = transport  # type: ignore[assignment]
+            self._udp_sock = sock
         if "tcp" in self.kinds:
             # Our own accept loop instead of asyncio.start_server: the caps are applied before a
             # connection costs more than its socket, and running out of descriptors is counted and
@@ -342,14 +348,22 @@ class Transports:
         return min(idle, key=lambda c: c.last_activity) if idle else None
 
     async def _serve(self, conn: _TcpConnection) -> None:
+        assert conn.sock is not None
+        conn.setting_up = True
         try:
-            assert conn.sock is not None
             reader, writer = await asyncio.open_connection(sock=conn.sock)
         except OSError as exc:
             log.debug("tcp %s: %s", conn.peer, exc)
+            conn.setting_up = False
             self._release(conn)
-            conn.close()
+            conn.closed = True
+            # The loop owns the descriptor once handed over and closed it on this failure (asyncio
+            # through the socket object; uvloop through libuv, without detaching the socket object:
+            # MagicStack/uvloop#738): detach, so the object's close cannot hit a recycled number.
+            conn.sock.detach()
             return
+        finally:
+            conn.setting_up = False
         conn.reader, conn.writer = reader, writer
         if conn.closed:  # evicted while its stream was being set up
             writer.close()
@@ -386,10 +400,24 @@ class Transports:
         elif self._udp is not None:
             try:
                 self._udp.sendto(data, (dest.host, dest.port))
+            except ValueError:
+                # uvloop refuses an address that needs a DNS lookup (a gateway or a Contact by name);
+                # asyncio's transport resolves it in sendto. Do what asyncio did: the socket's sendto.
+                self._send_by_name(data, dest)
             except OSError as exc:
                 log.warning("udp send to %s failed: %s", dest, exc)
         else:
             log.warning("no UDP transport for %s; dropped", dest)
+
+    def _send_by_name(self, data: bytes, dest: Address) -> None:
+        sock = self._udp_sock
+        if sock is None:
+            log.warning("udp send to %s failed: no socket", dest)
+            return
+        try:
+            sock.sendto(data, (dest.host, dest.port))
+        except (OSError, ValueError) as exc:  # unresolvable name, wrong family, full buffer
+            log.warning("udp send to %s failed: %s", dest, exc)
 
     def _send_tcp(self, data: bytes, dest: Address) -> None:
         key = (dest.host, dest.port)
@@ -425,6 +453,7 @@ class Transports:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+            self._udp_sock = None
         if self._listen is not None:
             if self._loop is not None:
                 with contextlib.suppress(Exception):

@@ -48,6 +48,7 @@ from cps.b2buas import B2BUA, KamailioB2BUA, SipledgerB2BUA, SippyB2BUA, kamaili
 from cps.env import FULL_RATES, HOST, QUICK_RATES, SIPP
 from cps.measure import contact_check, order_check, run_concurrency, run_ladders
 from cps.procs import COMMANDS, PROCS, TimeUp
+from cps.pyspy import pyspy_binary
 from cps.report import print_profile, print_report
 from cps.results import ConcResult, StepResult
 from cps.system import free_port, mem_kb
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip a phase (repeatable)")
     p.add_argument("--profile", action="store_true",
                    help="run sipledger under cProfile and print its hottest functions at the end")
+    p.add_argument("--py-spy", type=int, default=0, metavar="RATE",
+                   help="sample sipledger with py-spy during its step at RATE calls/s and print the "
+                        "functions most often on top of the stack")
     p.add_argument("--sipledger-gc-threshold", default="", metavar="G0,G1,G2",
                    help="EXPERIMENT: run sipledger with gc.set_threshold(G0,G1,G2) (not how it ships)")
     p.add_argument("--sipledger-rcvbuf", type=int, default=0, metavar="BYTES",
@@ -131,6 +135,8 @@ def check_tools(systems: set[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools({args.only} if args.only else {x.strip() for x in args.systems.split(",")})
+    if args.py_spy and pyspy_binary() is None:
+        sys.exit("py-spy is not installed: python3 -m pip install py-spy (pyproject extra 'bench')")
     t_start = time.monotonic()
     deadline = t_start + args.time_limit
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="b2bua_cps-"))

@@ -9,6 +9,8 @@ need_apt=()
 command -v clickhouse-server >/dev/null || need_apt+=(clickhouse-server clickhouse-client)
 command -v sipp >/dev/null || need_apt+=(sip-tester)
 command -v sipsak >/dev/null || need_apt+=(sipsak)
+# Kamailio: the C reference bench/b2bua_cps.py measures the B2BUA against (never used at runtime).
+command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || need_apt+=(kamailio)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verifies deploy/systemd/ in the tests
 command -v chromium >/dev/null || need_apt+=(chromium)

@@ -270,3 +270,23 @@ def test_connections_beyond_the_fd_limit_are_refused_quietly_and_a_real_request_
     assert "Traceback" not in log and "out of system resource" not in log
     assert len(log.splitlines()) < 60, log[-3000:]
     assert "connection cap 136" in log or "at most 136 connections" in log
+
+
+# =============================================================================================
+# A gateway by name over UDP (uvloop's sendto refuses names that need a lookup)
+# =============================================================================================
+
+def test_a_gateway_configured_by_host_name_gets_the_call_over_udp(tmp_path: Path) -> None:
+    """The real server process (uvloop's loop) routes to a gateway whose host is a name, as it did
+    on asyncio's loop: SIPp caller and carrier, one call end to end, no traceback."""
+    with start_carrier("uas_answer_wait_bye", workdir=tmp_path, timeout_s=20) as uas:
+        raw = make_config(tmp_path, [uas.local_port])
+        raw["gateways"][0]["host"] = "localhost"
+        with B2BUAProcess(raw, tmp_path) as proc:
+            with start_caller("uac_basic_bye", f"127.0.0.1:{proc.port}", workdir=tmp_path, service=CALLEE,
+                              pause_ms=300, timeout_s=20) as caller_proc:
+                caller = caller_proc.wait()
+            gw = uas.wait(10)
+            log = proc.stderr()
+    assert caller.ok and gw.ok, caller.describe() + gw.describe() + log[-2000:]
+    assert "Traceback" not in log

@@ -40,6 +40,11 @@ class _Stoppable(Protocol):
 
 
 class Dialog:
+    # Slots: every held call keeps two dialogs for its whole life.
+    __slots__ = ("_timers", "call_id", "invite_cseq", "is_uac", "local_contact", "local_seq", "local_tag",
+                 "local_uri", "remote_seq", "remote_tag", "remote_target", "remote_uri", "route_set",
+                 "secure", "state", "transport", "via_sent_by")
+
     def __init__(
         self,
         *,

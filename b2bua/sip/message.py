@@ -98,6 +98,10 @@ class Headers:
         value = cache[key] = build()
         return value
 
+    def forget_parsed(self) -> None:
+        """Drop the cached parsed values (a message kept for long: they are parsed again if read)."""
+        self._parsed = None
+
     def add(self, name: str, value: str) -> None:
         self._items.append((canonical_name(name), value))
         self._parsed = None

@@ -10,7 +10,8 @@ from typing import Any
 
 from cps.b2buas import B2BUA, SipledgerB2BUA
 from cps.env import HOST
-from cps.procs import TimeUp, wait_deadline
+from cps.procs import PROCS, TimeUp, wait_deadline
+from cps.pyspy import format_top, start_record
 from cps.report import fmt_step
 from cps.results import ConcResult, StepResult
 from cps.sipp import Sipp, call_counts, parse_trace, read_rtt, record_sipp, stat_int, status_of
@@ -23,6 +24,7 @@ def run_step(b2: B2BUA, rate: int, args: argparse.Namespace, workdir: Path, dead
     calls = max(1, round(rate * args.step_seconds))
     hold_ms = int(args.hold * 1000)
     res = StepResult(b2.name, rate, calls, attempt=attempt, workdir=str(workdir))
+    spy = None
     expected = calls / rate + args.hold + 2
     uas = Sipp("uas", workdir, b2.carrier_port).start(
         calls=calls, recv_timeout_ms=max(10_000, hold_ms + 10_000), global_timeout_s=int(expected + 40),
@@ -36,6 +38,9 @@ def run_step(b2: B2BUA, rate: int, args: argparse.Namespace, workdir: Path, dead
                   limit=calls + 100, recv_timeout_ms=10_000, global_timeout_s=int(expected + 30),
                   strict=args.strict)
         uac_cpu0, uas_cpu0, t0 = cpu_seconds(uac.pid), cpu_seconds(uas.pid), time.monotonic()
+        if getattr(args, "py_spy", 0) == rate and isinstance(b2, SipledgerB2BUA) and attempt == 1:
+            # sampled over the step's calls, starting a second in (after the first setups)
+            spy = start_record(b2.pid, max(1.0, args.step_seconds - 1), workdir / "pyspy.raw")
         busy0 = host_busy_seconds()
         uac_cpu = uas_cpu = 0.0
         end = time.monotonic() + expected + 35
@@ -64,6 +69,11 @@ def run_step(b2: B2BUA, rate: int, args: argparse.Namespace, workdir: Path, dead
     finally:
         uac.stop()
         uas.stop()
+    if spy is not None:
+        wait_deadline(spy, 15.0, deadline)
+        PROCS.stop(spy)
+        res.profile = format_top(workdir / "pyspy.raw")
+        print(res.profile, flush=True)
     own = b2.step_finished()
     res.loop_stall_ms, res.gc_pause_ms = own.get("loop_stall_ms"), own.get("gc_pause_ms")
     res.cpu_ms_per_call = round(1000 * res.b2bua_proc.get("cpu_s", 0.0) / calls, 3)

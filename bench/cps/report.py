@@ -66,6 +66,8 @@ def print_report(b2buas: list[B2BUA], ladders: dict[str, list[StepResult]], conc
     for b2 in b2buas:
         for r in ladders.get(b2.name, []):
             print(fmt_step(r))
+    for r in (r for rs in ladders.values() for r in rs if r.profile):
+        print(f"\n{r.b2bua} at {r.rate}/s: {r.profile}")
     print("\nSummary")
     hdr = (f"  {'B2BUA':9s} {'max clean cps':>13s} {'CPU% @max':>9s} {'RSS MB @max':>11s} {'HWM MB':>7s} "
            f"{'setup p99 ms':>12s} {'calls up':>9s} {'RSS MB @up':>10s} {'idle MB':>7s} {'KB/call':>7s} "

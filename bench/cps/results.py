@@ -35,6 +35,7 @@ class StepResult:
     sipp_udp_drops: int = 0
     attempt: int = 1
     workdir: str = ""
+    profile: str = ""  # py-spy's top entries when the step was profiled (--py-spy RATE)
 
 
 @dataclass
