@@ -342,7 +342,10 @@ class CoreState:
                                     content_type=ctype if body else None)
         data = serialize(ack)
         leg.last_ack, leg.last_ack_cseq = data, ack.cseq.num
-        self._out.append(Send(data, self._leg_dest(leg)))
+        dest = self._leg_dest(leg)
+        self._out.append(Send(data, dest))
+        if self.trace is not None:  # kept as bytes for retransmission, recorded like any message sent
+            self.trace.seen_out(ack, data, dest, self._now)
 
     def _send_2xx(self, call: Call, role: LegRole, key: TransactionKey, ok: Response) -> None:
         """Send a 2xx to an INVITE and keep retransmitting it until the ACK (13.3.1.4)."""

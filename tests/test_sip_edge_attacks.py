@@ -131,6 +131,8 @@ def test_10000_refused_invites_add_no_call_events(
 def test_memory_after_20000_random_username_invites_stays_within_bound(tmp_path: Path) -> None:
     raw = make_config(tmp_path, [9], accounts=[USER], admission={"auth_max_records": 2000})
     with B2BUAProcess(raw, tmp_path) as proc, contextlib.closing(udp_socket()) as sock:
+        # Room for the ~300 answers in flight while the reader thread waits for the GIL.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         dest = ("127.0.0.1", proc.port)
         sport = sock.getsockname()[1]
         sock.sendto(invite("seed", via_port=sport, port=proc.port), dest)
@@ -158,14 +160,23 @@ def test_memory_after_20000_random_username_invites_stays_within_bound(tmp_path:
                 req = invite(f"mem{i}", via_port=sport, port=proc.port, authorization=auth, user=user)
                 sock.sendto(req, dest)
                 if i % 100 == 99:
-                    while answered["n"] < i - 300:
+                    # At most ~300 unanswered at a time; a window that stops moving for 10 s (datagrams
+                    # lost on a loaded machine, or a B2BUA that stopped answering) ends the flood instead
+                    # of hanging the test: the checks below tell the two apart.
+                    waited_since, seen = time.monotonic(), answered["n"]
+                    while answered["n"] < i - 300 and time.monotonic() - waited_since < 10:
+                        if answered["n"] != seen:
+                            waited_since, seen = time.monotonic(), answered["n"]
                         time.sleep(0.002)
+                    if answered["n"] < i - 300:
+                        return
 
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
         try:
             flood(0, 2000)  # warm-up: caches, arenas, the record table filled to its cap
-            while answered["n"] < 2000:
+            deadline = time.monotonic() + 30
+            while answered["n"] < 2000 and time.monotonic() < deadline:
                 time.sleep(0.05)
             before = proc.rss_bytes()
             started = time.monotonic()
@@ -181,7 +192,14 @@ def test_memory_after_20000_random_username_invites_stays_within_bound(tmp_path:
         grown = after - before
         print(f"20,000 random-username INVITEs in {elapsed:.1f} s: RSS {before / 1e6:.1f} -> "
               f"{after / 1e6:.1f} MB (+{grown / 1e6:.2f} MB), {answered['n']} challenges answered")
-        assert answered["n"] >= 22_000
+        # The B2BUA still answers at once after the flood (a server that stopped answering fails here,
+        # whatever datagrams were lost on the way).
+        with contextlib.closing(udp_socket()) as probe:
+            probe.sendto(options("after-flood", via_port=probe.getsockname()[1]), dest)
+            assert [r.status for r in udp_responses(probe, 3.0)] == [200]
+        # UDP may lose a few datagrams on a loaded machine (no retransmission for a stateless 401); the
+        # flood's own answers are counted to a 0.5% loss.
+        assert answered["n"] >= 22_000 * 0.995, answered
         assert grown < 4_000_000, grown  # the audit measured +30-52 MB for the same flood
         assert "Traceback" not in proc.stderr()
 

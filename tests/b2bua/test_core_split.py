@@ -15,6 +15,7 @@ from b2bua.call_setup import CallSetup
 from b2bua.commands import Commands
 from b2bua.core import B2BUACore
 from b2bua.core_state import CoreState
+from b2bua.gateway_probes import GatewayProbes
 from b2bua.liveness import Liveness
 from b2bua.relay import InDialogRelay
 from b2bua.session_refresh import SessionRefresh
@@ -23,13 +24,14 @@ from b2bua.termination import Termination
 B2BUA = Path(__file__).resolve().parents[2] / "b2bua"
 CORE_MODULES = ["core", "core_config", "core_state", "call_setup", "relay", "session_refresh", "liveness",
                 "termination", "commands", "takeover", "call", "actions", "call_metrics", "admission",
-                "routing", "refusals", "timers"]
+                "routing", "refusals", "timers", "gateway_probes", "gateway_health", "credit", "credit_book",
+                "signalling_trace"]
 IO_MODULES = {"asyncio", "socket", "time", "threading", "subprocess", "select", "selectors", "uvloop",
               "datetime"}
 
 
 def test_the_controller_ties_one_class_per_concept() -> None:
-    concepts = [CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination, Commands]
+    concepts = [CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination, Commands, GatewayProbes]
     assert B2BUACore.__bases__ == tuple(concepts)
     for cls in concepts:
         assert issubclass(cls, CoreState) and cls.__module__ != "b2bua.core"
@@ -40,6 +42,7 @@ def test_the_controller_ties_one_class_per_concept() -> None:
     assert B2BUACore._send_probe.__module__ == "b2bua.liveness"
     assert B2BUACore._terminate.__module__ == "b2bua.termination"
     assert B2BUACore._on_takeover.__module__ == "b2bua.commands"
+    assert B2BUACore._route_gateways.__module__ == "b2bua.gateway_probes"
 
 
 def test_every_hook_a_concept_calls_in_another_is_implemented() -> None:
