@@ -164,7 +164,12 @@ def test_a_producer_dropped_while_the_broker_hangs_leaves_no_thread_and_sends_no
             os.kill(rec.pid, signal.SIGSTOP)  # hung, not dead: the connection stays open
             try:
                 producer.send("hang", value=f"in-flight-{i}".encode())  # written to the socket
-                time.sleep(0.3)
+                # Wait until the sender took it out of the accumulator (on the wire): on a loaded machine
+                # 0.3 s was not always enough, and both records then left in one request.
+                deadline = time.monotonic() + 5
+                while any(producer._accumulator._batches.values()) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.1)
                 producer.send("hang", value=f"held-{i}".encode())  # waits behind it in the producer
                 time.sleep(0.1)
                 abandon_producer(producer)
