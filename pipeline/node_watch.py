@@ -37,7 +37,6 @@ class NodeWatch:
         self._probes: dict[str, Future[ProbeResult]] = {}
         self.verdicts = 0
         self.stalls = 0
-        self._last_step_ms: int | None = None
 
     def heard(self, event: dict[str, Any], wall_ms: int) -> None:
         """Feed every node.heartbeat read from the log."""
@@ -48,14 +47,13 @@ class NodeWatch:
         """One turn of the driver's loop (``read_through_ms``: everything written before it has been read,
         None when the driver cannot tell). Returns node.lost events to write into the log now."""
         watch = self.watch
-        last, self._last_step_ms = self._last_step_ms, wall_ms
-        if last is not None and wall_ms - last > watch.stall_ms:
+        stalled = watch.progress(wall_ms, read_through_ms)
+        if stalled:
             # What this driver believes read may be stale after its loop did not run: silence is counted
             # afresh. Frequent stalls keep a dead node from being seen, so they are worth a line each.
             self.stalls += 1
             log.warning("node watch: the loop did not run for %.1f s; node silence counted afresh",
-                        (wall_ms - last) / 1000)
-        watch.progress(wall_ms, read_through_ms)
+                        stalled / 1000)
         out: list[dict[str, Any]] = []
         for node, fut in list(self._probes.items()):
             if not fut.done():

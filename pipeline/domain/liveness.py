@@ -99,18 +99,21 @@ class LivenessWatch:
         if node not in self._nodes:
             self._nodes[node] = NodeWatch(node, wall_ms)
 
-    def progress(self, wall_ms: int, read_through_ms: int | None) -> None:
+    def progress(self, wall_ms: int, read_through_ms: int | None) -> int:
         """Called by the driver on every turn of its loop: everything written before ``read_through_ms``
-        has been read (None: the driver cannot tell)."""
-        stalled = self._last_progress is not None and wall_ms - self._last_progress > self.stall_ms
+        has been read (None: the driver cannot tell). Returns how long the loop did not run when that
+        was longer than ``stall_ms`` (silence is then counted afresh), else 0."""
+        gap = 0 if self._last_progress is None else wall_ms - self._last_progress
+        stalled = gap if gap > self.stall_ms else 0
         self._last_progress = wall_ms
         if read_through_ms is None:
             self._caught_up_since = None
             self._read_through = None
-            return
+            return stalled
         if stalled or self._caught_up_since is None:
             self._caught_up_since = wall_ms
         self._read_through = min(read_through_ms, wall_ms)
+        return stalled
 
     @property
     def caught_up_since(self) -> int | None:

@@ -49,8 +49,10 @@ def test_silence_is_measured_only_up_to_what_was_read() -> None:
 def test_a_stalled_loop_restarts_the_count() -> None:
     w = LivenessWatch(TIMEOUT, stall_ms=2_000)
     w.heard("n1", 0, wall_ms=0)
-    w.progress(0, 0)
-    w.progress(45_000, 45_000)  # the loop did not run for 45 s (SIGSTOP, a blocked call)
+    assert w.progress(0, 0) == 0
+    assert w.progress(1_000, 1_000) == 0
+    # The loop did not run for 44 s (SIGSTOP, a blocked call): the gap is reported, for the driver's log.
+    assert w.progress(45_000, 45_000) == 44_000
     assert w.caught_up_since == 45_000 and w.due_probes(45_000, ["n1"]) == []
     for wall in range(46_000, 75_001, 1_000):
         w.progress(wall, wall)
