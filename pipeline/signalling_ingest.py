@@ -32,7 +32,7 @@ import orjson
 from pipeline.processor import save_json_atomic
 from schemas.validation import ContractError, validate_signalling
 from sipledger.eventlog.journal import read_journal
-from sipledger.store import Store, StoreError
+from sipledger.store import Store, StoreError, StoreHandle
 from sipledger.store.signalling import TABLE, drop_expired, record_columns, utc_day
 
 log = logging.getLogger("sipledger.pipeline.signalling")
@@ -46,8 +46,7 @@ class SignallingSink:
 
     def __init__(self, store: Store | Callable[[], Store], retention_days: int, dead_letter: DeadLetter,
                  clock: Callable[[], float] = time.time, max_backoff: float = 10.0) -> None:
-        self._factory = store if callable(store) and not isinstance(store, Store) else None
-        self._store: Store | None = store if isinstance(store, Store) else None
+        self._store = StoreHandle(store)
         self.retention_days = retention_days
         self.dead_letter = dead_letter
         self.clock = clock
@@ -86,7 +85,7 @@ class SignallingSink:
         if now < self._retry_at:
             return False
         try:
-            store = self._connect()
+            store = self._store.get()
             cols = record_columns(self.records)
             n = store.insert_columns(TABLE, cols)
         except StoreError as exc:
@@ -95,7 +94,7 @@ class SignallingSink:
             self._retry_at = now + delay
             log.warning("storing %d call signalling records failed (%s); retry in %.1f s", len(self.records),
                         str(exc).splitlines()[0], delay)
-            self._drop()
+            self._store.drop()
             return False
         except (ValueError, TypeError) as exc:
             # Valid records the table cannot hold (a field beyond a column's range): kept as dead letters
@@ -119,11 +118,11 @@ class SignallingSink:
             return []
         self._next_prune = now + PRUNE_INTERVAL_S
         try:
-            dropped = drop_expired(self._connect(), utc_day(now), self.retention_days)
+            dropped = drop_expired(self._store.get(), utc_day(now), self.retention_days)
         except StoreError as exc:
             self._next_prune = now + 60.0
             log.warning("dropping old call signalling partitions failed (%s)", str(exc).splitlines()[0])
-            self._drop()
+            self._store.drop()
             return []
         if dropped:
             log.info("call signalling: dropped the days %s (retention %d days)", ", ".join(dropped),
@@ -131,22 +130,8 @@ class SignallingSink:
             self.pruned += dropped
         return dropped
 
-    def _connect(self) -> Store:
-        if self._store is None:
-            assert self._factory is not None
-            self._store = self._factory()
-        return self._store
-
-    def _drop(self) -> None:
-        if self._factory is not None and self._store is not None:
-            try:
-                self._store.close()
-            except Exception:
-                log.debug("closing the store failed", exc_info=True)
-            self._store = None
-
     def close(self) -> None:
-        self._drop()
+        self._store.drop()
 
 
 class JournalSignallingFollower:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sipledger.store import Store, StoreError
+from sipledger.store import Store, StoreError, StoreHandle
 from sipledger.store.tables import (
     ColumnBuffer,
     alert_buffer,
@@ -49,8 +49,7 @@ class StoreSink:
     def __init__(self, store: Store | Callable[[], Store], batch_size: int = 5000,
                  clock: Callable[[], float] = time.monotonic, max_backoff: float = 10.0,
                  store_events: bool = True) -> None:
-        self._factory = store if callable(store) and not isinstance(store, Store) else None
-        self._store: Store | None = store if isinstance(store, Store) else None
+        self._store = StoreHandle(store)
         self.batch_size = batch_size
         self._clock = clock
         self._max_backoff = max_backoff
@@ -111,7 +110,7 @@ class StoreSink:
         if now < self._retry_at:
             return False
         try:
-            store = self._connect()
+            store = self._store.get()
             for table, buffer in self._buffers.items():
                 stored = 0
                 try:
@@ -130,26 +129,11 @@ class StoreSink:
             self._retry_at = now + delay
             log.warning("store write failed (%s); %d rows kept, retry in %.1f s",
                         self._last_error, self.pending(), delay)
-            if self._factory is not None:
-                self._drop()
+            self._store.drop()
             return False
         self._failures = 0
         self._oldest = None
         return True
-
-    def _connect(self) -> Store:
-        if self._store is None:
-            assert self._factory is not None
-            self._store = self._factory()
-        return self._store
-
-    def _drop(self) -> None:
-        if self._store is not None:
-            try:
-                self._store.close()
-            except Exception:
-                log.debug("closing store failed", exc_info=True)
-            self._store = None
 
     def lag(self) -> SinkLag:
         age = 0.0 if self._oldest is None else self._clock() - self._oldest

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .dialect import Dialect
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .columnar import Batch, ColumnValues
@@ -126,3 +129,28 @@ def open_store(url: str, base_dir: str | None = None) -> Store:
             database=(parsed.path or "/sipledger").strip("/") or "sipledger",
         )
     raise StoreError(f"unknown store URL scheme {parsed.scheme!r} in {url!r}: use chdb:// or clickhouse://")
+
+
+class StoreHandle:
+    """A store a writer was given, or one it opens on first use from a factory. One it opened is closed
+    after a failure (``drop``), so the next ``get`` reconnects; a given one is the giver's to keep."""
+
+    __slots__ = ("_factory", "_store")
+
+    def __init__(self, store: Store | Callable[[], Store]) -> None:
+        self._factory = store if callable(store) and not isinstance(store, Store) else None
+        self._store: Store | None = store if isinstance(store, Store) else None
+
+    def get(self) -> Store:
+        if self._store is None:
+            assert self._factory is not None
+            self._store = self._factory()
+        return self._store
+
+    def drop(self) -> None:
+        if self._factory is not None and self._store is not None:
+            try:
+                self._store.close()
+            except Exception:
+                log.debug("closing the store failed", exc_info=True)
+            self._store = None
