@@ -18,12 +18,11 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from b2bua.commands_in import FileCommandFollower
+from b2bua.commands_in import FileCommandFollower, KafkaFollowerThread
 
 log = logging.getLogger("sipledger.b2bua.balances")
 
@@ -61,75 +60,51 @@ class FileBalanceFollower(FileCommandFollower):
         self.poll()  # what was published after the snapshot, before the node takes its first call
 
 
-class KafkaBalanceFollower:
+class KafkaBalanceFollower(KafkaFollowerThread):
     """A thread reading the balances topic from its beginning, then following it (no consumer group)."""
+
+    what = "balances"
+    log = log
 
     def __init__(self, bootstrap: str, topic: str, on_record: OnRecord, on_ready: Callable[[], None],
                  ready_timeout: float = 10.0) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
+        super().__init__(bootstrap, topic)
         self.on_record, self.on_ready = on_record, on_ready
         self.ready_timeout = ready_timeout
-        self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._loop: Any = None
-
-    def start(self) -> None:
-        import asyncio
-
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="b2bua-balances", daemon=True)
-        self._thread.start()
+        self._ends: dict[Any, int] = {}
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(self.ready_timeout if timeout is None else timeout)
 
-    def _hand(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _run(self) -> None:
+    def _open(self) -> Any:
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer: Any = None
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                             group_id=None, bootstrap_timeout_ms=2000)
-                    parts = [TopicPartition(self.topic, p)
-                             for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
-                    if not parts:
-                        raise RuntimeError(f"no topic {self.topic!r}")
-                    consumer.assign(parts)
-                    consumer.seek_to_beginning(*parts)
-                    ends = consumer.end_offsets(parts)
-                for records in consumer.poll(timeout_ms=500).values():
-                    for record in records:
-                        try:
-                            value = json.loads(record.value)
-                        except (TypeError, ValueError):
-                            continue
-                        if isinstance(value, dict):
-                            self._hand(self.on_record, value)
-                if not self._ready.is_set() and all(consumer.position(tp) >= end for tp, end in ends.items()):
-                    self._ready.set()
-                    self._hand(self.on_ready)
-            except Exception as exc:
-                log.warning("balances consumer on %s failed (%s); retrying", self.bootstrap, exc)
-                if consumer is not None:
-                    with contextlib.suppress(Exception):
-                        consumer.close()
-                consumer = None
-                self._stop.wait(2.0)
-        if consumer is not None:
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+                                 bootstrap_timeout_ms=2000)
+        try:
+            parts = [TopicPartition(self.topic, p)
+                     for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
+            if not parts:
+                raise RuntimeError(f"no topic {self.topic!r}")
+            consumer.assign(parts)
+            consumer.seek_to_beginning(*parts)
+            self._ends = consumer.end_offsets(parts)
+        except Exception:
             with contextlib.suppress(Exception):
                 consumer.close()
+            raise
+        return consumer
 
-    async def stop(self, timeout: float = 1.0) -> None:
-        import asyncio
-
-        self._stop.set()
-        deadline = time.monotonic() + timeout
-        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+    def _poll(self, consumer: Any) -> None:
+        for records in consumer.poll(timeout_ms=500).values():
+            for record in records:
+                try:
+                    value = json.loads(record.value)
+                except (TypeError, ValueError):
+                    continue
+                if isinstance(value, dict):
+                    self._hand(self.on_record, value)
+        if not self._ready.is_set() and all(consumer.position(tp) >= end for tp, end in self._ends.items()):
+            self._ready.set()
+            self._hand(self.on_ready)

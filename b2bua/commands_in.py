@@ -78,47 +78,45 @@ class FileCommandFollower:
                 await self._task
 
 
-class KafkaCommandFollower:
-    """A kafka-python consumer thread on the commands topic; commands reach the loop thread-safely.
+class KafkaFollowerThread:
+    """A daemon thread around one kafka-python consumer: opened when needed, polled, and after any
+    failure closed and opened again 2 s later (a broker that is away), until ``stop``. Subclasses say
+    how the consumer is opened (``_open``) and what one poll hands to the loop (``_poll``)."""
 
-    Each node uses its own consumer group so it sees every partition (commands are keyed by call
-    id, not by node), and starts at the latest offset.
-    """
+    what = "kafka"  # names the thread and the log lines
+    log = log
 
-    def __init__(self, bootstrap: str, topic: str, node_id: str, on_command: OnCommand) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.group = f"sipledger-b2bua-{node_id}"
-        self.on_command = on_command
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="b2bua-commands", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"b2bua-{self.what}", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        from kafka import KafkaConsumer
+    def _hand(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop (this thread never touches the core)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn, *args)
 
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _poll(self, consumer: Any) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
         consumer: Any = None
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    # A broker that is down is found out within seconds (kafka-python waits 30 s by
-                    # default), so a stop request is noticed soon.
-                    consumer = KafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
-                                             group_id=self.group, auto_offset_reset="latest",
-                                             enable_auto_commit=True, bootstrap_timeout_ms=2000)
-                batches = consumer.poll(timeout_ms=500)
-                for records in batches.values():
-                    for record in records:
-                        cmd = _decode(record.value)
-                        if cmd is not None and self._loop is not None:
-                            self._loop.call_soon_threadsafe(self.on_command, cmd)
+                    consumer = self._open()
+                self._poll(consumer)
             except Exception as exc:
-                log.warning("commands consumer on %s failed (%s); retrying", self.bootstrap, exc)
+                self.log.warning("%s consumer on %s failed (%s); retrying", self.what, self.bootstrap, exc)
                 if consumer is not None:
                     with contextlib.suppress(Exception):
                         consumer.close()
@@ -130,10 +128,40 @@ class KafkaCommandFollower:
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Ask the thread to stop and give it ``timeout`` s. A thread still inside kafka-python (a
-        broker that is down) is left to end with the process: it is a daemon, and commands it still
-        reads are only those a node that is stopping ignores anyway. Polled here rather than joined
-        in the loop's default executor, whose threads asyncio.run waits for before it returns."""
+        broker that is down) is left to end with the process: it is a daemon, and what it still reads
+        only reaches a node that is stopping anyway. Polled here rather than joined in the loop's
+        default executor, whose threads asyncio.run waits for before it returns."""
         self._stop.set()
         deadline = time.monotonic() + timeout
         while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+
+class KafkaCommandFollower(KafkaFollowerThread):
+    """A kafka-python consumer thread on the commands topic; commands reach the loop thread-safely.
+
+    Each node uses its own consumer group so it sees every partition (commands are keyed by call
+    id, not by node), and starts at the latest offset.
+    """
+
+    what = "commands"
+
+    def __init__(self, bootstrap: str, topic: str, node_id: str, on_command: OnCommand) -> None:
+        super().__init__(bootstrap, topic)
+        self.group = f"sipledger-b2bua-{node_id}"
+        self.on_command = on_command
+
+    def _open(self) -> Any:
+        from kafka import KafkaConsumer
+
+        # A broker that is down is found out within seconds (kafka-python waits 30 s by default), so a
+        # stop request is noticed soon.
+        return KafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=self.group,
+                             auto_offset_reset="latest", enable_auto_commit=True, bootstrap_timeout_ms=2000)
+
+    def _poll(self, consumer: Any) -> None:
+        for records in consumer.poll(timeout_ms=500).values():
+            for record in records:
+                cmd = _decode(record.value)
+                if cmd is not None:
+                    self._hand(self.on_command, cmd)
