@@ -60,11 +60,13 @@ def test_status_shows_lag_restores_and_workers(real_stack: Any, tmp_path: Path) 
         producer.close()
 
         def settled(st: dict[str, Any]) -> bool:
-            # Workers publish every 2 s: their counts lag the group's committed offsets a little.
+            # Workers publish every 2 s: their counts and their writers' pending rows lag the group's
+            # committed offsets a little (a report taken before the writer's last acknowledgement).
             live = [w for w in st["workers"].values() if w["live"]]
             return (len(live) == 2 and st["total_lag"] == 0
                     and {p["state"] for p in st["partitions"]} == {"caught_up"}
-                    and sum(w["stats"]["events"] for w in live) >= sent)
+                    and sum(w["stats"]["events"] for w in live) >= sent
+                    and all(w["writer"]["pending_rows"] == 0 for w in live))
 
         status = _status_when(cfg, app_id, settled)
         assert settled(status), json.dumps(status, indent=1)
