@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 from urllib.parse import urlparse
 
+from b2bua import native
 from b2bua.actions import Action, Address, CancelTimer, Emit, Log, PublishTrace, Send, SetTimer
 from b2bua.admission import Admission
 from b2bua.balances_in import FileBalanceFollower, KafkaBalanceFollower
@@ -104,7 +105,8 @@ class B2BUAServer:
         self._tasks.append(loop.create_task(self._heartbeats()))
         self._start_commands()
         self._start_balances()
-        print(f"b2bua: listening on {self.transports.describe()} (node {cfg.node.id})", flush=True)
+        print(f"b2bua: listening on {self.transports.describe()} (node {cfg.node.id}); "
+              f"SIP core {native.STATUS}", flush=True)
 
     def _serve_metrics(self) -> None:
         # First, before any SIP socket: a port that is taken stops the start with the key named. The

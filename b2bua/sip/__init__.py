@@ -4,9 +4,14 @@ Nothing in this package opens sockets, starts threads or reads the clock; time i
 as ``now`` (seconds, any monotonic origin) and side effects come back as action objects.
 """
 
-from b2bua.sip.message import Headers, Request, Response
-from b2bua.sip.parser import ParseError, StreamFramer, parse_message
-from b2bua.sip.serializer import build_response, serialize
+from b2bua import native
+
+# Before any module of this package is imported: all of them come from the compiled build, or none.
+native.use_build(__path__)
+
+from b2bua.sip.message import Headers, Request, Response  # noqa: E402
+from b2bua.sip.parser import ParseError, StreamFramer, parse_message  # noqa: E402
+from b2bua.sip.serializer import build_response, serialize  # noqa: E402
 
 __all__ = [
     "Headers",

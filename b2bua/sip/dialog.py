@@ -23,7 +23,7 @@ class DialogState(enum.Enum):
     TERMINATED = "terminated"
 
 
-class DialogTerminatedError(RuntimeError):
+class DialogTerminatedError(Exception):
     pass
 
 

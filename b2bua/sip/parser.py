@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from b2bua.sip.message import (
     _CANONICAL_CACHE,
@@ -380,7 +380,6 @@ def _content_lengths(head: bytes) -> list[str]:
     return out
 
 
-@dataclass
 class StreamFramer:
     """Cuts a TCP/TLS byte stream into messages (RFC 3261 18.3).
 
@@ -391,12 +390,14 @@ class StreamFramer:
     then discarded as it arrives).
     """
 
-    limits: ParserLimits = DEFAULT_LIMITS
-    keepalives_seen: int = 0
-    framing_lost: bool = False
-    _buf: bytearray = field(default_factory=bytearray)
-    _lead: bytes = b""
-    _skip: int = 0  # bytes of an oversized message's body still to discard
+    # A plain class, not a dataclass: mypyc 1.18 could not build a dataclass field whose factory is a type.
+    def __init__(self, limits: ParserLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.keepalives_seen = 0
+        self.framing_lost = False
+        self._buf = bytearray()
+        self._lead = b""
+        self._skip = 0  # bytes of an oversized message's body still to discard
 
     def feed(self, data: bytes) -> None:
         if self.framing_lost:

@@ -113,8 +113,8 @@ def build_response(
     copied only when asked, because only dialog-creating responses need it (12.1.1).
     """
     out = Headers()
-    for value in request.headers.get_all("Via"):
-        out.add("Via", value)
+    for via in request.headers.get_all("Via"):
+        out.add("Via", via)
     for name in ("From",):
         value = request.headers.get(name)
         if value is not None:

@@ -110,7 +110,9 @@ def negotiate_uas(request: Request | Headers, config: SessionTimerConfig = DEFAU
             interval = config.session_ttl
         interval = max(interval, floor)
         if uac_supports:
-            refresher = se.refresher if se.refresher is not None else config.preferred_refresher
+            # parse_session_expires admits only "uac" and "uas"; the comparison narrows the type.
+            refresher = ("uac" if se.refresher == "uac" else "uas") if se.refresher is not None \
+                else config.preferred_refresher
         else:
             # §9 table: without UAC support the refresher is always the UAS; the "uac" row is
             # marked N/A (a proxy must not choose a UAC that cannot refresh) and we treat it the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from b2bua.sip.message import Headers, Request, Response
 from b2bua.sip.serializer import build_response, serialize
@@ -110,7 +111,7 @@ class TxState(enum.Enum):
     TERMINATED = "terminated"
 
 
-class TransactionStateError(RuntimeError):
+class TransactionStateError(Exception):
     """The TU asked for something the current state does not allow (a programming error)."""
 
 
@@ -497,8 +498,9 @@ class Invite2xxRetransmitter:
     ``TransactionTimeout("no ACK")`` and should end the dialog with a BYE (13.3.1.4).
     """
 
-    RETRANSMIT = "2xx-retransmit"
-    GIVE_UP = "2xx-timeout"
+    # Final: class constants (compiled by mypyc, a plain class attribute would be an instance field).
+    RETRANSMIT: Final = "2xx-retransmit"
+    GIVE_UP: Final = "2xx-timeout"
 
     def __init__(self, response: Response, timers: TimerConfig = DEFAULT_TIMERS):
         self.response = response
