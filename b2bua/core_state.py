@@ -61,6 +61,7 @@ from b2bua.sip.transaction import (
     Invite2xxRetransmitter,
     StartTimer,
     Terminated,
+    TransactionStateError,
     TransactionTimeout,
     Transmit,
     TransportError,
@@ -280,7 +281,7 @@ class CoreState:
         resp = build_response(request, status, reason, to_tag=to_tag, headers=headers, body=body)
         try:
             self._apply(self.layer.send_response(key, resp, self._now))
-        except (KeyError, RuntimeError) as exc:
+        except (KeyError, TransactionStateError) as exc:
             # The transaction already ended (e.g. the peer gave up); nothing left to answer.
             self._log("debug", f"cannot answer {request.method} with {status}: {exc}")
             return None
@@ -353,7 +354,7 @@ class CoreState:
         dest = self.tx_dest.get(key)
         try:
             self._apply(self.layer.send_response(key, ok, self._now))
-        except (KeyError, RuntimeError) as exc:
+        except (KeyError, TransactionStateError) as exc:
             self._log("warning", f"call {call.id}: could not send 2xx on the {role} leg: {exc}")
             return
         if dest is None or (dest.transport == "tcp"):

@@ -31,6 +31,7 @@ from b2bua.sip.transaction import (
     StartTimer,
     Terminated,
     TimerConfig,
+    TransactionStateError,
     TransactionTimeout,
     Transmit,
     TransportError,
@@ -297,7 +298,7 @@ class SipEndpoint:
             return False
         try:
             actions = self.layer.send_response(key, response, self.now())
-        except (KeyError, RuntimeError) as exc:
+        except (KeyError, TransactionStateError) as exc:
             log.debug("%s: cannot send %d: %s", self.name, response.status, exc)
             return False
         self._perform(actions, self._dest.get(key))

@@ -223,3 +223,18 @@ def test_sha256_digest_admits_when_it_is_the_preferred_algorithm() -> None:
     assert "algorithm=SHA-256" in (req.headers.get("Authorization") or "")
     assert select(h.feed(req), GW1, method="INVITE")
     assert h.event("call.setup")["account"] == "roamer"
+
+
+def test_answering_a_transaction_that_already_answered_is_logged_not_an_internal_error() -> None:
+    """The transaction layer refuses a second final response (TransactionStateError); the core takes
+    that as "nothing left to answer", as it does for a transaction that is gone."""
+    from b2bua.sip.transaction_layer import server_key
+
+    h = Harness()
+    invite = caller_invite()
+    h.feed(invite)
+    key = server_key(invite)
+    h.core._guard(lambda: h.core._respond(key, invite, 486), 0.0, CALLER, lambda: "test")
+    refused = h.core._guard(lambda: h.core._respond(key, invite, 480), 0.0, CALLER, lambda: "test")
+    assert h.core.stats["internal_errors"] == 0
+    assert any("cannot answer INVITE with 480" in getattr(a, "text", "") for a in refused)
