@@ -37,6 +37,7 @@ from b2bua.sip.message import (
     Request,
     Response,
     SipSyntaxError,
+    identity_copy,
     parse_name_addr,
     parse_session_expires,
     parse_token_list,
@@ -442,9 +443,9 @@ class CallSetup(Credit, CoreState):
         ok = build_response(invite, 200, "OK", to_tag=call.to_tag, headers=headers, body=resp.body)
         self._send_2xx(call, "caller", call.server_key, ok)
         # What a held call keeps is what it costs (issue 16: 10,000 calls up): the caller's INVITE is
-        # not needed any more, and the carrier INVITE (kept for late answers) drops its parsed values.
+        # not needed any more, and of the carrier INVITE late answers need only its identity.
         call.invite = None
-        attempt.invite.headers.forget_parsed()
+        attempt.invite = identity_copy(attempt.invite)
 
         for role in ("caller", "carrier"):
             lg = call.leg(role)

@@ -25,6 +25,7 @@ from b2bua.core_state import (
 from b2bua.sip.dialog import DialogState
 from b2bua.sip.message import (
     Request,
+    identity_copy,
 )
 from b2bua.sip.transaction_layer import TransactionKey
 
@@ -177,7 +178,8 @@ class Termination(CoreState):
         ``linger`` period; the tombstone holds only what late answers need."""
         dead: dict[int, EndedAttempt] = {}
         for attempt in call.attempts:
-            dead[id(attempt)] = EndedAttempt(attempt.invite, attempt.dest, attempt.final, attempt.cancel_sent)
+            dead[id(attempt)] = EndedAttempt(identity_copy(attempt.invite), attempt.dest, attempt.final,
+                                             attempt.cancel_sent)
         tomb = EndedCall(call.id, call.server_key, self._now, list(dead.values()), call.late_byes)
         if self.by_server_key.get(call.server_key) is call:
             self.by_server_key[call.server_key] = tomb

@@ -790,6 +790,19 @@ class Request(_MessageBase):
         return int(value.strip())
 
 
+# What a request kept after its exchange still needs to ACK, CANCEL or hang up what answers it late
+# (RFC 3261 17.1.1.3, 9.1, 12.1.2) or to be told from a new request reusing its branch (17.2.3).
+IDENTITY_FIELDS = frozenset({"Via", "Route", "From", "To", "Call-ID", "CSeq", "Max-Forwards"})
+
+
+def identity_copy(request: Request) -> Request:
+    """The request without its body and its other fields (Contact, capabilities, SDP headers...):
+    a server holding thousands of fresh calls keeps one of these per INVITE, not the whole message."""
+    headers = Headers()
+    headers._items = [item for item in request.headers._items if item[0] in IDENTITY_FIELDS]
+    return Request(request.method, request.uri, headers)
+
+
 @dataclass
 class Response(_MessageBase):
     status: int = 0

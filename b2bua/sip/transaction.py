@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from b2bua.sip.message import Headers, Request, Response
+from b2bua.sip.message import Headers, Request, Response, identity_copy
 from b2bua.sip.serializer import build_response, serialize
 
 # ---------------------------------------------------------------------------------------------
@@ -283,11 +283,15 @@ class InviteClientTransaction(Transaction):
                 out = [*self._cancel("A", "B"), DeliverResponse(response)]
                 if self.rfc6026:
                     self.state = TxState.ACCEPTED
+                    # Accepted only passes further 2xx to the TU for 32 s (timer M): of the request it
+                    # needs no more than its identity (the TU holds what it needs itself).
+                    self.request = identity_copy(self.request)
                     out.append(self._start("M", now + self.timers.timeout))
                     return out
                 return [*out, *self._terminate()]
             self.state = TxState.COMPLETED
             self.ack = build_ack_for_non2xx(self.request, response)
+            self.request = identity_copy(self.request)  # Completed resends only the ACK (timer D)
             out = [*self._cancel("A", "B"), Transmit(self.ack), DeliverResponse(response)]
             if self.reliable:
                 return [*out, *self._terminate()]
@@ -420,10 +424,10 @@ class InviteServerTransaction(Transaction):
                 if self.rfc6026:
                     self.state = TxState.ACCEPTED
                     # Accepted answers no retransmitted INVITE itself (the TU retransmits its 2xx,
-                    # 13.3.1.4), so for the 32 s of timer L it keeps neither the 2xx nor the request's
-                    # parsed values: a server holding thousands of fresh calls holds these too.
+                    # 13.3.1.4), so for the 32 s of timer L it keeps neither the 2xx nor more of the
+                    # request than its identity: a server holding thousands of fresh calls holds these.
                     self.last_response = None
-                    self.request.headers.forget_parsed()
+                    self.request = identity_copy(self.request)
                     return [Transmit(response), self._start("L", now + self.timers.timeout)]
                 return [Transmit(response), *self._terminate()]
             self.last_response = response

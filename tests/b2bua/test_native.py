@@ -62,7 +62,8 @@ def test_a_new_or_removed_module_is_a_changed_source(sources: Path) -> None:
 
 
 def test_no_build_another_interpreter_and_the_switch(sources: Path) -> None:
-    assert native.decide(sources, environ={"SIPLEDGER_NATIVE": "0"}).reason == "pure Python (SIPLEDGER_NATIVE=0)"
+    off = native.decide(sources, environ={"SIPLEDGER_NATIVE": "0"})
+    assert off.reason == "pure Python (SIPLEDGER_NATIVE=0)"
     stamp_path = sources / native.BUILD_DIR_NAME / native.STAMP
     stamp = json.loads(stamp_path.read_text())
     stamp["cache_tag"] = "cpython-399"
@@ -79,8 +80,9 @@ def test_no_build_another_interpreter_and_the_switch(sources: Path) -> None:
 def test_the_pure_python_sip_core_passes_the_same_tests() -> None:
     """The sources stay the truth: the whole SIP test directory passes on them, uncompiled."""
     env = {**os.environ, "SIPLEDGER_NATIVE": "0", "PYTHONPATH": str(ROOT)}
-    probe = subprocess.run([sys.executable, "-c", "import b2bua.sip, b2bua.native as n; print(n.is_compiled())"],
-                           env=env, capture_output=True, text=True, cwd=ROOT, check=True)
+    code = "import b2bua.sip, b2bua.native as n; print(n.is_compiled())"
+    probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT,
+                           check=True)
     assert probe.stdout.strip() == "False"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/b2bua/sip"],
                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -495,3 +495,38 @@ def test_client_invariants_under_random_responses(
     # Exactly one way out: a timeout only if no final response ever arrived in time.
     if clock.of(TransactionTimeout):
         assert not finals
+
+
+def _full_invite() -> Request:
+    inv = request()
+    inv.headers.add("Contact", "<sip:alice@192.0.2.1:5060>")
+    inv.headers.add("Supported", "timer")
+    inv.headers.add("Content-Type", "application/sdp")
+    inv.body = b"v=0\r\n"
+    return inv
+
+
+def test_after_the_final_answer_transactions_keep_only_the_requests_identity() -> None:
+    """What an Accepted or Completed INVITE transaction holds for its 32 s is what thousands of fresh
+    calls cost: the identity fields late messages are matched and answered by, no body, no Contact."""
+    from b2bua.sip.message import IDENTITY_FIELDS
+
+    def kept(tx: InviteClientTransaction | InviteServerTransaction) -> set[str]:
+        assert tx.request.body == b""
+        return {name for name, _ in tx.request.headers}
+
+    server = InviteServerTransaction(_full_invite())
+    server.receive_request(server.request, 0.0)
+    server.send_response(response_to(server.request, 200), 0.1)
+    assert server.state is TxState.ACCEPTED and kept(server) <= IDENTITY_FIELDS
+    assert server.request.cseq.num == 1 and server.request.method == "INVITE"
+
+    for status, state in ((200, TxState.ACCEPTED), (486, TxState.COMPLETED)):
+        client = InviteClientTransaction(_full_invite())
+        client.send_request(0.0)
+        out = client.receive_response(response_to(_full_invite(), status), 0.1)
+        assert client.state is state and kept(client) == {"Via", "Route", "Max-Forwards", "From", "To",
+                                                          "Call-ID", "CSeq"}
+        if status >= 300:  # its ACK was built from the whole request first, and is resent as it was
+            ack = next(a.message for a in out if isinstance(a, Transmit))
+            assert client.receive_response(response_to(_full_invite(), status), 0.2) == [Transmit(ack)]
