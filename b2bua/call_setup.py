@@ -11,6 +11,7 @@ probes and duration limit are armed. Late answers of attempts given up on get AC
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from b2bua.actions import Address, Send
@@ -189,7 +190,8 @@ class CallSetup(Credit, CoreState):
         caller = Leg("caller", source.transport, peer_source=source)
         caller.allows_update = "update" in parse_token_list(req.headers.get_all("Allow"))
         caller.dialog = Dialog.uas_from_request(req, to_tag, local_contact=self._contact(source.transport),
-                                                via_sent_by=self.sent_by, transport=source.transport.upper())
+                                                via_sent_by=self.sent_by,
+                                                transport=sys.intern(source.transport.upper()))
         call = Call(
             id=self._new_call_id(), account=account, caller_user=user_of(req.headers.get("From")),
             callee=callee_of(req), source=source, created_at=self._now, invite=req, invite_cseq=req.cseq.num,
@@ -357,7 +359,7 @@ class CallSetup(Credit, CoreState):
 
     def _uac_dialog(self, invite: Request, resp: Response, transport: str) -> Dialog:
         return Dialog.uac_from_response(invite, resp, local_contact=self._contact(transport),
-                                        via_sent_by=self.sent_by, transport=transport.upper())
+                                        via_sent_by=self.sent_by, transport=sys.intern(transport.upper()))
 
     def _send_cancel(self, call: Call | EndedCall, attempt: Attempt | EndedAttempt) -> None:
         attempt.cancel_sent = True

@@ -339,3 +339,18 @@ def test_every_address_of_ours_in_sip_headers_is_the_advertised_one(sip: dict[st
 def test_a_wildcard_bind_without_a_reachable_address_is_refused(sip: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=r"set sip\.advertised_host"):
         CoreConfig.from_config(make_config({"sip": sip}))
+
+
+def test_a_retransmitted_2xx_is_acked_until_its_transaction_ends_then_the_ack_is_not_kept() -> None:
+    """13.2.2.4: each retransmission of the carrier's 2xx gets the ACK again, for the 64*T1 the carrier
+    retransmits it (RFC 6026 timer M); after that a held call does not keep the ACK's bytes."""
+    h = Harness()
+    c = Call(h)
+    ok = answer(c.out_invite, 200, body=SDP_B)
+    first = only(h.feed(ok, GW1), GW1, method="ACK")
+    assert first.cseq.num == c.out_invite.cseq.num
+    call = h.core.calls[c.call_id]
+    assert call.carrier.last_ack is not None
+    h.advance(40.0)
+    assert call.carrier.last_ack is None and call.attempt is not None and call.attempt.key is None
+    assert h.core.calls[c.call_id] is call  # the call itself is up as before
