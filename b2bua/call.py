@@ -116,7 +116,8 @@ class Call:
     ended_at: float | None = None
     cancelled: bool = False  # the caller CANCELled or the system gave up before an answer
     slot_held: bool = True  # the account's concurrency slot, released exactly once
-    timers: set[str] = field(default_factory=set)  # armed call-level timer names
+    # Armed call-level timer names: a list, not a set (a handful each; a set costs 216 bytes a call).
+    timers: list[str] = field(default_factory=list)
     limit_reason: str | None = None
     limit_at: float | None = None
     carrier_ack_waits_for_caller: bool = False  # delayed offer: the caller's ACK has the answer

@@ -274,7 +274,7 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
             if call is None or call.ended or name not in call.timers:
                 return  # the call ended after the timer was set: nothing may happen any more
             self._current = call
-            call.timers.discard(name)
+            call.timers.remove(name)
             self._on_call_timer(call, name)
         elif kind == GW_TIMER and len(key) == 3:
             self._on_gateway_timer(key[1], key[2])

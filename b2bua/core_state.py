@@ -235,12 +235,13 @@ class CoreState:
 
     def _arm(self, call: Call, name: str, at: float) -> None:
         name = sys.intern(name)  # "probe:caller"... held by every call's set and timer key: one copy
-        call.timers.add(name)
+        if name not in call.timers:
+            call.timers.append(name)
         self._out.append(SetTimer(("call", call.id, name), at))
 
     def _disarm(self, call: Call, name: str) -> None:
         if name in call.timers:
-            call.timers.discard(name)
+            call.timers.remove(name)
             self._out.append(CancelTimer(("call", call.id, name)))
 
     def _apply(self, actions: Iterable[LayerAction], dest: Address | None = None) -> None:
