@@ -14,8 +14,9 @@ is what the adapter adds on top: the event loop, the socket calls and the journa
 ``all`` (every call recorded and its record encoded like the journal would), ``failed`` (every call
 recorded, none published: these calls end normally, the cost of ``[trace] failed_calls = true``).
 
-Prints microseconds of CPU per call (best of ``--repeat`` rounds) and the target from issue 16
-(1.2 ms of CPU per call for the whole process at 300 calls/s).
+Prints microseconds of CPU per call (best of ``--repeat`` rounds), which SIP core ran (compiled by
+mypyc or, with ``SIPLEDGER_NATIVE=0``, the pure Python sources: b2bua/native.py) and the target from
+issue 16 (1.2 ms of CPU per call for the whole process at 300 calls/s).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from b2bua import native
 from b2bua.actions import Action, Address, CancelTimer, Emit, PublishTrace, Send, SetTimer
 from b2bua.admission import Admission
 from b2bua.call_events import CallEventFactory
@@ -213,7 +215,7 @@ def main() -> int:
     print(f"b2bua core path: {best * 1e6:.0f} us CPU per call (best of {args.repeat} x {args.calls} calls, "
           f"{args.concurrent} at a time; pid {os.getpid()}); active calls left {driver.core.active_calls}, "
           f"events {driver.events.published}; trace {args.trace}: {driver.traces} records "
-          f"({driver.trace_bytes / max(driver.traces, 1):.0f} bytes each)")
+          f"({driver.trace_bytes / max(driver.traces, 1):.0f} bytes each); SIP core {native.STATUS}")
     print("target (issue 16): <= 1,200 us per call for the whole process at 300 calls/s")
     if args.profile:
         prof = cProfile.Profile()

@@ -94,6 +94,7 @@ class SipledgerB2BUA(B2BUA):
                  gc_threshold: str = "", rcvbuf: int = 0) -> None:
         super().__init__(workdir, carrier_port)
         self.profile = profile
+        self.core = "not started"  # which SIP core the process reported (compiled or pure Python)
         self.gc_threshold = gc_threshold
         self.rcvbuf = rcvbuf
         self.journal = workdir / "journal" / "events.jsonl"
@@ -145,9 +146,12 @@ gateways = ["carrier"]
         self.proc = PROCS.start(argv, cwd=ROOT, out=out, env=env)
         end = time.monotonic() + 30
         while time.monotonic() < end:
-            m = re.search(rb"listening on udp [\d.]+:(\d+)", out.read_bytes())
+            text = out.read_bytes()
+            m = re.search(rb"listening on udp [\d.]+:(\d+)", text)
             if m:
                 self.port = int(m.group(1))
+                core = re.search(rb"SIP core ([^\n]+)", text)
+                self.core = core.group(1).decode() if core else "unknown"
                 return
             if self.proc.poll() is not None:
                 break
@@ -160,7 +164,8 @@ gateways = ["carrier"]
         self.proc = None
 
     def describe(self) -> str:
-        return " ".join(a if " " not in a else repr(a) for a in self.argv)
+        # Which SIP core ran (b2bua/native.py): compiled by mypyc, or the pure Python sources.
+        return " ".join(a if " " not in a else repr(a) for a in self.argv) + f"  [SIP core {self.core}]"
 
     def _stall_lines(self) -> list[str]:
         out = self.workdir / f"b2bua-{self.starts}.out"
