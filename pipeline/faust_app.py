@@ -73,7 +73,11 @@ Design
   deliveries in flight (at most half of ``pipeline.rebalance_timeout``) and commits the acked offsets.
   If they do not finish in time (a store or broker that hangs), the worker *fences* them: a fenced
   delivery writes no state and its offsets are never acked, so it is as if it never happened - the next
-  owner restores the state as of the delivery before and re-reads the events. A fetch that completed
+  owner restores the state as of the delivery before and re-reads the events. A worker the group
+  expelled (its session expired: its loop or the broker stalled) fences them at once, and so does any
+  delivery that reaches its writes meanwhile: the group did not wait for it, so its partitions may be
+  restored by another worker already, and a state written after that restore would stand in the
+  changelog over the new owner's (``BatchConsumer.membership_lost``). A fetch that completed
   across a rebalance is dropped (the new assignment seeks to the committed offsets).
 * Time: a 0.1 s timer calls ``Processor.tick`` with the wall clock, but only for partitions that have
   caught up with the log since assignment (processed up to the highwater seen then). A worker that was
@@ -128,6 +132,7 @@ from typing import Any, Protocol, cast
 import faust
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.protocol.commit import OffsetCommitRequest
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -298,6 +303,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> ShortPollConsumerThread:
         return ShortPollConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def membership_lost(self) -> bool:
+        """Whether the group coordinator forgot this worker: aiokafka resets its generation when a heartbeat,
+        a commit or a join is answered "unknown member" or "illegal generation" (the session expired: the
+        loop or the broker stalled longer than ``pipeline.session_timeout``), until it joins again. By then
+        the group may have handed this worker's partitions to another one."""
+        try:
+            coordinator = cast(Any, self)._thread._ensure_consumer()._coordinator
+        except Exception:  # not started: nothing of it is in flight either
+            return False
+        return getattr(coordinator, "generation", None) == OffsetCommitRequest.DEFAULT_GENERATION_ID
 
     def resume_partitions(self, tps: Iterable[TP]) -> None:
         gate = self.gate
@@ -616,16 +632,31 @@ class KafkaPipeline:
             self._served.clear()
             await self._served.wait()
 
+    def _expelled(self) -> bool:
+        consumer = self.app.consumer
+        return isinstance(consumer, BatchConsumer) and consumer.membership_lost()
+
     async def before_revoke(self) -> None:
         """Let the batch being folded and the deliveries in flight finish before faust hands partitions
-        over; fence them if they take longer than half the rebalance timeout."""
+        over; fence them if they take longer than half the rebalance timeout, or at once if the group
+        expelled this worker."""
         revoked = sorted(self.assigned)
         self._assignment_seq += 1
         if self._restoring is not None:
             self._restoring.cancel()  # its result would be for partitions this worker may no longer own
             self._restoring = None
         limit = self.cfg.pipeline.rebalance_timeout / 2
-        if not await self._quiesce(limit):
+        expelled = self._expelled()
+        if expelled:
+            # The group waits for a member that takes part in a rebalance, not for one whose session
+            # expired: its partitions may be another worker's already, restored from the changelog as it
+            # was. Deliveries finishing now would write older states after that restore, which the next
+            # restore would take for the latest (calls open again after their CDR, prepaid holds kept).
+            self.epoch += 1
+            log.warning("the consumer group expelled this worker (its session expired): the deliveries in "
+                        "flight are fenced; they write no state and their events are re-read by the next "
+                        "owner")
+        if not await self._quiesce(limit) and not expelled:
             self.epoch += 1
             log.warning("deliveries in flight did not finish within %.1f s of the revocation; fenced: they "
                         "write no state and their events are re-read by the next owner", limit)
@@ -1043,7 +1074,8 @@ class KafkaPipeline:
             return
         delay = 0.2
         while True:
-            if epoch is not None and epoch != self.epoch:
+            # Also while the group has expelled this worker, before its revocation bumps the epoch.
+            if epoch is not None and (epoch != self.epoch or self._expelled()):
                 raise Fenced
             try:
                 producer = await self._producer()

@@ -1,0 +1,98 @@
+"""A worker the consumer group expelled writes no state (found by tests/drills/test_prepaid_faults.py).
+
+When a worker's session expires (its loop or the broker stalled longer than ``pipeline.session_timeout``),
+the group hands its partitions to another worker, which restores them from the changelog as it is then
+and folds on from the committed offsets. The expelled worker learns it from aiokafka (a heartbeat or a
+commit answered "unknown member": the coordinator's generation is reset) and is then revoked. Its
+deliveries still in flight must not write their changelog records after that: the next restore would
+read those older states over the new owner's. In the drill that left prepaid calls open in the call table
+after their CDR was written (the new owner had folded their end within one batch and written no record
+of them), so their holds stayed reserved and their debits were missing from the balances the nodes
+follow, and each such call would be ended again at its hard cap (a false alert and command).
+
+A rebalance the worker takes part in is different: the group waits for it, so its deliveries finish first.
+No broker is needed: the app is built as ``sipledger pipeline`` builds it, its producer send and its
+consumer's aiokafka coordinator are replaced by stand-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pipeline.faust_app import Fenced, make_app
+from sipledger import config as config_mod
+
+STATE = ("sipledger-pipeline-call-state-changelog", 0, b'"c1"', b'{"state": "older"}')
+
+
+def _pipeline(tmp_path: Path, generation: int) -> tuple[Any, list[Any]]:
+    """The worker's pipeline, whose sends land in the returned list and whose aiokafka coordinator has
+    ``generation`` (-1: the group forgot the member)."""
+    cfg_file = tmp_path / "sipledger.toml"
+    cfg_file.write_text('[kafka]\nbootstrap = "127.0.0.1:1"\ntopic_events = "ev"\n')
+    app = make_app(config_mod.load(str(cfg_file), []), app_id=f"unit-{uuid.uuid4().hex[:6]}")
+    pipe: Any = app.sipledger  # type: ignore[attr-defined]
+    pipe.writer.kill()
+    written: list[Any] = []
+
+    async def producer() -> object:
+        return object()
+
+    async def send(_producer: object, messages: list[Any]) -> None:
+        written.extend(messages)
+
+    pipe._producer, pipe._send_batched = producer, send
+    # aiokafka's coordinator as the consumer thread holds it: generation -1 once the group forgot the member
+    coordinator = SimpleNamespace(generation=generation, member_id="" if generation < 0 else "w1-1")
+    app.consumer._thread._ensure_consumer = lambda: SimpleNamespace(_coordinator=coordinator)
+    return pipe, written
+
+
+async def _revoke_with_a_delivery_in_flight(tmp_path: Path, generation: int) -> list[Any]:
+    """A delivery waiting (for the broker, the store) when the revocation comes; it is let go while the
+    revocation waits. Returns the changelog records it managed to write."""
+    pipe, written = _pipeline(tmp_path, generation)
+    broker_back = asyncio.Event()
+    epoch = pipe.epoch
+
+    async def delivery() -> bool:  # the state step of KafkaPipeline._deliver
+        await broker_back.wait()  # outputs and rows acknowledged at last
+        try:
+            await pipe._publish([STATE], epoch)
+        except Fenced:
+            return False  # writes no state, its offsets are never acked
+        return True
+
+    flight = asyncio.ensure_future(pipe._guarded(delivery()))
+    pipe._flights.append(flight)
+    revoking = asyncio.ensure_future(pipe.before_revoke())
+    await asyncio.sleep(0.05)  # the revocation is waiting for the delivery now
+    broker_back.set()
+    await revoking
+    await asyncio.gather(flight, return_exceptions=True)
+    return written
+
+
+def test_an_expelled_worker_fences_its_deliveries_in_flight(tmp_path: Path) -> None:
+    assert asyncio.run(_revoke_with_a_delivery_in_flight(tmp_path, generation=-1)) == []
+
+
+def test_a_worker_still_in_the_group_lets_its_deliveries_finish_before_the_handover(tmp_path: Path) -> None:
+    assert asyncio.run(_revoke_with_a_delivery_in_flight(tmp_path, generation=7)) == [STATE]
+
+
+def test_a_delivery_reaching_its_writes_before_the_expelled_worker_is_revoked_writes_nothing(
+        tmp_path: Path) -> None:
+    async def publish() -> list[Any]:
+        pipe, written = _pipeline(tmp_path, generation=-1)
+        with pytest.raises(Fenced):
+            await pipe._publish([STATE], pipe.epoch)
+        return written
+
+    assert asyncio.run(publish()) == []
