@@ -87,8 +87,9 @@ Design
   batch that closed them (a re-delivery can then no longer reach them); then they are dropped and
   tombstoned, which keeps the changelog and restores small. A call set up and closed within one batch
   is never written at all (no state record, no tombstone): a re-delivery of that batch starts before
-  its call.setup and rebuilds it. When catching up a backlog that is most calls, about half the
-  changelog records.
+  its call.setup and rebuilds it. A prepaid call is written all the same: its debit is on its state
+  until the eviction settles it into the ledger's record. When catching up a backlog that is most
+  calls, about half the changelog records.
 * Shutdown (SIGTERM/SIGINT, ``PipelineWorker``): stop folding, wait up to ``pipeline.shutdown_grace`` for
   the deliveries in flight, commit what is acked, leave the group, publish a last status and exit
   (``os._exit``: faust's own stop can hang in aiokafka's consumer thread, e.g. while the broker is down).
@@ -1143,10 +1144,13 @@ class KafkaPipeline:
                     if cid not in rt.closed_ids:
                         rt.closed.append((rt.last_offset, cid))
                         rt.closed_ids.add(cid)
-                    if cid not in written:
+                    if cid not in written and st.credit_hold is None:
                         # Born and closed within this batch, never written: no record and, at eviction,
                         # no tombstone. A re-delivery of the batch brings its call.setup along and
-                        # rebuilds it; once the batch is committed nothing can reach it.
+                        # rebuilds it; once the batch is committed nothing can reach it. Not so a prepaid
+                        # call: its debit lives on its state until the eviction settles it into the
+                        # ledger's record, and a handover between the batch's commit (a revocation
+                        # commits at once) and that eviction would lose the debit with the state.
                         continue
                 written.add(cid)
                 messages.append(self._changelog(p, cid, call_table.state_value(p, st)))
