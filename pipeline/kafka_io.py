@@ -74,7 +74,8 @@ url = "{store_url}"
 
 def read_topic(bootstrap: str, topic: str,
                timeout_ms: int = 2000) -> list[tuple[bytes | None, dict[str, Any]]]:
-    """Everything on ``topic`` from the beginning, as (key, decoded JSON)."""
+    """Everything on ``topic`` from the beginning, as (key, decoded JSON); tombstones (a compacted
+    topic's deleted keys, such as evicted calls in the changelog) are left out."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -83,7 +84,7 @@ def read_topic(bootstrap: str, topic: str,
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        return [(m.key, json.loads(m.value)) for m in consumer]
+        return [(m.key, json.loads(m.value)) for m in consumer if m.value is not None]
     finally:
         consumer.close()
 
