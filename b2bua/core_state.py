@@ -280,10 +280,11 @@ class CoreState:
         """The carrier INVITE's transaction ended (64*T1 after its 2xx, RFC 6026 timer M): no 2xx of it
         is retransmitted any more, so a held call stops keeping the ACK it would have resent."""
         call, attempt = owner.call, owner.attempt
-        if not isinstance(call, Call) or call.ended or not call.answered or attempt is not call.attempt:
+        if not isinstance(call, Call) or call.ended or not call.answered or attempt is None or \
+                attempt is not call.attempt:
             return
         leg = call.carrier
-        if leg.last_ack is not None and attempt is not None and leg.last_ack_cseq == attempt.invite.cseq.num:
+        if leg.last_ack is not None and leg.last_ack_cseq == attempt.invite.cseq.num:
             leg.last_ack = None  # a later re-INVITE's ACK (another CSeq) is kept for its own 2xx
         attempt.key = None
 
