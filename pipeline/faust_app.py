@@ -846,7 +846,8 @@ class KafkaPipeline:
             flights.popleft()
         budget = self.cfg.pipeline.max_pending_rows
         while flights and (len(flights) >= MAX_IN_FLIGHT or self.writer.pending_rows >= budget):
-            await flights.popleft()  # completes only after every delivery before it
+            # Shielded: a caller cancelled here (the timer task) must not cancel the delivery (see _drain).
+            await asyncio.shield(flights.popleft())  # completes only after every delivery before it
         previous = flights[-1] if flights else None
         delivered = asyncio.ensure_future(self._guarded(self._deliver(work, state, raws, previous, epoch)))
         flights.append(delivered)
@@ -856,7 +857,13 @@ class KafkaPipeline:
         """Wait for the deliveries in flight (before a revocation, before declaring caught up); the last
         one completes only after the one before it."""
         if self._flights:
-            await self._flights[-1]
+            # Shielded: cancelling a task cancels the task it awaits, so a revocation whose wait timed out
+            # (wait_for cancels it) would cancel the last delivery and, through its ``await previous``,
+            # every delivery before it; and every delivery folded after that chains onto a cancelled one,
+            # ends cancelled in turn and is never acked. faust then commits no offset past the first of
+            # them for as long as this worker keeps the partition (it commits contiguous acks only, and
+            # these events are not read again). A fenced delivery must finish as fenced (False) instead.
+            await asyncio.shield(self._flights[-1])
 
     async def _process_records(self, batch: Records) -> asyncio.Future[bool]:
         async with self.lock:

@@ -31,11 +31,11 @@ from sipledger import config as config_mod
 STATE = ("sipledger-pipeline-call-state-changelog", 0, b'"c1"', b'{"state": "older"}')
 
 
-def _pipeline(tmp_path: Path, generation: int) -> tuple[Any, list[Any]]:
+def _pipeline(tmp_path: Path, generation: int, extra: str = "") -> tuple[Any, list[Any]]:
     """The worker's pipeline, whose sends land in the returned list and whose aiokafka coordinator has
-    ``generation`` (-1: the group forgot the member)."""
+    ``generation`` (-1: the group forgot the member); ``extra`` is appended to its config."""
     cfg_file = tmp_path / "sipledger.toml"
-    cfg_file.write_text('[kafka]\nbootstrap = "127.0.0.1:1"\ntopic_events = "ev"\n')
+    cfg_file.write_text('[kafka]\nbootstrap = "127.0.0.1:1"\ntopic_events = "ev"\n' + extra)
     app = make_app(config_mod.load(str(cfg_file), []), app_id=f"unit-{uuid.uuid4().hex[:6]}")
     pipe: Any = app.sipledger  # type: ignore[attr-defined]
     pipe.writer.kill()
@@ -96,3 +96,39 @@ def test_a_delivery_reaching_its_writes_before_the_expelled_worker_is_revoked_wr
         return written
 
     assert asyncio.run(publish()) == []
+
+
+def test_a_revocation_that_times_out_leaves_the_next_deliveries_acknowledged(tmp_path: Path) -> None:
+    """A revocation whose wait for the deliveries in flight times out fences them; it must not cancel them.
+
+    Found by tests/drills/test_prepaid_faults.py: after the broker outage a worker's revocation waited
+    its 7.5 s in vain and the same worker got the partitions back, but its commits stayed where its
+    re-read began. The timed-out wait had cancelled the last delivery it awaited and, through ``await
+    previous``, the whole chain; the re-read's deliveries chained onto the cancelled ones and ended
+    cancelled too, so their offsets were never acked and faust (contiguous acks only) committed nothing
+    past them.
+    """
+    async def run() -> tuple[Any, Any, list[Any]]:
+        pipe, written = _pipeline(tmp_path, generation=7, extra="[pipeline]\nrebalance_timeout = 1\n")
+        broker_back = asyncio.Event()
+
+        async def send(_producer: object, messages: list[Any]) -> None:
+            await broker_back.wait()  # the broker (or store) hangs past the revocation's wait
+            written.extend(messages)
+
+        pipe._send_batched = send
+        before = await pipe._chain([], [STATE], [])  # folded before the revocation: its state hangs
+        await pipe.before_revoke()  # waits half the rebalance timeout (0.5 s), then fences it
+        assert pipe.epoch == 1 and not before.done()
+        # The partitions come back to this worker: the first batch it re-reads is delivered after the
+        # fenced one (state records stay in fold order).
+        after_state = ("sipledger-pipeline-call-state-changelog", 0, b'"c1"', b'{"state": "re-read"}')
+        after = await pipe._chain([], [after_state], [])
+        broker_back.set()
+        await asyncio.wait([before, after], timeout=5)
+        return before, after, written
+
+    before, after, written = asyncio.run(run())
+    assert not before.cancelled()  # fenced (or already past its writes), not cancelled
+    assert not after.cancelled() and after.result() is True  # so the consumer acks its offsets
+    assert written[-1][3] == b'{"state": "re-read"}'
