@@ -110,3 +110,22 @@ def taken_over(call_id: str, seq: int, node: str, dead_node: str, at: int, carri
             "takeover": {"dead_node": dead_node, "command_id": "c",
                          "legs": {"caller": {"status": status[caller], "outcome": caller},
                                   "carrier": {"status": status[carrier], "outcome": carrier}}}}
+
+
+# A prepaid account's sell deck: 1.00/min, 6/6 (a call that talked 35.8 s bills 36 s = 0.60).
+PREPAID_RATES = """\
+party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,minimum_duration,currency,effective_from
+pre,1555,1.00,6,6,0,0,USD,2026-01-01
+"""
+
+
+def prepaid_call(call_id: str, talk_ms: int, hold: str = "0.600000", account: str = "pre",
+                 node: str = "n1", start: int = 1_000, reason: str = "credit_limit") -> list[dict[str, Any]]:
+    """A call of ``account`` ended by its credit limit; the B2BUA's credit grant on its call.setup
+    (``hold`` of 0.62 available at 1.00/min) when the account is the prepaid "pre"."""
+    b = CallBuilder(call_id, node, t0=T0 + start).setup(account=account, callee="15551230000")
+    if account == "pre":
+        b.events[0]["credit"] = {"hold": hold, "limit_ms": 36_000, "available": "0.620000", "rate": "1.00",
+                                 "currency": "USD"}
+    b.routed().answered(2_000, "no_timer", effective_limit_s=36, limit_source="credit_limit")
+    return b.terminated(2_000 + talk_ms, reason, "system").events

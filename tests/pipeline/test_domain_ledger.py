@@ -7,7 +7,7 @@ import random
 from decimal import Decimal
 from typing import Any
 
-from domain_eventgen import T0, CallBuilder, heartbeat
+from domain_eventgen import PREPAID_RATES, T0, heartbeat, prepaid_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,27 +20,13 @@ from schemas.validation import validate_balance, validate_event
 from tariff import RateDeck
 
 P = Policy(no_timer_max_duration=7200, grace_period_s=5, node_timeout_s=30)
-DECK = RateDeck.from_csv("""\
-party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,minimum_duration,currency,effective_from
-pre,1555,1.00,6,6,0,0,USD,2026-01-01
-post,1555,1.00,6,6,0,0,USD,2026-01-01
-""", "test")
+DECK = RateDeck.from_csv(PREPAID_RATES + "post,1555,1.00,6,6,0,0,USD,2026-01-01\n", "test")
 
 
 def topup(topup_id: str, amount: str, account: str = "pre", at: int = 0) -> dict[str, Any]:
     return {"event_id": f"topup-{topup_id}-{at}", "call_id": f"account:{account}", "seq": 1,
             "type": "account.topup", "ts": format_ts(T0 + at), "node": "cli", "schema_version": 2,
             "topup_id": topup_id, "account": account, "amount": amount, "note": "test"}
-
-
-def prepaid_call(call_id: str, talk_ms: int, hold: str = "0.600000", account: str = "pre",
-                 node: str = "n1", start: int = 1_000, reason: str = "credit_limit") -> list[dict[str, Any]]:
-    b = CallBuilder(call_id, node, t0=T0 + start).setup(account=account, callee="15551230000")
-    if account == "pre":
-        b.events[0]["credit"] = {"hold": hold, "limit_ms": 36_000, "available": "0.620000", "rate": "1.00",
-                                 "currency": "USD"}
-    b.routed().answered(2_000, "no_timer", effective_limit_s=36, limit_source="credit_limit")
-    return b.terminated(2_000 + talk_ms, reason, "system").events
 
 
 def state(call_id: str, hold: str | None, debit: str | None = None, node: str = "n1",

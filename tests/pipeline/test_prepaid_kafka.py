@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from domain_eventgen import T0, CallBuilder
+from domain_eventgen import PREPAID_RATES, T0, prepaid_call
 
 from b2bua.balances_in import KafkaBalanceFollower
 from b2bua.credit_book import CreditBook
@@ -35,24 +35,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
-RATES = """\
-party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,minimum_duration,currency,effective_from
-pre,1555,1.00,6,6,0,0,USD,2026-01-01
-"""
-
-
 def _topup(topup_id: str, amount: str, n: int) -> dict[str, Any]:
     return {"event_id": f"topup-{topup_id}-{n}", "call_id": "account:pre", "seq": 1, "type": "account.topup",
             "ts": format_ts(T0 + n), "node": "sipledger-cli", "schema_version": 2, "topup_id": topup_id,
             "account": "pre", "amount": amount, "note": "kafka test"}
-
-
-def _call(call_id: str, talk_ms: int) -> list[dict[str, Any]]:
-    b = CallBuilder(call_id, "n1", t0=T0 + 1_000).setup(account="pre", callee="15551230000")
-    b.events[0]["credit"] = {"hold": "0.600000", "limit_ms": 36_000, "available": "0.620000", "rate": "1.00",
-                             "currency": "USD"}
-    b.routed().answered(2_000, "no_timer", effective_limit_s=36, limit_source="credit_limit")
-    return b.terminated(2_000 + talk_ms, "credit_limit", "system").events
 
 
 def _wait(pred: Any, timeout: float, what: str) -> None:
@@ -115,7 +101,7 @@ def test_a_worker_publishes_balances_stores_the_ledger_and_restores_its_topups(r
     topics = {k: f"prepaid-{k}-{sfx}" for k in ("events", "commands", "alerts", "cdrs", "dead", "balances")}
     create_topics(bootstrap, {name: (1 if k == "dead" else PARTITIONS) for k, name in topics.items()
                               if k != "balances"})  # the worker creates its balances topic itself
-    (tmp_path / "rates.csv").write_text(RATES)
+    (tmp_path / "rates.csv").write_text(PREPAID_RATES)
     url = real_stack.clickhouse_url(f"prepaid_{sfx}")
     cfg = tmp_path / "sipledger.toml"
     cfg.write_text(f"""
@@ -147,7 +133,7 @@ prepaid = true
         worker.wait_ready()
         # t1 twice (a retried `balance add`): counted once.
         produce_events(producer, topics["events"], [_topup("t1", "1.00", 1), _topup("t1", "1.00", 2),
-                                                    *_call("c1", 35_800)], PARTITIONS)
+                                                    *prepaid_call("c1", 35_800)], PARTITIONS)
         producer.flush()
         _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.40"), 30,
               "the balances topic at 1.00 - 0.60")
@@ -189,7 +175,7 @@ prepaid = true
         # A second call on c1's partition: its record must still count c1's settled debit (1.60 - 0.70).
         (c1_partition,) = {rec["partition"] for _, rec in read_topic(bootstrap, topics["balances"])
                            if "c1" in rec["debited"]}
-        for ev in _call("c2", 5_800):
+        for ev in prepaid_call("c2", 5_800):
             producer.send(topics["events"], value=json.dumps(ev).encode(), key=b"c2", partition=c1_partition)
         producer.flush()
         _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,

@@ -17,30 +17,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from domain_eventgen import T0, CallBuilder
+from domain_eventgen import PREPAID_RATES, prepaid_call
 
 from pipeline.changelog_restore import fold_partition
 from pipeline.domain.ledger import Ledger
 from pipeline.faust_app import PartitionRuntime, make_app
 from sipledger import config as config_mod
 
-RATES = """\
-party,prefix,rate_per_minute,initial_increment,subsequent_increment,connection_fee,minimum_duration,currency,effective_from
-pre,1555,1.00,6,6,0,0,USD,2026-01-01
-"""
-
-
-def _prepaid_call(call_id: str, talk_ms: int) -> list[dict[str, Any]]:
-    b = CallBuilder(call_id, "n1", t0=T0 + 1_000).setup(account="pre", callee="15551230000")
-    b.events[0]["credit"] = {"hold": "0.600000", "limit_ms": 36_000, "available": "0.620000", "rate": "1.00",
-                             "currency": "USD"}
-    b.routed().answered(2_000, "no_timer", effective_limit_s=36, limit_source="credit_limit")
-    return b.terminated(2_000 + talk_ms, "credit_limit", "system").events
-
 
 def test_a_prepaid_call_set_up_and_closed_within_one_batch_keeps_its_debit_across_a_handover(
         tmp_path: Path) -> None:
-    (tmp_path / "rates.csv").write_text(RATES)
+    (tmp_path / "rates.csv").write_text(PREPAID_RATES)
     cfg_file = tmp_path / "sipledger.toml"
     cfg_file.write_text('[kafka]\nbootstrap = "127.0.0.1:1"\ntopic_events = "ev"\n'
                         f'[pipeline]\nsell_rates = "{tmp_path / "rates.csv"}"\n'
@@ -53,7 +40,7 @@ def test_a_prepaid_call_set_up_and_closed_within_one_batch_keeps_its_debit_acros
     pipe.runtimes[0] = PartitionRuntime(proc)
 
     # One batch: the whole call. Its CDR bills 36 s = 0.60, its debit.
-    for event in _prepaid_call("c1", 35_800):
+    for event in prepaid_call("c1", 35_800):
         assert proc.feed(event)
     work = [(0, proc.take())]
     (cdr,) = work[0][1].cdrs
