@@ -127,6 +127,8 @@ def build(sources: Path = SOURCES, python: str = sys.executable) -> Path:
                                   check=True, capture_output=True, text=True).stdout.strip()
     if int(mypy_version.split(".")[0]) < 2:
         raise SystemExit(f"mypyc {mypy_version} leaks bytes (mypyc/mypyc#1192): install {MYPY_REQUIREMENT}")
+    # Taken before compiling: a source edited while mypyc runs then fails the stamp instead of matching it.
+    stamp = _stamp(sources, mypy_version)
     with tempfile.TemporaryDirectory(prefix="sipledger-native-") as tmp:
         lib, work = Path(tmp) / "lib", Path(tmp) / "temp"
         script = _SETUP.format(lib=str(lib), tmp=str(work), group=GROUP)
@@ -146,7 +148,7 @@ def build(sources: Path = SOURCES, python: str = sys.executable) -> Path:
         for so in built:
             shutil.copy2(so, staging / so.name)
         # The stamp says which sources this build is; written last, so a half-copied build is unused.
-        (staging / STAMP).write_text(json.dumps(_stamp(sources, mypy_version), indent=1) + "\n")
+        (staging / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
     return out

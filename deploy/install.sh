@@ -38,7 +38,7 @@ echo "install: pip install -e .[test,native]"
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test,native]'
 
 # The SIP core compiled to C by mypyc (b2bua/native.py): about a fifth less CPU per call. A build
-# that no longer matches the sources is never loaded, so rebuilding each time keeps them in step.
+# that no longer matches the sources is never loaded; this builds again only when they differ.
 echo "install: compile the SIP core (mypyc)"
 "$PY" -m b2bua.native build
 
