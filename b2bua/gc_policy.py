@@ -12,7 +12,11 @@ that), so it is freed by reference counting alone and never needs the collector.
 * just before each freeze, one collection of the objects promoted since the previous freeze (the
   frozen ones are not walked), so cycles made meanwhile (asyncio's, exceptions') are freed and
   never frozen; the pause is proportional to one interval's survivors, not to the whole heap;
-* automatic full collections are off (their threshold is never reached), young ones stay as they are.
+* automatic collections are off altogether (``gc.disable``): the tick is the only collector. Young
+  collections every 700 (or 2000) allocations walked the live young objects of every call in
+  flight over and over, to find cycles the call state does not make: 90 us of CPU a call in
+  bench/b2bua_core_cpu.py, more than the SIP parser. Cycles made meanwhile by others (asyncio's,
+  exceptions', the Kafka client threads') wait at most one interval for the tick.
 
 What a frozen object still references is freed as usual when its count drops to zero; only a cycle
 among frozen objects would outlive its use, which is why the call state must stay acyclic.
@@ -31,14 +35,18 @@ _NEVER = 1_000_000_000
 @dataclass(slots=True)
 class CollectorPolicy:
     interval: float = 0.25  # seconds between freezes (each pause is one interval's survivors)
-    young_threshold: int = 2000  # allocations between young collections (CPython's default: 700)
+    # Allocations between automatic young collections; 0 (the default): none, only the ticks collect.
+    young_threshold: int = 0
     longest_pause: float = 0.0  # the longest tick since ``take_longest_pause``
     ticks: int = 0
 
     def install(self) -> None:
-        """Collect and freeze what start-up made, then take the full collections over."""
+        """Collect and freeze what start-up made, then take the collections over."""
         gc.collect()
         gc.freeze()
+        if self.young_threshold <= 0:
+            gc.disable()
+            return
         _, middle, _ = gc.get_threshold()
         gc.set_threshold(self.young_threshold, middle, _NEVER)
 
@@ -61,3 +69,4 @@ class CollectorPolicy:
         """Back to CPython's defaults (tests; a process that stops serving calls)."""
         gc.unfreeze()
         gc.set_threshold(700, 10, 10)
+        gc.enable()

@@ -54,3 +54,25 @@ def test_policy_freezes_survivors_and_leaves_full_collections_to_its_ticks() -> 
         CollectorPolicy.uninstall()
         gc.set_threshold(*before)
     assert gc.get_freeze_count() == 0
+
+
+def test_default_policy_leaves_all_collections_to_its_ticks() -> None:
+    """No automatic collection at all (young ones walked every live call object again and again); a
+    cycle made meanwhile is freed by the next tick, not frozen."""
+    policy = CollectorPolicy(interval=0.1)
+    try:
+        policy.install()
+        assert not gc.isenabled()
+
+        class Node:
+            def __init__(self) -> None:
+                self.me = self
+
+        gc.collect()
+        Node()  # unreachable but kept alive by its own reference until a collection
+        assert any(type(o) is Node for o in gc.get_objects())
+        policy.tick()
+        assert not any(type(o) is Node for o in gc.get_objects())
+    finally:
+        CollectorPolicy.uninstall()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
