@@ -12,6 +12,7 @@ probes and duration limit are armed. Late answers of attempts given up on get AC
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from b2bua.actions import Address, Send
@@ -281,11 +282,13 @@ class CallSetup(Credit, CoreState):
         attempt.provisional = attempt.final = False
         self._send_attempt(call, attempt)
 
-    def _on_carrier_invite_response(self, call: Call, attempt: Attempt, resp: Response) -> None:
+    def _on_carrier_invite_response(self, call: Call | EndedCall, attempt: Attempt | EndedAttempt,
+                                    resp: Response) -> None:
         status = resp.status
         if isinstance(attempt, Attempt):  # an ended call's attempt no longer knows its gateway
             self._gateway_invite_answered(attempt.gateway, status)
-        if attempt is not call.attempt or attempt.abandoned or call.ended:
+        if (not isinstance(call, Call) or not isinstance(attempt, Attempt) or attempt is not call.attempt
+                or attempt.abandoned or call.ended):
             self._on_late_invite_response(call, attempt, resp)
             return
         if attempt.final:
@@ -518,15 +521,9 @@ class CallSetup(Credit, CoreState):
 
     def _memo_answer(self, trace: Any, call: Call, attempt: Attempt, limit: int | None, source: str) -> None:
         """What the answer set up: each leg's session timer (or probes), and the duration limit."""
-        def leg_text(role: str) -> str:
-            leg = call.leg(role)  # type: ignore[arg-type]
-            if leg.has_timer:
-                return f"{role} leg session timer {leg.interval} s, refresher {refresher_label(leg)}"
-            probes = self.cfg.liveness_probe_interval
-            return f"{role} leg without timer" + (f", OPTIONS probe every {probes} s" if probes else "")
-
-        trace.memo(call.id, self._now, f"answered by {attempt.gateway.name}: {leg_text('caller')}; "
-                   f"{leg_text('carrier')}")
+        probes = self.cfg.liveness_probe_interval
+        trace.memo(call.id, self._now, f"answered by {attempt.gateway.name}: "
+                   f"{_leg_text(call.caller, probes)}; {_leg_text(call.carrier, probes)}")
         if limit is None:
             trace.memo(call.id, self._now, "no duration limit armed (timers.max_call_duration and "
                        "timers.no_timer_max_duration do not apply)")
@@ -568,7 +565,12 @@ class CallSetup(Credit, CoreState):
             return
         if method != "INVITE" or resp.is_provisional:
             return
-        attempt = next((a for a in reversed(call.attempts) if a.invite.call_id == resp.call_id), None)
+        attempt: Attempt | EndedAttempt | None = None
+        candidates: Sequence[Attempt | EndedAttempt] = call.attempts
+        for candidate in reversed(candidates):
+            if candidate.invite.call_id == resp.call_id:
+                attempt = candidate
+                break
         if attempt is None:
             return
         if not resp.is_success:
@@ -591,7 +593,14 @@ class CallSetup(Credit, CoreState):
             return
         self._current = call
         self._respond(key, req, 200)
-        if call.final_sent or call.ended:
+        if not isinstance(call, Call) or call.final_sent or call.ended:
             return  # too late: the final response already left (9.2)
         call.cancelled = True
         self._terminate(call, "caller_cancel", "caller", status_to_caller=487, sip_status=487)
+
+
+def _leg_text(leg: Leg, probes: int) -> str:
+    """One leg's refresh set-up, for the call's analysis record."""
+    if leg.has_timer:
+        return f"{leg.role} leg session timer {leg.interval} s, refresher {refresher_label(leg)}"
+    return f"{leg.role} leg without timer" + (f", OPTIONS probe every {probes} s" if probes else "")

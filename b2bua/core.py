@@ -72,45 +72,67 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
 
     def start(self, now: float) -> list[Action]:
         """Arm the safety-net sweep and the gateway probes; call once when the adapter starts."""
-        return self._guard(lambda: self._start(), now, None, lambda: "start")
+        self._begin(now, None)
+        try:
+            self._start()
+        except Exception as exc:
+            self._failed(exc, "start")
+        return self._done()
 
     def _start(self) -> None:
         self._out.append(SetTimer(SWEEP_KEY, self._now + self.cfg.sweep_interval))
         self._start_gateway_probes()
 
     def receive(self, message: Request | Response | ParseError, source: Address, now: float) -> list[Action]:
-        trace = self.trace
-
-        def run() -> None:
-            if isinstance(message, ParseError):
-                self._on_parse_error(message, source)
-                return
-            if trace is not None:
-                trace.seen_in(message, source, now)
-            try:
-                if isinstance(message, Request):
-                    self._on_request(message, source)
-                else:
-                    self._on_response(message)
-            except SipSyntaxError as exc:
-                # A header read only when needed (Contact, Session-Expires, a URI...) was malformed:
-                # that is bad input from the peer, answered like any other, not a fault of ours.
-                self._on_malformed(message, source, exc)
-
-        out = self._guard(run, now, source, lambda: describe(message))
-        if trace is not None:
-            trace.step_done()
-        return out
+        self._begin(now, source)
+        try:
+            self._on_message(message, source, now)
+        except Exception as exc:
+            self._failed(exc, describe(message))
+        if self.trace is not None:
+            self.trace.step_done()
+        return self._done()
 
     def timer_fired(self, key: Hashable, now: float) -> list[Action]:
-        return self._guard(lambda: self._on_timer(key), now, None, lambda: f"timer {key!r}")
+        self._begin(now, None)
+        try:
+            self._on_timer(key)
+        except Exception as exc:
+            self._failed(exc, f"timer {key!r}")
+        return self._done()
 
     def terminate_command(self, cmd: dict[str, Any], now: float) -> list[Action]:
-        return self._guard(lambda: self._on_command(cmd), now, None, lambda: f"command {cmd!r}"[:300])
+        self._begin(now, None)
+        try:
+            self._on_command(cmd)
+        except Exception as exc:
+            self._failed(exc, f"command {cmd!r}"[:300])
+        return self._done()
 
     def balance_record(self, record: dict[str, Any], now: float) -> list[Action]:
         """An account.balance record of the pipeline (b2bua/credit.py)."""
-        return self._guard(lambda: self._on_balance(record), now, None, lambda: f"balance {record!r}"[:300])
+        self._begin(now, None)
+        try:
+            self._on_balance(record)
+        except Exception as exc:
+            self._failed(exc, f"balance {record!r}"[:300])
+        return self._done()
+
+    def _on_message(self, message: Request | Response | ParseError, source: Address, now: float) -> None:
+        if isinstance(message, ParseError):
+            self._on_parse_error(message, source)
+            return
+        if self.trace is not None:
+            self.trace.seen_in(message, source, now)
+        try:
+            if isinstance(message, Request):
+                self._on_request(message, source)
+            else:
+                self._on_response(message)
+        except SipSyntaxError as exc:
+            # A header read only when needed (Contact, Session-Expires, a URI...) was malformed:
+            # that is bad input from the peer, answered like any other, not a fault of ours.
+            self._on_malformed(message, source, exc)
 
     def _on_parse_error(self, err: ParseError, source: Address) -> None:
         self.stats["parse_errors"] += 1
@@ -135,7 +157,7 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
                               f"dropped malformed {describe(message)} from {source}: {exc}")
             return
         call = self._current
-        if call is not None and not call.ended and not call.answered:
+        if isinstance(call, Call) and not call.ended and not call.answered:
             self._terminate(call, "rejected", "system", status_to_caller=400, sip_status=400,
                             detail=f"malformed request: {exc}"[:500])
             return
@@ -214,17 +236,20 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
         owner = self.tx_owner.get(key)
         if owner is None:
             return
-        self._current = owner.call
+        call = self._current = owner.call
         if owner.purpose == "invite" and owner.attempt is not None:
-            self._on_carrier_invite_response(owner.call, owner.attempt, resp)
+            self._on_carrier_invite_response(call, owner.attempt, resp)
+        elif owner.purpose == "late_bye":
+            if resp.is_success:
+                self._log("info", f"late answer of call {call.id} hung up")
+        elif not isinstance(call, Call):
+            return  # only the purposes above are moved onto a tombstone (Termination._bury)
         elif owner.purpose == "refresh":
-            self._on_refresh_response(owner.call, owner.role, key, resp)
+            self._on_refresh_response(call, owner.role, key, resp)
         elif owner.purpose == "probe":
-            self._on_probe_response(owner.call, owner.role, key, resp)
+            self._on_probe_response(call, owner.role, key, resp)
         elif owner.purpose == "relay":
-            self._on_relay_response(owner.call, key, resp)
-        elif owner.purpose == "late_bye" and resp.is_success:
-            self._log("info", f"late answer of call {owner.call.id} hung up")
+            self._on_relay_response(call, key, resp)
 
     def _on_tx_timeout(self, key: TransactionKey) -> None:
         if key in self.gateway_table.in_flight:  # before our own probe deadline (a TCP send failed)
@@ -237,8 +262,9 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
         owner = self.tx_owner.get(key)
         if owner is None:
             return
-        call = owner.call
-        self._current = call
+        call = self._current = owner.call
+        if not isinstance(call, Call):
+            return  # a tombstone: the call is over, nothing waits for this transaction any more
         if owner.purpose == "invite" and owner.attempt is not None:
             if owner.attempt is call.attempt and not owner.attempt.final and not call.ended:
                 self._on_attempt_timeout(call)

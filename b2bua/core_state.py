@@ -146,7 +146,8 @@ class CoreState:
         self._out: list[Action] = []
         self._now = 0.0
         self._source: Address | None = None
-        self._current: Call | None = None
+        # The call the current input concerns; a tombstone for late messages of an ended call.
+        self._current: Call | EndedCall | None = None
         # Client transactions started by the current entry point (their owners may need re-pointing
         # at a tombstone when the call ends in the same step, e.g. the BYE of a hang-up).
         self._step_keys: list[TransactionKey] = []
@@ -160,28 +161,41 @@ class CoreState:
         # Interned: every dialog of every call holds it (10,000 calls up hold one copy, not 20,000).
         return sys.intern(f"{self.cfg.local_host}:{self.cfg.local_port}")
 
-    def _guard(self, fn: Callable[[], None], now: float, source: Address | None,
-               what: Callable[[], str]) -> list[Action]:
+    # Every entry point is one step: ``_begin``, the work, ``_failed`` if it raised, ``_done``. Spelled
+    # out in each entry point rather than passed as a closure: no function object is made per message,
+    # and mypyc compiles no closure inside these (non-native) classes, which it cannot.
+    def _begin(self, now: float, source: Address | None) -> None:
         self._out = []
         self._now = now
         self._source = source
         self._current = None
         self._step_keys = []
-        try:
-            fn()
-        except Exception as exc:
-            # One bad message must never take the node down; the actions decided before the
-            # failure still go out, and the call it concerned is not left half set up.
-            self.stats["internal_errors"] += 1
-            tb = traceback.format_exc(limit=8)
-            self._log("error", f"internal error on {what()} from {source}: {exc!r}\n{tb}")
-            self._abort_current()
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        """One bad input must never take the node down; the actions decided before the failure
+        still go out, and the call it concerned is not left half set up."""
+        self.stats["internal_errors"] += 1
+        tb = traceback.format_exc(limit=8)
+        self._log("error", f"internal error on {what} from {self._source}: {exc!r}\n{tb}")
+        self._abort_current()
+
+    def _done(self) -> list[Action]:
         out, self._out = self._out, []
         return out
 
+    def _guard(self, fn: Callable[[], None], now: float, source: Address | None,
+               what: Callable[[], str]) -> list[Action]:
+        """``fn`` run as one step (tests drive single concepts through it)."""
+        self._begin(now, source)
+        try:
+            fn()
+        except Exception as exc:
+            self._failed(exc, what())
+        return self._done()
+
     def _abort_current(self) -> None:
         call = self._current
-        if call is None or call.ended or call.answered:
+        if not isinstance(call, Call) or call.ended or call.answered:
             return  # answered calls keep running: their timers and limits still enforce the end
         try:
             self._terminate(call, "rejected", "system", status_to_caller=500, sip_status=500,
