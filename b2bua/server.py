@@ -179,11 +179,28 @@ class B2BUAServer:
             return
         self.perform(actions)
 
+    # Messages and timers (thousands a second) call the core directly, without the closures of _run_core.
     def on_message(self, msg: Incoming, source: Address) -> None:
-        self._run_core(lambda core, now: core.receive(msg, source, now), lambda: f"a message from {source}")
+        core = self.core
+        if core is None:
+            return
+        try:
+            actions = core.receive(msg, source, self._now())
+        except Exception:
+            log.exception("B2BUA core failed on a message from %s; dropped", source)
+            return
+        self.perform(actions)
 
     def on_timer(self, key: Hashable) -> None:
-        self._run_core(lambda core, now: core.timer_fired(key, now), lambda: f"timer {key!r}")
+        core = self.core
+        if core is None:
+            return
+        try:
+            actions = core.timer_fired(key, self._now())
+        except Exception:
+            log.exception("B2BUA core failed on timer %r; dropped", key)
+            return
+        self.perform(actions)
 
     def on_command(self, cmd: dict[str, Any]) -> None:
         self._run_core(lambda core, now: core.terminate_command(cmd, now), lambda: f"command {cmd!r}"[:300])
