@@ -36,7 +36,6 @@ from b2bua.signalling_trace import SignallingRecorder
 from b2bua.sip.conformance import Rejection, check_body, check_method, check_require, check_uri_scheme
 from b2bua.sip.dialog import DialogId, dialog_id_for_request
 from b2bua.sip.message import (
-    Headers,
     Request,
     Response,
     SipSyntaxError,
@@ -511,15 +510,7 @@ class CoreState:
 
 
 def replace_top_via(req: Request | Response, via: Via) -> None:
-    out = Headers()
-    done = False
-    for name, value in req.headers:
-        if name == "Via" and not done:
-            out.add(name, str(via))
-            done = True
-        else:
-            out.add(name, value)
-    req.headers = out
+    req.headers.replace_first("Via", str(via))
 
 
 def user_of(value: str | None) -> str:

@@ -192,7 +192,8 @@ class SignallingRecorder:
     def seen_in(self, msg: Request | Response, source: Address, now: float) -> None:
         """A parsed message arrived (before the core handles it)."""
         if isinstance(msg, Request) and msg.method == "INVITE":
-            self._pending_in = (msg, msg.headers, source, now)
+            # A copy of the fields as received: the core stamps the top Via in place right after.
+            self._pending_in = (msg, msg.headers.copy(), source, now)
             self._pending_out = []
         if self.by_sip:
             cid = msg.call_id

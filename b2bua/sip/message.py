@@ -149,6 +149,22 @@ class Headers:
         self._items = out
         self._parsed = None
 
+    def replace_first(self, name: str, value: str) -> bool:
+        """Replace the first value of ``name`` in place (a received request's top Via, stamped with
+        received/rport); False when there is none. Only that field's parsed values are dropped (its
+        own and its whole stack's, ``name*``): From, To, CSeq... stay parsed, not parsed again."""
+        key = canonical_name(name)
+        items = self._items
+        for i in range(len(items)):
+            if items[i][0] == key:
+                items[i] = (key, value)
+                cache = self._parsed
+                if cache is not None:
+                    cache.pop(key, None)
+                    cache.pop(key + "*", None)
+                return True
+        return False
+
     def remove(self, name: str) -> int:
         """Remove all values of ``name``; return how many were removed."""
         key = canonical_name(name)

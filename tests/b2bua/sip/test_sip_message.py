@@ -215,3 +215,21 @@ def test_request_convenience_accessors() -> None:
     assert req.from_.tag == "f" and req.to.tag is None
     assert req.contacts[0].uri.host == "192.0.2.1"
     assert req.parsed_uri.user == "b"
+
+
+def test_replace_first_stamps_the_top_via_and_keeps_the_other_fields_parsed() -> None:
+    req = Request("BYE", "sip:b@example.com", [
+        ("Via", "SIP/2.0/UDP h;branch=z9hG4bK1"),
+        ("Via", "SIP/2.0/UDP p;branch=z9hG4bK0"),
+        ("From", "<sip:a@example.com>;tag=f"),
+        ("To", "<sip:b@example.com>;tag=t"),
+        ("Call-ID", "c"),
+        ("CSeq", "2 BYE"),
+    ])
+    before = req.from_, req.cseq, req.vias  # parsed and cached, as the parser leaves a message
+    assert req.headers.replace_first("Via", "SIP/2.0/UDP h;branch=z9hG4bK1;received=192.0.2.7;rport=5070")
+    assert req.from_ is before[0] and req.cseq is before[1]  # not parsed again
+    assert req.top_via.params["received"] == "192.0.2.7"  # the Via is read anew
+    assert [v.host for v in req.vias] == ["h", "p"] and req.vias[0].params["rport"] == "5070"
+    assert [n for n, _ in req.headers] == ["Via", "Via", "From", "To", "Call-ID", "CSeq"]
+    assert not req.headers.replace_first("Route", "<sip:x>") and "Route" not in req.headers
