@@ -390,8 +390,10 @@ class Drill:
 
     def __init__(self, stack: DrillStack, workdir: Path, *, nodes: int = 2, workers: int = 2,
                  mix: Sequence[CallKind] = DEFAULT_MIX, database: str = "drill",
-                 extra_config: str = "", node_overrides: dict[int, list[str]] | None = None) -> None:
+                 extra_config: str = "", node_overrides: dict[int, list[str]] | None = None,
+                 account_config: str = "") -> None:
         self.stack, self.workdir, self.mix = stack, workdir, list(mix)
+        self.account_config = account_config  # more keys of the callers' account (prepaid = true, ...)
         self.database = database
         workdir.mkdir(parents=True, exist_ok=True)
         self.carriers: dict[tuple[str, int | None], SippProcess] = {}
@@ -430,7 +432,7 @@ class Drill:
                 f'[store]\nurl = "{self.stack.clickhouse_url(self.database)}"\n'
                 f'[sip]\nlisten_host = "127.0.0.1"\n'
                 f'{extra}\n'
-                '[[accounts]]\nname = "acme"\nips = ["127.0.0.1"]\n'
+                '[[accounts]]\nname = "acme"\nips = ["127.0.0.1"]\n' + self.account_config
                 + "".join(gateways) + "".join(routes))
 
     # -- lifecycle ---------------------------------------------------------------------------------
