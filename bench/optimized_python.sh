@@ -5,7 +5,7 @@
 # Why: python3 on this machine kind is pyenv's build of 3.11.7, configured without
 # --enable-optimizations or --with-lto and running from a shared libpython (its sysconfig CONFIG_ARGS
 # and ldd say so). Debian's interpreter is a statically linked binary built by Debian with
-# optimisation; here it ran the B2BUA's core path about 18% faster (bench/README.md, "third pass").
+# optimisation; here the B2BUA's core path took a sixth less CPU on it (bench/README.md, "third pass").
 # Both Python B2BUAs of bench/b2bua_cps.py (sipledger and Sippy) run on the interpreter that runs
 # the bench, so run it with this one to compare them on an optimised interpreter:
 #

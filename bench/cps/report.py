@@ -45,7 +45,7 @@ def print_report(b2buas: list[B2BUA], ladders: dict[str, list[StepResult]], conc
     print(f"steps: {args.step_seconds:g} s per rate, {args.hold:g} s calls; pass = 0 failed calls, "
           f"retransmissions < {args.max_retrans_pct:g}% of messages, >= 90% of the rate achieved"
           + ("; strict: stray messages abort calls" if args.strict else "; stray messages reported only"))
-    # The interpreter matters for both Python B2BUAs (bench/optimized_python.sh: about a fifth apart here).
+    # The interpreter matters for both Python B2BUAs (bench/optimized_python.sh: a sixth apart here).
     print(f"python (sipledger and Sippy): {sys.executable} {platform.python_version()}")
     if args.sipledger_gc_threshold or args.sipledger_rcvbuf:
         print(f"EXPERIMENT: sipledger ran with gc threshold {args.sipledger_gc_threshold or 'default'}, "
