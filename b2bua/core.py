@@ -72,12 +72,7 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
 
     def start(self, now: float) -> list[Action]:
         """Arm the safety-net sweep and the gateway probes; call once when the adapter starts."""
-        self._begin(now, None)
-        try:
-            self._start()
-        except Exception as exc:
-            self._failed(exc, "start")
-        return self._done()
+        return self._guard(self._start, now, None, lambda: "start")
 
     def _start(self) -> None:
         self._out.append(SetTimer(SWEEP_KEY, self._now + self.cfg.sweep_interval))
@@ -102,21 +97,11 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
         return self._done()
 
     def terminate_command(self, cmd: dict[str, Any], now: float) -> list[Action]:
-        self._begin(now, None)
-        try:
-            self._on_command(cmd)
-        except Exception as exc:
-            self._failed(exc, f"command {cmd!r}"[:300])
-        return self._done()
+        return self._guard(lambda: self._on_command(cmd), now, None, lambda: f"command {cmd!r}"[:300])
 
     def balance_record(self, record: dict[str, Any], now: float) -> list[Action]:
         """An account.balance record of the pipeline (b2bua/credit.py)."""
-        self._begin(now, None)
-        try:
-            self._on_balance(record)
-        except Exception as exc:
-            self._failed(exc, f"balance {record!r}"[:300])
-        return self._done()
+        return self._guard(lambda: self._on_balance(record), now, None, lambda: f"balance {record!r}"[:300])
 
     def _on_message(self, message: Request | Response | ParseError, source: Address, now: float) -> None:
         if isinstance(message, ParseError):

@@ -160,9 +160,9 @@ class CoreState:
         # Interned: every dialog of every call holds it (10,000 calls up hold one copy, not 20,000).
         return sys.intern(f"{self.cfg.local_host}:{self.cfg.local_port}")
 
-    # Every entry point is one step: ``_begin``, the work, ``_failed`` if it raised, ``_done``. Spelled
-    # out in each entry point rather than passed as a closure: no function object is made per message
-    # (and mypyc 2.4.1 could compile these classes, which it cannot with closures in their methods).
+    # Every entry point is one step: ``_begin``, the work, ``_failed`` if it raised, ``_done``. The rare
+    # ones (start, commands, balances) run through ``_guard``; messages and timers, thousands a second,
+    # spell the step out so that no function object is made for each.
     def _begin(self, now: float, source: Address | None) -> None:
         self._out = []
         self._now = now
@@ -184,7 +184,7 @@ class CoreState:
 
     def _guard(self, fn: Callable[[], None], now: float, source: Address | None,
                what: Callable[[], str]) -> list[Action]:
-        """``fn`` run as one step (tests drive single concepts through it)."""
+        """``fn`` run as one step; ``what`` names the input in the log, asked only if it failed."""
         self._begin(now, source)
         try:
             fn()
