@@ -212,17 +212,20 @@ class B2BUAServer:
     # -- outputs ----------------------------------------------------------------------------------
     def perform(self, actions: list[Action]) -> None:
         emitted = False
+        timers, transports = self.timers, self.transports
         for a in actions:
+            # By exact type, the most frequent first (a call makes ~13 SetTimer, 9 CancelTimer, 7 Send
+            # and 5 Emit): the action classes are final plain dataclasses, never subclassed.
             try:
-                if isinstance(a, Send):
-                    if self.transports is not None:
-                        self.transports.send(a.data, a.dest)
-                elif isinstance(a, SetTimer):
-                    if self.timers is not None:
-                        self.timers.set(a.key, a.at)
-                elif isinstance(a, CancelTimer):
-                    if self.timers is not None:
-                        self.timers.cancel(a.key)
+                if type(a) is SetTimer:
+                    if timers is not None:
+                        timers.set(a.key, a.at)
+                elif type(a) is CancelTimer:
+                    if timers is not None:
+                        timers.cancel(a.key)
+                elif type(a) is Send:
+                    if transports is not None:
+                        transports.send(a.data, a.dest)
                 elif isinstance(a, Emit):
                     emitted = True
                     self.factory.emit(a.call_id, a.type, **a.fields)

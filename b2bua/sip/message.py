@@ -646,18 +646,28 @@ class CSeq:
         return f"{self.num} {self.method}"
 
 
-_CSEQ_RE = re.compile(r"^\s*(\d{1,10})\s+([A-Za-z0-9.!%*_+`'~\-]+)\s*$")
+_METHOD_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")
+# Methods seen in CSeq every second; any other token is checked by _METHOD_RE.
+COMMON_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "PRACK", "INFO",
+                             "REGISTER", "NOTIFY", "REFER", "MESSAGE", "SUBSCRIBE"})
 
 
 def parse_cseq(value: str) -> CSeq:
-    m = _CSEQ_RE.match(value)
-    if not m:
+    """``1*DIGIT LWS Method`` (RFC 3261 25.1), read as the regex it replaced read it (up to 10
+    digits, blanks around and between): ``str.split`` splits on the whitespace ``\\s`` matches and
+    ``str.isdecimal`` accepts the digits ``\\d`` does, without a regex per message."""
+    parts = value.split()
+    if len(parts) != 2:
         raise SipSyntaxError(f"bad CSeq {value!r}")
-    num = int(m.group(1))
+    digits, method = parts
+    if not (0 < len(digits) <= 10 and digits.isdecimal()) or (
+            method not in COMMON_METHODS and not _METHOD_RE.match(method)):
+        raise SipSyntaxError(f"bad CSeq {value!r}")
+    num = int(digits)
     # RFC 3261 8.1.1.5: the sequence number MUST be less than 2**31.
     if num >= 2**31:
         raise SipSyntaxError(f"CSeq number out of range {num}")
-    return CSeq(num, m.group(2))
+    return CSeq(num, method)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from b2bua.sip.message import (
+    CSeq,
     Headers,
     Request,
     SipSyntaxError,
@@ -160,6 +165,28 @@ def test_cseq() -> None:
     for bad in ["INVITE", "1", "-1 INVITE", f"{2**31} INVITE", "1 INV ITE"]:
         with pytest.raises(SipSyntaxError):
             parse_cseq(bad)
+
+
+_CSEQ_REGEX = re.compile(r"^\s*(\d{1,10})\s+([A-Za-z0-9.!%*_+`'~\-]+)\s*$")  # what parse_cseq was
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=" \t\r\n\x0b\x1c\u00a0\u2003019\u0663\u00b2-INVITEBYEack!~.%", max_size=24),
+    st.builds(lambda lead, num, gap, method, tail: f"{lead}{num}{gap}{method}{tail}",
+              st.sampled_from(["", " ", "\t", "\u00a0"]), st.integers(0, 10**11).map(str),
+              st.sampled_from(["", " ", "  ", "\t", "\u2003"]),
+              st.sampled_from(["INVITE", "BYE", "X-Custom.1", "bad@", "in vite", "Ack"]),
+              st.sampled_from(["", " ", "\r\n", "x"])),
+))
+def test_cseq_reads_exactly_what_the_regex_it_replaced_read(value: str) -> None:
+    m = _CSEQ_REGEX.match(value)
+    expected = None if m is None or int(m.group(1)) >= 2**31 else CSeq(int(m.group(1)), m.group(2))
+    try:
+        got: CSeq | None = parse_cseq(value)
+    except SipSyntaxError:
+        got = None
+    assert got == expected
 
 
 def test_session_expires_and_min_se() -> None:

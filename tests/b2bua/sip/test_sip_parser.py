@@ -605,3 +605,27 @@ def test_empty_list_elements_and_parameters_are_syntax_errors(bad: bytes) -> Non
     raw = BASIC_INVITE.replace(b"Contact: <sip:alice@pc33.atlanta.example.com>", bad)
     with pytest.raises(ParseError):
         parse_message(raw)
+
+
+def test_header_names_checked_once_are_still_refused_where_bad() -> None:
+    """Names are token-checked once and remembered (b2bua/sip/parser.py ``_CHECKED_NAMES``): what
+    was remembered must not let a line without a colon, or a bad name, through afterwards."""
+    spaced = BASIC_INVITE.replace(b"Max-Forwards: 70", b"Max-Forwards  : 70")
+    for _ in range(2):  # the second parse reads the names from the cache
+        msg = parse_message(spaced)
+        assert msg is not None and msg.headers.get("Max-Forwards") == "70"
+    for bad in (b"Max-Forwards", b"Max-Forwards  ", b"Max Forwards: 70", b"Max@Forwards: 70"):
+        for _ in range(2):
+            with pytest.raises(ParseError, match="bad header line"):
+                parse_message(BASIC_INVITE.replace(b"Max-Forwards: 70", bad))
+
+
+def test_checked_header_names_are_bounded() -> None:
+    """Random names from hostile traffic cannot grow the cache of checked names without end."""
+    from b2bua.sip import parser
+
+    for i in range(parser._CHECKED_NAMES_MAX + 50):
+        raw = BASIC_INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nX-R%d: v\r\n" % i)
+        msg = parse_message(raw)
+        assert msg is not None and msg.headers.get(f"X-R{i}") == "v"
+    assert len(parser._CHECKED_NAMES) <= parser._CHECKED_NAMES_MAX
