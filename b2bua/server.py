@@ -98,7 +98,7 @@ class B2BUAServer:
             wall_offset=time.time() - loop.time(),
             credit=credit_book(cfg),
         )
-        self.timers = TimerTask(self.on_timer)
+        self.timers = TimerTask(self.on_timer, on_late=self.stalls.observe)
         self.timers.start()
         self.stalls.start(loop)
         self.perform(self.core.start(loop.time()))

@@ -505,12 +505,15 @@ class TimerTask:
     deadline (no task, event or timeout object per wake-up, which cost more than the timers' own work
     under load). Keys fired in one wake-up go in deadline order."""
 
-    def __init__(self, fire: Callable[[Hashable], None]) -> None:
+    def __init__(self, fire: Callable[[Hashable], None],
+                 on_late: Callable[[float], None] | None = None) -> None:
         self.queue = DeadlineQueue()
         self.fire = fire
+        self.on_late = on_late  # told how late each wake-up ran (the loop stall watch)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
+        self._armed_when = 0.0  # loop time the handle was armed at
         self._firing = False
 
     def set(self, key: Hashable, at: float) -> None:
@@ -534,10 +537,14 @@ class TimerTask:
         if self._handle is not None:
             self._handle.cancel()
         self._armed_at = at
+        self._armed_when = self._loop.time()
         self._handle = self._loop.call_at(at, self._run)
 
     def _run(self) -> None:
         assert self._loop is not None
+        if self.on_late is not None and self._armed_at is not None:
+            # Late from the deadline, or from the arming when the deadline was already past.
+            self.on_late(self._loop.time() - max(self._armed_at, self._armed_when))
         self._handle = self._armed_at = None
         self._firing = True
         try:

@@ -86,3 +86,26 @@ def test_deadline_queue_matches_a_sorted_model() -> None:
         assert len(q) == len(model)
         expected = min(model.values()) if model else None
         assert q.next_deadline() == expected, step
+
+
+def test_timer_task_wake_ups_report_how_late_they_ran() -> None:
+    """The watch's own tick is slow (100 ms); the timer task's wake-ups report their lateness, and a
+    deadline already past when it was set is no stall."""
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        watch = LoopStallWatch()
+        task = TimerTask(lambda key: None, on_late=watch.observe)
+        task.start()
+        task.set("past", loop.time() - 5.0)  # due long ago: runs at once, 0 late
+        await asyncio.sleep(0.01)
+        first = watch.take()
+        task.set("blocked", loop.time() + 0.005)
+        time.sleep(0.06)  # the loop is stuck past the deadline
+        await asyncio.sleep(0.01)
+        second = watch.take()
+        await task.stop()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first < 0.03 and 0.04 <= second < 1.0
