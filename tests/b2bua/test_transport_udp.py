@@ -1,0 +1,65 @@
+"""The UDP side of b2bua/transport.py on asyncio's loop and on uvloop's: a burst is read whole, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from b2bua.actions import Address
+from b2bua.sip.message import Request
+from b2bua.sip.parser import ParserLimits
+from b2bua.transport import Incoming, Transports, _UdpProtocol
+
+RUNNERS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {"asyncio": asyncio.run,
+                                                                 "uvloop": uvloop.run}
+
+
+def _options(n: int, port: int) -> bytes:
+    return (f"OPTIONS sip:b2bua@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-burst-{n}\r\n"
+            f"From: <sip:probe@127.0.0.1>;tag=t{n}\r\nTo: <sip:b2bua@127.0.0.1>\r\n"
+            f"Call-ID: burst-{n}\r\nCSeq: {n + 1} OPTIONS\r\nMax-Forwards: 70\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_a_burst_of_datagrams_is_read_whole_and_in_order(runner: str) -> None:
+    """50 datagrams (what the kernel's default buffer holds) sent before the loop reads any: every one
+    is handed on, in the order sent. On asyncio's loop the protocol reads what else is waiting after
+    each datagram; on uvloop's, libuv does, and the protocol must not add a read of its own (a failing
+    recvfrom per wake-up)."""
+
+    async def main() -> tuple[list[int], bool]:
+        got: list[int] = []
+
+        def on_message(msg: Incoming, source: Address) -> None:
+            assert isinstance(msg, Request)
+            got.append(msg.cseq.num - 1)
+
+        transports = Transports("127.0.0.1", 0, ["udp"], on_message, ParserLimits())
+        port = await transports.start()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind(("127.0.0.1", 0))
+        try:
+            for n in range(50):  # no await in between: all are queued in the socket first
+                sender.sendto(_options(n, sender.getsockname()[1]), ("127.0.0.1", port))
+            for _ in range(500):
+                if len(got) == 50:
+                    break
+                await asyncio.sleep(0.01)
+            assert transports._udp is not None
+            protocol = transports._udp.get_protocol()
+            assert isinstance(protocol, _UdpProtocol)
+            return got, protocol.drain
+        finally:
+            sender.close()
+            await transports.close()
+
+    got, drain = RUNNERS[runner](main())
+    assert got == list(range(50))
+    assert drain is (runner == "asyncio")
