@@ -9,7 +9,8 @@ rate step, read and reset by ``take``. Two sources feed it:
 * the watch's own tick, one ``call_later`` handle every ``period`` (no task, no thread), covers the
   moments when no call timer is pending. It used to run every 10 ms: with no call up the process
   then woke 212 times a second (libuv rounds a timeout down to whole milliseconds and often wakes
-  twice) and used 9.5 ms of CPU a second; at 100 ms, 40 wake-ups and 3.5 ms. A stall shorter than
+  twice) and used 9.5 ms of CPU a second; at 100 ms, 40 wake-ups (the rest: the collector's tick,
+  the command follower's poll, the heartbeat) and 3.5 ms. A stall shorter than
   ``period`` between two ticks is seen only by the timer task's reports.
 """
 

@@ -76,6 +76,7 @@ class B2BUAServer:
         self.collector: CollectorPolicy | None = None
         self._collector_handle: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
+        self._cpu_reported = time.process_time()  # process CPU seconds at the last stall report
 
     @property
     def port(self) -> int:
@@ -231,9 +232,13 @@ class B2BUAServer:
                     self.factory.emit(a.call_id, a.type, **a.fields)
                 elif isinstance(a, Log):
                     log.log(_LEVELS.get(a.level, logging.INFO), "%s", a.text)
-                elif isinstance(a, PublishTrace) and self.signalling is not None:
-                    self.signalling.publish(a.record)
-                    emitted = emitted or isinstance(self.signalling, JournalSignallingPublisher)
+                elif isinstance(a, PublishTrace):
+                    if self.signalling is not None:
+                        self.signalling.publish(a.record)
+                        emitted = emitted or isinstance(self.signalling, JournalSignallingPublisher)
+                else:
+                    # A subclass of an action would miss the exact-type branches above: say so.
+                    log.error("unknown action %r; dropped", a)
             except Exception:
                 # An invalid event is a bug of ours, but the call itself must go on.
                 if isinstance(a, Emit):
@@ -276,8 +281,10 @@ class B2BUAServer:
         stall = self.stalls.take()
         pause = self.collector.take_longest_pause() if self.collector is not None else 0.0
         calls = self.core.active_calls if self.core is not None else 0
+        # The process's CPU since the last report tells backlog (busy all along) from a host short of CPU.
+        cpu, self._cpu_reported = time.process_time() - self._cpu_reported, time.process_time()
         return (f"b2bua: loop stall max {stall * 1000:.1f} ms, collector pause max {pause * 1000:.1f} ms, "
-                f"{calls} calls up")
+                f"{calls} calls up, CPU {cpu * 1000:.0f} ms since the last report")
 
     def probe_address(self) -> str | None:
         """Where the pipeline can probe this node (UDP OPTIONS), as written into its heartbeats."""

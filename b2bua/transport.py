@@ -40,13 +40,13 @@ OnMessage = Callable[[Incoming, Address], None]
 # Datagrams read per wakeup of asyncio's own event loop, which reads one per poll: under load the rest
 # are already waiting, so reading them straight away saves a poll and a loop iteration each. uvloop
 # needs no help: libuv reads a UDP socket until it would block (up to 32 datagrams a poll), so a read
-# of ours after each datagram only added a failing recvfrom and a BlockingIOError per wake-up (at
-# 300 calls/s nearly every datagram arrives alone: seven of each a call).
+# of ours after each datagram only added a failing recvfrom and a BlockingIOError per wake-up.
 _UDP_BATCH = 64
 
 
 def _loop_drains_udp(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop`` reads every waiting datagram by itself on a wake-up (uvloop's, on libuv)."""
+    """Whether ``loop`` reads the waiting datagrams by itself on a wake-up, up to 32 (uvloop's, on
+    libuv), rather than one (asyncio's)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - a dependency, but the B2BUA runs without it

@@ -646,16 +646,17 @@ class CSeq:
         return f"{self.num} {self.method}"
 
 
-_METHOD_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")
-# Methods seen in CSeq every second; any other token is checked by _METHOD_RE.
+_METHOD_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")  # RFC 3261 token (as the parser's _TOKEN_RE)
+# Methods seen every second, in CSeq and in request lines (the parser): no regex for these.
 COMMON_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "PRACK", "INFO",
                              "REGISTER", "NOTIFY", "REFER", "MESSAGE", "SUBSCRIBE"})
 
 
 def parse_cseq(value: str) -> CSeq:
-    """``1*DIGIT LWS Method`` (RFC 3261 25.1), read as the regex it replaced read it (up to 10
-    digits, blanks around and between): ``str.split`` splits on the whitespace ``\\s`` matches and
-    ``str.isdecimal`` accepts the digits ``\\d`` does, without a regex per message."""
+    """``1*DIGIT LWS Method`` (RFC 3261 25.1), read as the regex it replaced read it: up to 10
+    digits, any Unicode whitespace around and between, Unicode decimal digits included (``int`` reads
+    them). ``str.split`` splits on the whitespace ``\\s`` matches and ``str.isdecimal`` accepts the
+    digits ``\\d`` does, without a regex per message."""
     parts = value.split()
     if len(parts) != 2:
         raise SipSyntaxError(f"bad CSeq {value!r}")

@@ -61,10 +61,12 @@ _Fail = Callable[["ParseError"], "ParseError"]
 
 # Header names as written before the colon (trailing blanks included) that passed the token check,
 # with their canonical spelling. Peers write the same dozen names in every message, so each is
-# checked once instead of by a regex on every line (a fifth of parsing a message). Bounded like
-# message's canonical-name cache: random names from hostile traffic cannot grow it without end.
+# checked once instead of by a regex on every line (a fifth of parsing a message). Bounded in count
+# and in name length, so random names from hostile traffic cannot grow it without end (at most
+# 4,096 x 64 characters); once full, other names are simply checked every time.
 _CHECKED_NAMES: dict[str, str] = {}
 _CHECKED_NAMES_MAX = 4096
+_CHECKED_NAME_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ def _read_head(head_bytes: bytes, limits: ParserLimits) -> _Head:
                 errors.append(ParseError(f"bad header line {line[:40]!r}"))
                 continue
             cname = canonical_name(name)
-            if len(checked) < _CHECKED_NAMES_MAX:
+            if len(written) <= _CHECKED_NAME_LENGTH and len(checked) < _CHECKED_NAMES_MAX:
                 checked[written] = cname
         value = value.strip(" \t")
         if cname in MULTI_VALUE_HEADERS:
