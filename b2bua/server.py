@@ -282,7 +282,8 @@ class B2BUAServer:
         pause = self.collector.take_longest_pause() if self.collector is not None else 0.0
         calls = self.core.active_calls if self.core is not None else 0
         # The process's CPU since the last report tells backlog (busy all along) from a host short of CPU.
-        cpu, self._cpu_reported = time.process_time() - self._cpu_reported, time.process_time()
+        cpu_now = time.process_time()
+        cpu, self._cpu_reported = cpu_now - self._cpu_reported, cpu_now
         return (f"b2bua: loop stall max {stall * 1000:.1f} ms, collector pause max {pause * 1000:.1f} ms, "
                 f"{calls} calls up, CPU {cpu * 1000:.0f} ms since the last report")
 

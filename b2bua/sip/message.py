@@ -646,7 +646,7 @@ class CSeq:
         return f"{self.num} {self.method}"
 
 
-_METHOD_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")  # RFC 3261 token (as the parser's _TOKEN_RE)
+TOKEN_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")  # RFC 3261 token: methods, header names
 # Methods seen every second, in CSeq and in request lines (the parser): no regex for these.
 COMMON_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "PRACK", "INFO",
                              "REGISTER", "NOTIFY", "REFER", "MESSAGE", "SUBSCRIBE"})
@@ -662,7 +662,7 @@ def parse_cseq(value: str) -> CSeq:
         raise SipSyntaxError(f"bad CSeq {value!r}")
     digits, method = parts
     if not (0 < len(digits) <= 10 and digits.isdecimal()) or (
-            method not in COMMON_METHODS and not _METHOD_RE.match(method)):
+            method not in COMMON_METHODS and not TOKEN_RE.match(method)):
         raise SipSyntaxError(f"bad CSeq {value!r}")
     num = int(digits)
     # RFC 3261 8.1.1.5: the sequence number MUST be less than 2**31.

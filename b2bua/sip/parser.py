@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from b2bua.sip.message import (
     COMMON_METHODS,
+    TOKEN_RE,
     Headers,
     Request,
     Response,
@@ -52,7 +53,6 @@ STRICT_LIST_HEADERS = frozenset({"Via", "Contact", "Route", "Record-Route"})
 MANDATORY_REQUEST_HEADERS = ("To", "From", "CSeq", "Call-ID", "Via")
 MANDATORY_RESPONSE_HEADERS = ("To", "From", "CSeq", "Call-ID", "Via")
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _STATUS_RE = re.compile(r"^SIP/2\.0 +(\d{3})(?: (.*))?$", re.I)
 _VERSION_RE = re.compile(r"^SIP/\d+\.\d+$", re.I)
@@ -154,7 +154,7 @@ def _parse_start_line(line: str) -> tuple[bool, str, str, int, str]:
     if len(parts) != 3:
         raise ParseError("bad request line", is_request=True)
     method, uri, version = parts
-    if method not in COMMON_METHODS and not _TOKEN_RE.match(method):
+    if method not in COMMON_METHODS and not TOKEN_RE.match(method):
         raise ParseError("bad method", is_request=True)
     if version.upper() != "SIP/2.0":
         # A well-formed other version is answered 505 (8.2.2 via 21.5.20); anything else is a bad line.
@@ -270,7 +270,7 @@ def _read_head(head_bytes: bytes, limits: ParserLimits) -> _Head:
     # Filled directly: the names are canonical already (Headers.add would canonicalise again).
     items: list[tuple[str, str]] = headers._items
     header_lines = _unfold(lines[1:], limits, errors)
-    token = _TOKEN_RE.match
+    token = TOKEN_RE.match
     checked = _CHECKED_NAMES
     for line in header_lines[: limits.max_headers * 2]:
         name, colon, value = line.partition(":")
