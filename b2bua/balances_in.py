@@ -80,8 +80,10 @@ class KafkaBalanceFollower(KafkaFollowerThread):
     def _open(self) -> Any:
         from kafka import KafkaConsumer, TopicPartition
 
+        # Committed records only: the workers write balance records in transactions, and an aborted one is
+        # what a worker that lost its partition tried to write (pipeline/state_writer.py).
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
-                                 bootstrap_timeout_ms=2000)
+                                 bootstrap_timeout_ms=2000, isolation_level="read_committed")
         try:
             parts = [TopicPartition(self.topic, p)
                      for p in sorted(consumer.partitions_for_topic(self.topic) or ())]

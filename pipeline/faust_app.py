@@ -39,7 +39,9 @@ Design
   good against this broker, and decided on its own when a partition was recovered (issue 17).
 * Restore (pipeline/changelog_restore.py): on every assignment each assigned partition is restored from
   its changelog partition, read from the beginning to the end offset it has after the assignment; its
-  Processor is rebuilt from the last record of every key, deadlines included. Until then the partition
+  Processor is rebuilt from the last record of every key, deadlines included. Before reading, the worker
+  takes the partition's transactional id (``<app id>-state-<p>``, pipeline/state_writer.py): the broker
+  then refuses whatever an earlier owner still sends, so the read sees its last word. Until then the partition
   stays paused (``BatchConsumer.resume_partitions`` holds it back; should records arrive anyway they
   wait); the others keep flowing. A read that receives nothing for ``pipeline.restore_stall_timeout`` is
   retried, and after ``pipeline.restore_attempts`` the worker exits with status 69 for its supervisor to
@@ -60,7 +62,8 @@ Design
      (pipeline/store_writer.py: a ``StoreSink`` on the second core); wait until the broker acknowledged
      every output and the writer reported every row stored (both retried);
   3. only then, and after the previous delivery completed, write the batch's changelog records and
-     wait for the acks - unless the delivery was fenced meanwhile (below);
+     account.balance records, one transaction per partition on the partition's own transactional
+     producer, and wait for the commits - unless the delivery was fenced meanwhile (below);
   4. complete; the consumer then acks the batch's offsets and faust commits acked offsets every
      ``broker_commit_interval``. Deliveries complete in fold order, so offsets are acked in order.
   A batch runs in its own task, shielded from the fetcher's cancellation (faust cancels the fetcher on
@@ -77,8 +80,11 @@ Design
   expelled (its session expired: its loop or the broker stalled) fences them at once, and so does any
   delivery that reaches its writes meanwhile: the group did not wait for it, so its partitions may be
   restored by another worker already, and a state written after that restore would stand in the
-  changelog over the new owner's (``BatchConsumer.membership_lost``). A fetch that completed
-  across a rebalance is dropped (the new assignment seeks to the committed offsets).
+  changelog over the new owner's (``BatchConsumer.membership_lost``). That check cannot see an expiry
+  the coordinator has not told the worker about yet (a broker just back from an outage), nor stop a batch
+  aiokafka already holds; the broker's fencing does (step 3: a state transaction of a worker whose
+  partition another one took is refused or aborted; the prepaid drill once lost a debit to that gap).
+  A fetch that completed across a rebalance is dropped (the new assignment seeks to the committed offsets).
 * Time: a 0.1 s timer calls ``Processor.tick`` with the wall clock, but only for partitions that have
   caught up with the log since assignment (processed up to the highwater seen then). A worker that was
   down must first read the backlog - which may hold the call.terminated - before calling anything a
@@ -100,10 +106,11 @@ Design
   in flight - to the compacted topic ``<app id>-status`` keyed by worker; ``sipledger status`` reads it
   (sipledger/pipeline_status.py).
 * Prepaid balances: each partition's processor keeps its share of the ledger (pipeline/domain/ledger.py);
-  its account.balance records go, with the batch's other outputs, to the compacted one-partition topic
-  ``kafka.topic_balances`` (key ``<account>/<partition>``; created by the worker) that the B2BUA nodes
-  follow, its rows to the store writer (``account_ledger``). Top-ups and settled debits are persisted in
-  the changelog as ``~ledger/<p>`` (pipeline/call_table.py), restored with the partition's states.
+  its account.balance records go, with the partition's state (step 3), to the compacted one-partition
+  topic ``kafka.topic_balances`` (key ``<account>/<partition>``; created by the worker) that the B2BUA
+  nodes follow (read committed), its rows to the store writer (``account_ledger``). Top-ups and
+  settled debits are persisted in the changelog as ``~ledger/<p>`` (pipeline/call_table.py), restored
+  with the partition's states.
 * Fetches wait at most ``FETCH_MAX_WAIT_MS`` on the broker (``ShortPollConsumerThread``).
 * An unexpected exception ends the process at once (``os._exit``) instead of letting anything ack the
   batch on the way out: a restart re-delivers it.
@@ -150,6 +157,7 @@ from pipeline.gc_policy import settle_after_startup
 from pipeline.metrics import PipelineCounts, faust_families, serve_pipeline
 from pipeline.node_watch import NodeWatch
 from pipeline.processor import Outputs, Processor, load_decks, policy_from_config
+from pipeline.state_writer import PRODUCE_BATCH_BYTES, Fenced, Message, StateWriters, send_batched
 from pipeline.store_writer import StoreWriterProcess
 from sipledger import config as config_mod
 from sipledger import logsetup
@@ -175,8 +183,6 @@ BLIND_REPORT_MS = 30_000
 HW_SAMPLES = 256
 # The longest a fetch waits on the broker for new records (see ShortPollConsumerThread).
 FETCH_MAX_WAIT_MS = 100
-# Bytes per produce batch: well under the broker's default message.max.bytes (1 MiB).
-PRODUCE_BATCH_BYTES = 512 * 1024
 # Bounds of the broker calls a stopping worker still makes (commit, leave group, last status), and the
 # margin its watchdog adds to pipeline.shutdown_grace before exiting regardless.
 SHUTDOWN_CALL_S = 1.0
@@ -202,8 +208,8 @@ Records = Mapping[TP, Sequence[Any]]
 # Returns once the fetch is folded, with a future that completes once its outputs, rows and state are
 # acknowledged (True) or fenced (False; the consumer acks its offsets only on True).
 BatchHandler = Callable[[Records], Awaitable["asyncio.Future[bool]"]]
-# (topic, partition or None for the key's default partition, key, value or None for a tombstone)
-Message = tuple[str, int | None, bytes | None, bytes | None]
+# Changelog and balance records by the events partition whose state they are (pipeline/state_writer.py).
+StateMessages = dict[int, list[Message]]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -522,10 +528,6 @@ class PartitionRuntime:
         return self.read_through_ms
 
 
-class Fenced(Exception):
-    """The delivery's partitions were handed over (or the worker is stopping): it must write no state."""
-
-
 class KafkaPipeline:
     """The worker's state and I/O; faust calls ``on_assigned``, ``process_records`` and ``on_timer``,
     and the consumer asks it (as its ``PartitionGate``) which partitions may flow."""
@@ -563,6 +565,9 @@ class KafkaPipeline:
                                          store_events=store_events)
         self.writer.start()  # now, not in the first batch: its start-up is not the batch's work
         self.producer: AIOKafkaProducer | None = None
+        # Each owned partition's transactional producer: its state writes, fenced (pipeline/state_writer.py).
+        self.state_writers = StateWriters(cfg.kafka.bootstrap, self.app_id)
+        self._rejoin_epoch = -1  # the epoch in which a refused state write last asked for a rebalance
         self.status_producer: AIOKafkaProducer | None = None
         self._status_task: asyncio.Task[None] | None = None
         self._status_at = 0.0
@@ -706,6 +711,9 @@ class KafkaPipeline:
         attempts = pcfg.restore_attempts
         for attempt in range(1, attempts + 1):
             try:
+                # The partitions' transactional ids first: whatever an earlier owner still sends is
+                # refused from now on, so the read below sees its last word (pipeline/state_writer.py).
+                await self._fence(partitions)
                 logs = await _in_thread(read_partitions, self.cfg.kafka.bootstrap, self.changelog_topic,
                                         partitions, pcfg.restore_stall_timeout)
             except TopicReadError as exc:
@@ -725,6 +733,15 @@ class KafkaPipeline:
                 return  # another rebalance started meanwhile: its own restore serves its partitions
             self._serve(logs, attempt)
             return
+
+    async def _fence(self, partitions: list[int]) -> None:
+        """Take the partitions' transactional ids (pipeline/state_writer.py), bounded like the read."""
+        try:
+            await asyncio.wait_for(self.state_writers.fence(partitions),
+                                   self.cfg.pipeline.restore_stall_timeout)
+        except Exception as exc:
+            raise TopicReadError(f"taking the partitions' transactional ids failed: "
+                                 f"{exc or type(exc).__name__}") from None
 
     def _serve(self, logs: Mapping[int, PartitionLog], attempt: int) -> None:
         # Runs on the event loop with no await between building and installing: no batch can observe a
@@ -828,7 +845,7 @@ class KafkaPipeline:
             log.critical("batch failed; exiting without committing it", exc_info=True)
             _exit_now(EXIT_FAILED)
 
-    async def _chain(self, work: list[tuple[int, Outputs]], state: list[Message],
+    async def _chain(self, work: list[tuple[int, Outputs]], state: StateMessages,
                      raws: list[bytes]) -> asyncio.Future[bool]:
         """Start delivering a folded batch (or tick); waits while ``MAX_IN_FLIGHT`` deliveries or
         ``pipeline.max_pending_rows`` rows are in flight.
@@ -987,7 +1004,7 @@ class KafkaPipeline:
                              for v in verdicts for p in parts])
 
     # -- output -------------------------------------------------------------------------------------
-    async def _deliver(self, work: list[tuple[int, Outputs]], state: list[Message], raws: list[bytes],
+    async def _deliver(self, work: list[tuple[int, Outputs]], state: StateMessages, raws: list[bytes],
                        previous: asyncio.Future[bool] | None, epoch: int) -> bool:
         """Outputs and rows, then state; False if fenced before the state was written."""
         try:
@@ -1005,7 +1022,7 @@ class KafkaPipeline:
                 await previous
             t1 = time.perf_counter()
             # Acknowledged before the batch's offsets are: faust commits after flushing *its* producer only.
-            await self._publish(state, epoch)
+            await self._write_state(state, epoch)
             self.prof["state"] += time.perf_counter() - t1
             return True
         except Fenced:
@@ -1040,11 +1057,6 @@ class KafkaPipeline:
         ledger: list[bytes] = []
         append = messages.append
         for p, out in work:
-            # Prepaid: one record per (account, partition) on the one-partition compacted balances topic,
-            # which every B2BUA node reads from its beginning (b2bua/balances_in.py); the key keeps the
-            # latest of each partition's share.
-            for rec in out.balances:
-                append((k.topic_balances, 0, f"{rec['account']}/{p}".encode(), _dumps(rec)))
             ledger.extend(_dumps(row) for row in out.ledger)
             to_cmd = p if k.topic_commands in copartitioned else None
             to_alert = p if k.topic_alerts in copartitioned else None
@@ -1087,7 +1099,7 @@ class KafkaPipeline:
                 raise Fenced
             try:
                 producer = await self._producer()
-                await self._send_batched(producer, messages)
+                await send_batched(producer, messages)
                 return
             except Exception as exc:
                 log.warning("publishing %d messages failed (%s); retry in %.1f s", len(messages),
@@ -1096,51 +1108,60 @@ class KafkaPipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    @staticmethod
-    async def _send_batched(producer: AIOKafkaProducer, messages: list[Message]) -> None:
-        # One produce batch per topic-partition instead of one send() coroutine and future per message:
-        # the per-message cost of AIOKafkaProducer.send is several times the encoding. Keyed messages
-        # without a partition get the producer's default (murmur2) partitioner, as send() would.
-        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
-        for topic in {m[0] for m in messages}:
-            await producer.client._wait_on_metadata(topic)
-        partition_of = producer._partition
-        for topic, partition, key, value in messages:
-            if partition is None:
-                partition = partition_of(topic, None, key, value, key, value)
-            groups.setdefault((topic, partition), []).append((key, value))
-        futures = []
-        for (topic, partition), kvs in groups.items():
-            batch = producer.create_batch()
-            for key, value in kvs:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
-                    batch.close()
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError(f"message of {len(value or b'')} bytes does not fit a batch")
-            batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+    async def _write_state(self, state: StateMessages, epoch: int) -> None:
+        """Each partition's state records as one transaction of its own producer (pipeline/state_writer.py),
+        retried until acknowledged; ``Fenced`` once the epoch moved on, the group expelled this worker or
+        the broker refused the partition's writes (another worker took the partition)."""
+        results = await asyncio.gather(*(self._write_partition_state(p, msgs, epoch)
+                                         for p, msgs in state.items() if msgs), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def _write_partition_state(self, p: int, messages: list[Message], epoch: int) -> None:
+        delay = 0.2
+        while True:
+            if epoch != self.epoch or self._expelled():
+                raise Fenced
+            try:
+                await self.state_writers.write(p, messages)
+                return
+            except Fenced:
+                if epoch == self.epoch and not self._expelled() and self._rejoin_epoch != epoch:
+                    # The broker refused a partition the group has not taken from this worker as far as it
+                    # knows: let the group settle who owns it (a new assignment takes the id afresh) rather
+                    # than take the id back here, which would fence a rightful new owner.
+                    self._rejoin_epoch = epoch
+                    log.warning("partition %d: the broker refused its state writes (another holder took its "
+                                "transactional id); not acknowledged; asking the group to rebalance", p)
+                    await self._request_rejoin()  # bounded: this delivery is not acknowledged anyway
+                raise
+            except Exception as exc:
+                log.warning("writing the state of partition %d failed (%s); retry in %.1f s", p,
+                            exc or type(exc).__name__, delay, extra=logsetup.RATE_LIMITED)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _changelog(self, p: int, key: str, value: Any) -> Message:
         # faust's json codec for keys and values (call_table.encode), as earlier workers' tables wrote.
         return (self.changelog_topic, p, *call_table.encode(key, value))
 
     def _state_messages(self, work: list[tuple[int, Outputs]], touched: dict[int, set[str]],
-                        beats: set[int]) -> list[Message]:
-        """Changelog records of every call the batch (or tick) touched, encoded now (see ``_chain``)."""
+                        beats: set[int]) -> StateMessages:
+        """Changelog records of every call the batch (or tick) touched, and the prepaid balance records,
+        by partition; encoded now (see ``_chain``)."""
         for p, out in work:
             if out:
                 ids = touched.setdefault(p, set())
                 ids.update(m["call_id"] for m in out.cdrs)
                 ids.update(m["call_id"] for m in out.alerts)
                 ids.update(m["call_id"] for m in out.commands)
-        messages: list[Message] = []
+        by_partition: StateMessages = {}
         for p, ids in touched.items():
             rt = self.runtimes.get(p)
             if rt is None:
                 continue
+            messages = by_partition.setdefault(p, [])
             states = rt.processor.states
             written = rt.written
             for cid in ids:
@@ -1161,27 +1182,40 @@ class KafkaPipeline:
                         continue
                 written.add(cid)
                 messages.append(self._changelog(p, cid, call_table.state_value(p, st)))
+        balances = self.cfg.kafka.topic_balances
         for p, out in work:
-            if any(row["kind"] == "topup" for row in out.ledger) and p in self.runtimes:
+            if p not in self.runtimes:
+                continue
+            if any(row["kind"] == "topup" for row in out.ledger):
                 # Top-ups live only in the ledger's own record (holds and debits are on call states).
                 led = self.runtimes[p].processor.ledger
-                messages.append(self._changelog(p, call_table.ledger_key(p), {"p": p, **led.to_dict()}))
+                by_partition.setdefault(p, []).append(
+                    self._changelog(p, call_table.ledger_key(p), {"p": p, **led.to_dict()}))
+            # Prepaid: one record per (account, partition) on the one-partition compacted balances topic,
+            # which every B2BUA node reads from its beginning (b2bua/balances_in.py); the key keeps the
+            # latest of each partition's share. Written with the partition's state (fenced the same way):
+            # a stale share landing after the new owner's would be what the nodes believe.
+            for rec in out.balances:
+                by_partition.setdefault(p, []).append(
+                    (balances, 0, f"{rec['account']}/{p}".encode(), _dumps(rec)))
         for p in beats:
             rt = self.runtimes.get(p)
             if rt is None:
                 continue
             seen = _liveness_record(rt.processor)
             if seen != rt.live_written:
-                messages.append(self._changelog(p, call_table.liveness_key(p), {"p": p, **seen}))
+                by_partition.setdefault(p, []).append(
+                    self._changelog(p, call_table.liveness_key(p), {"p": p, **seen}))
                 rt.live_written = seen
-        return messages
+        return by_partition
 
-    def _evict(self) -> list[Message]:
+    def _evict(self) -> StateMessages:
         """Drop closed calls whose closing batch is committed (no re-delivery can reach them now);
-        returns their tombstones."""
+        returns their tombstones, by partition."""
         committed = self.app.consumer._committed_offset
-        messages: list[Message] = []
+        by_partition: StateMessages = {}
         for p, rt in self.runtimes.items():
+            messages = by_partition.setdefault(p, [])
             done = committed.get(TP(self.topic, p))
             if done is None:
                 continue
@@ -1218,7 +1252,7 @@ class KafkaPipeline:
                 # last_settled names these calls, so a restart that still finds one does not count it twice).
                 messages.append(self._changelog(p, call_table.ledger_key(p), {"p": p, **led.to_dict()}))
             messages += tombstones
-        return messages
+        return {p: msgs for p, msgs in by_partition.items() if msgs}
 
     # -- status -------------------------------------------------------------------------------------
     def status(self, state: str = "running") -> dict[str, Any]:
@@ -1296,10 +1330,23 @@ class KafkaPipeline:
                         "the next owner", grace)
         # Both bounded, and side by side: with the broker away each would use its whole bound.
         last = self.status("stopped")
-        await asyncio.gather(self._leave_group(), self.publish_status(last, SHUTDOWN_CALL_S))
+        await asyncio.gather(self._leave_group(), self.publish_status(last, SHUTDOWN_CALL_S),
+                             self.state_writers.close(SHUTDOWN_CALL_S))
         self.writer.kill()  # rows of undelivered batches: their events are re-read, so are the rows
         log.info("stopped (%d events, %d CDRs processed)", self.stats["events"], self.stats["cdrs"])
         _exit_now(0)
+
+    async def _request_rejoin(self) -> None:
+        try:
+            thread = cast(Any, self.app.consumer)._thread
+            coordinator = thread._ensure_consumer()._coordinator
+
+            async def rejoin() -> None:  # on the consumer thread's loop, which owns the coordinator
+                coordinator.request_rejoin()
+
+            await asyncio.wait_for(thread.call_thread(rejoin), BROKER_CALL_S)
+        except Exception as exc:
+            log.warning("asking the group to rebalance failed (%s)", exc or "timeout")
 
     async def _leave_group(self) -> None:
         # So that the group moves this worker's partitions now rather than after the session timeout.

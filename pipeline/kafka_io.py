@@ -79,7 +79,7 @@ def read_topic(bootstrap: str, topic: str,
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=timeout_ms)
+                             consumer_timeout_ms=timeout_ms, isolation_level="read_committed")
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(parts)

@@ -47,8 +47,10 @@ class TopicReader:
         # inside kafka-python instead of in this module's loop.
         request_ms = max(1000, int(stall_timeout_s * 1000))
         try:
+            # Committed records only: a worker's state and balance records are written in transactions
+            # (pipeline/state_writer.py), and an aborted one is what a fenced worker tried to write.
             self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                          enable_auto_commit=False,
+                                          enable_auto_commit=False, isolation_level="read_committed",
                                           bootstrap_timeout_ms=min(BOOTSTRAP_TIMEOUT_MS, request_ms),
                                           request_timeout_ms=request_ms + 600, fetch_max_wait_ms=500,
                                           max_poll_records=5000)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,14 +162,17 @@ def test_a_producer_dropped_while_the_broker_hangs_leaves_no_thread_and_sends_no
                                      max_block_ms=2000, request_timeout_ms=3000,
                                      max_in_flight_requests_per_connection=1)
             producer.send("hang", value=f"delivered-{i}".encode()).get(10)
+            client = producer._sender._client
+            # Nothing of its own (a metadata refresh) may hold the connection's one request slot when the
+            # broker stops: the record below would wait behind it, and the held one join it.
+            _until(lambda c=client: c.in_flight_request_count() == 0, "the producer's requests answered")
             os.kill(rec.pid, signal.SIGSTOP)  # hung, not dead: the connection stays open
             try:
                 producer.send("hang", value=f"in-flight-{i}".encode())  # written to the socket
-                # Wait until the sender took it out of the accumulator (on the wire): on a loaded machine
-                # 0.3 s was not always enough, and both records then left in one request.
-                deadline = time.monotonic() + 5
-                while any(producer._accumulator._batches.values()) and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                # On the wire: out of the accumulator, its request unanswered. Once, in a full suite, it was
+                # still in the accumulator when the held record came, and both left in one request.
+                _until(lambda p=producer, c=client: not any(p._accumulator._batches.values())
+                       and c.in_flight_request_count() == 1, "the in-flight record on the wire")
                 time.sleep(0.1)
                 producer.send("hang", value=f"held-{i}".encode())  # waits behind it in the producer
                 time.sleep(0.1)
@@ -184,6 +188,13 @@ def test_a_producer_dropped_while_the_broker_hangs_leaves_no_thread_and_sends_no
         os.kill(rec.pid, signal.SIGCONT)
         process.stop(stack_dir, kafka_broker.NAME, grace=2)
         shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+def _until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.01)
 
 
 def _consume_values(bootstrap: str, topic: str) -> list[bytes]:

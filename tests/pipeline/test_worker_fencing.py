@@ -11,8 +11,9 @@ of them), so their holds stayed reserved and their debits were missing from the 
 follow, and each such call would be ended again at its hard cap (a false alert and command).
 
 A rebalance the worker takes part in is different: the group waits for it, so its deliveries finish first.
-No broker is needed: the app is built as ``sipledger pipeline`` builds it, its producer send and its
-consumer's aiokafka coordinator are replaced by stand-ins.
+No broker is needed: the app is built as ``sipledger pipeline`` builds it, its state writes and its
+consumer's aiokafka coordinator are replaced by stand-ins. (The broker's own fencing of a worker that
+lost a partition, a second line behind these, is tested in test_state_writer.py.)
 """
 
 from __future__ import annotations
@@ -41,13 +42,10 @@ def _pipeline(tmp_path: Path, generation: int, extra: str = "") -> tuple[Any, li
     pipe.writer.kill()
     written: list[Any] = []
 
-    async def producer() -> object:
-        return object()
-
-    async def send(_producer: object, messages: list[Any]) -> None:
+    async def write(_partition: int, messages: list[Any]) -> None:
         written.extend(messages)
 
-    pipe._producer, pipe._send_batched = producer, send
+    pipe.state_writers.write = write
     # aiokafka's coordinator as the consumer thread holds it: generation -1 once the group forgot the member
     coordinator = SimpleNamespace(generation=generation, member_id="" if generation < 0 else "w1-1")
     app.consumer._thread._ensure_consumer = lambda: SimpleNamespace(_coordinator=coordinator)
@@ -64,7 +62,7 @@ async def _revoke_with_a_delivery_in_flight(tmp_path: Path, generation: int) -> 
     async def delivery() -> bool:  # the state step of KafkaPipeline._deliver
         await broker_back.wait()  # outputs and rows acknowledged at last
         try:
-            await pipe._publish([STATE], epoch)
+            await pipe._write_state({0: [STATE]}, epoch)
         except Fenced:
             return False  # writes no state, its offsets are never acked
         return True
@@ -92,7 +90,7 @@ def test_a_delivery_reaching_its_writes_before_the_expelled_worker_is_revoked_wr
     async def publish() -> list[Any]:
         pipe, written = _pipeline(tmp_path, generation=-1)
         with pytest.raises(Fenced):
-            await pipe._publish([STATE], pipe.epoch)
+            await pipe._write_state({0: [STATE]}, pipe.epoch)
         return written
 
     assert asyncio.run(publish()) == []
@@ -112,18 +110,18 @@ def test_a_revocation_that_times_out_leaves_the_next_deliveries_acknowledged(tmp
         pipe, written = _pipeline(tmp_path, generation=7, extra="[pipeline]\nrebalance_timeout = 1\n")
         broker_back = asyncio.Event()
 
-        async def send(_producer: object, messages: list[Any]) -> None:
+        async def write(_partition: int, messages: list[Any]) -> None:
             await broker_back.wait()  # the broker (or store) hangs past the revocation's wait
             written.extend(messages)
 
-        pipe._send_batched = send
-        before = await pipe._chain([], [STATE], [])  # folded before the revocation: its state hangs
+        pipe.state_writers.write = write
+        before = await pipe._chain([], {0: [STATE]}, [])  # folded before the revocation: its state hangs
         await pipe.before_revoke()  # waits half the rebalance timeout (0.5 s), then fences it
         assert pipe.epoch == 1 and not before.done()
         # The partitions come back to this worker: the first batch it re-reads is delivered after the
         # fenced one (state records stay in fold order).
         after_state = ("sipledger-pipeline-call-state-changelog", 0, b'"c1"', b'{"state": "re-read"}')
-        after = await pipe._chain([], [after_state], [])
+        after = await pipe._chain([], {0: [after_state]}, [])
         broker_back.set()
         await asyncio.wait([before, after], timeout=5)
         return before, after, written
@@ -132,3 +130,34 @@ def test_a_revocation_that_times_out_leaves_the_next_deliveries_acknowledged(tmp
     assert not before.cancelled()  # fenced (or already past its writes), not cancelled
     assert not after.cancelled() and after.result() is True  # so the consumer acks its offsets
     assert written[-1][3] == b'{"state": "re-read"}'
+
+
+def test_a_state_write_the_broker_refuses_asks_the_group_to_rebalance_and_is_not_acknowledged(
+        tmp_path: Path) -> None:
+    """The broker refused a partition's state transaction (another producer took the partition's
+    transactional id) while the group has not told this worker it lost the partition. The delivery is not
+    acknowledged, and the worker asks the group to rebalance, once: a new assignment takes the id afresh.
+    It never takes the id back by itself, which would fence a rightful new owner."""
+    async def run() -> tuple[list[bool], int]:
+        pipe, _ = _pipeline(tmp_path, generation=7)
+        rejoins: list[str] = []
+        coordinator = SimpleNamespace(generation=7, member_id="w1-1",
+                                      request_rejoin=lambda: rejoins.append("rejoin"))
+        thread = pipe.app.consumer._thread
+        thread._ensure_consumer = lambda: SimpleNamespace(_coordinator=coordinator)
+
+        async def call_thread(fn: Any) -> Any:
+            return await fn()
+
+        thread.call_thread = call_thread
+
+        async def refused(_partition: int, _messages: list[Any]) -> None:
+            raise Fenced
+
+        pipe.state_writers.write = refused
+        results = [await (await pipe._chain([], {0: [STATE]}, [])) for _ in range(2)]
+        return results, len(rejoins)
+
+    results, rejoins = asyncio.run(run())
+    assert results == [False, False]  # neither delivery is acked: their events are re-read
+    assert rejoins == 1

@@ -45,7 +45,11 @@ def test_a_prepaid_call_set_up_and_closed_within_one_batch_keeps_its_debit_acros
     work = [(0, proc.take())]
     (cdr,) = work[0][1].cdrs
     assert cdr["sell_cost"] == "0.600000"
-    written = pipe._state_messages(work, {0: {"c1"}}, set())
+    state = pipe._state_messages(work, {0: {"c1"}}, set())
+    # The call's record, and the account's balance record, which goes with the partition's state
+    # (fenced the same way: pipeline/state_writer.py).
+    assert {topic for topic, *_ in state[0]} == {pipe.changelog_topic, pipe.cfg.kafka.topic_balances}
+    written = [m for m in state[0] if m[0] == pipe.changelog_topic]
 
     # The batch is delivered and its offsets committed; the partition goes to another worker before an
     # eviction settled the call: the next owner has only what the changelog holds, and does not re-read
