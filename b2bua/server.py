@@ -90,7 +90,8 @@ class B2BUAServer:
         limits = ParserLimits(max_message_size=cfg.sip.max_message_bytes, max_headers=cfg.sip.max_headers)
         self.transports = Transports(cfg.sip.listen_host, cfg.sip.listen_port, cfg.sip.transports,
                                      self.on_message, limits, udp_buffer_bytes=cfg.sip.udp_buffer_bytes,
-                                     tcp=TcpLimits.from_config(cfg.sip))
+                                     tcp=TcpLimits.from_config(cfg.sip),
+                                     udp_read_interval=cfg.sip.udp_read_interval_ms / 1000)
         port = await self.transports.start()
         self.core = B2BUACore(
             CoreConfig.from_config(cfg, local_port=port),

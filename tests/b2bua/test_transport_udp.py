@@ -80,3 +80,49 @@ def test_a_burst_of_datagrams_is_read_whole_and_in_order(runner: str) -> None:
         assert reads == 0  # libuv read them all
     else:
         assert reads > 0  # one datagram per poll from asyncio, the rest read by the protocol
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_paced_reading_hands_on_every_datagram_in_order_and_sends_from_the_same_socket(runner: str) -> None:
+    """``sip.udp_read_interval_ms``: the socket is read every few milliseconds, everything waiting at
+    once. 600 datagrams sent at once (more than one round reads: the rest waits for the loop's next
+    turn) all arrive, in order; a reply goes out from the listening address; after close nothing is
+    read any more."""
+
+    async def main() -> tuple[list[int], bytes, tuple[str, int], int]:
+        got: list[int] = []
+        transports: Transports
+
+        def on_message(msg: Incoming, source: Address) -> None:
+            assert isinstance(msg, Request)
+            got.append(msg.cseq.num - 1)
+            if msg.cseq.num == 1:
+                transports.send(b"reply", source)
+
+        transports = Transports("127.0.0.1", 0, ["udp"], on_message, ParserLimits(),
+                                udp_buffer_bytes=4_194_304, udp_read_interval=0.002)
+        port = await transports.start()
+        assert transports._udp is None and transports._udp_paced is not None
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sender.bind(("127.0.0.1", 0))
+        sender.setblocking(False)
+        try:
+            for n in range(600):
+                sender.sendto(_options(n, sender.getsockname()[1]), ("127.0.0.1", port))
+            for _ in range(500):
+                if len(got) == 600:
+                    break
+                await asyncio.sleep(0.01)
+            reply, source = sender.recvfrom(100)
+            await transports.close()
+            sender.sendto(_options(600, sender.getsockname()[1]), ("127.0.0.1", port))
+            await asyncio.sleep(0.05)
+            return got, reply, source, port
+        finally:
+            sender.close()
+            await transports.close()
+
+    got, reply, source, port = RUNNERS[runner](main())
+    assert got == list(range(600))
+    assert reply == b"reply" and source == ("127.0.0.1", port)
