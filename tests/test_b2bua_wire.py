@@ -115,6 +115,19 @@ def test_normal_call_caller_hangs_up(tmp_path: Path, b2bua: Callable[..., Runnin
     assert (routed["vendor"], routed["gateway"], routed["attempt"]) == ("vendor1", uas.address, 1)
 
 
+def test_calls_through_paced_udp_reading(tmp_path: Path, b2bua: Callable[..., RunningB2BUA]) -> None:
+    """``sip.udp_read_interval_ms`` > 0: the socket is read every 2 ms, all that waits at once, and
+    replies go out from the same socket. Ten calls, SIPp on both sides, each with its whole flow."""
+    with carrier(tmp_path, "uas_answer_wait_bye", calls=10) as uas:
+        node = b2bua([uas.local_port], sip={"udp_read_interval_ms": 2})
+        caller = call(tmp_path, "uac_basic_bye", node, calls=10, rate=20, limit=10, pause_ms=100)
+        gw = uas.wait(15)
+    assert caller.ok and gw.ok, caller.describe() + gw.describe()
+    assert caller.successful_calls == 10 and caller.failed_calls == 0
+    assert gw.successful_calls == 10
+    assert caller.first_line_sequence("received").count("200 BYE") == 10
+
+
 def test_carrier_hangs_up_and_its_bye_gets_200(tmp_path: Path, b2bua: Callable[..., RunningB2BUA]) -> None:
     with carrier(tmp_path, "uas_answer_then_bye", pause_ms=500) as uas:
         node = b2bua([uas.local_port])

@@ -79,8 +79,8 @@ if {rcvbuf}:
     _bind = t.Transports._bind
     async def bind(self, port):
         await _bind(self, port)
-        if self._udp is not None:
-            self._udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, {rcvbuf})
+        if self._udp_sock is not None:
+            self._udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, {rcvbuf})
     t.Transports._bind = bind
 sys.argv[0] = "sipledger"
 runpy.run_module("sipledger", run_name="__main__", alter_sys=True)
