@@ -94,9 +94,6 @@ class StateWriters:
         self._busy: dict[int, int] = {}  # id(producer) -> writes under way on it
         self._retiring: set[asyncio.Task[None]] = set()
 
-    def holds(self, partition: int) -> bool:
-        return partition in self._producers
-
     async def fence(self, partitions: Iterable[int]) -> None:
         """Take the partitions' transactional ids, fencing any older holder; let go of every id held before.
 
