@@ -140,10 +140,8 @@ class StateWriters:
             await producer.begin_transaction()
             await send_batched(producer, messages)
             await producer.commit_transaction()
-        except ProducerFenced:
-            raise Fenced from None
-        except Exception:
-            if _fenced(producer):
+        except Exception as exc:
+            if _fenced(producer) or isinstance(exc, ProducerFenced):
                 raise Fenced from None
             raise
         finally:
@@ -165,6 +163,7 @@ class StateWriters:
             await asyncio.sleep(0.05)
         with contextlib.suppress(Exception):
             await producer.stop()
+        _fenced(producer)  # a fencing that came after its last write is no error either
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop every producer (the worker is stopping), waiting at most ``timeout`` for writes under way."""
@@ -187,4 +186,14 @@ def _fenced(producer: Any) -> bool:
     # aiokafka moves a transactional producer to its fatal state when the broker fenced it (or its sender
     # died); it cannot begin another transaction then, and only a new holder of the id can write.
     txn = producer._txn_manager
-    return txn is not None and txn.is_fatal_error()
+    if txn is None or not txn.is_fatal_error():
+        return False
+    # aiokafka also sets the fencing on futures no caller awaits (the transaction's, and each failed batch's
+    # drain waiter); it is handled here (``Fenced``), so mark them seen, or asyncio logs "Future exception
+    # was never retrieved" at ERROR for each when it is freed.
+    acc = producer._message_accumulator
+    batches = [b for queue in acc._batches.values() for b in queue] + list(acc._pending_batches)
+    for fut in [txn._transaction_waiter, *(f for b in batches for f in (b.future, b._drain_waiter))]:
+        if fut is not None and fut.done() and not fut.cancelled():
+            fut.exception()
+    return True
