@@ -8,12 +8,12 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import private_stack_dir
 from kafka import KafkaConsumer, TopicPartition
+from waiting import wait_until
 
 from b2bua.call_events import CallEventFactory
 from sipledger.eventlog import FileJournal, read_journal
@@ -165,14 +165,16 @@ def test_a_producer_dropped_while_the_broker_hangs_leaves_no_thread_and_sends_no
             client = producer._sender._client
             # Nothing of its own (a metadata refresh) may hold the connection's one request slot when the
             # broker stops: the record below would wait behind it, and the held one join it.
-            _until(lambda c=client: c.in_flight_request_count() == 0, "the producer's requests answered")
+            wait_until(lambda c=client: c.in_flight_request_count() == 0, 10,
+                       "the producer's requests answered", every=0.01)
             os.kill(rec.pid, signal.SIGSTOP)  # hung, not dead: the connection stays open
             try:
                 producer.send("hang", value=f"in-flight-{i}".encode())  # written to the socket
                 # On the wire: out of the accumulator, its request unanswered. Once, in a full suite, it was
                 # still in the accumulator when the held record came, and both left in one request.
-                _until(lambda p=producer, c=client: not any(p._accumulator._batches.values())
-                       and c.in_flight_request_count() == 1, "the in-flight record on the wire")
+                wait_until(lambda p=producer, c=client: not any(p._accumulator._batches.values())
+                           and c.in_flight_request_count() == 1, 10, "the in-flight record on the wire",
+                           every=0.01)
                 time.sleep(0.1)
                 producer.send("hang", value=f"held-{i}".encode())  # waits behind it in the producer
                 time.sleep(0.1)
@@ -188,13 +190,6 @@ def test_a_producer_dropped_while_the_broker_hangs_leaves_no_thread_and_sends_no
         os.kill(rec.pid, signal.SIGCONT)
         process.stop(stack_dir, kafka_broker.NAME, grace=2)
         shutil.rmtree(stack_dir, ignore_errors=True)
-
-
-def _until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
-        time.sleep(0.01)
 
 
 def _consume_values(bootstrap: str, topic: str) -> list[bytes]:

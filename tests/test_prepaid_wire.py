@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from sip_harness.sipp import SippProcess, free_udp_port
+from waiting import wait_until
 
 from sipledger.eventlog import read_journal
 from sipledger.store.remote import open_reader
@@ -54,14 +55,6 @@ def _cli(*args: str) -> str:
                           env=_env(), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -133,15 +126,15 @@ gateways = ["carrier"]
     try:
         procs.append(_spawn(["pipeline", "--config", str(cfg)], tmp_path / "pipeline.log"))
         procs.append(_spawn(["b2bua", "--config", str(cfg)], tmp_path / "b2bua.log"))
-        _wait(lambda: "listening" in (tmp_path / "b2bua.log").read_text(), 30, "the B2BUA")
+        wait_until(lambda: "listening" in (tmp_path / "b2bua.log").read_text(), 30, "the B2BUA", every=0.1)
         # Top-ups are facts of the log; the same id twice counts once.
         for account, amount, topup_id in (("solo", "0.62", "t-solo"), ("solo", "0.62", "t-solo"),
                                           ("duo", "0.90", "t-duo"), ("broke", "0.50", "t-broke")):
             _cli("balance", "add", account, amount, "--id", topup_id, "--note", "wire test",
                  "--config", str(cfg))
         balances = journal.parent / "balances.jsonl"
-        _wait(lambda: {r["account"] for r in _lines(balances)} == {"solo", "duo", "broke"}, 30,
-              "the pipeline's balance records")
+        wait_until(lambda: {r["account"] for r in _lines(balances)} == {"solo", "duo", "broke"}, 30,
+                   "the pipeline's balance records", every=0.1)
         time.sleep(0.6)  # the node polls the balances journal every 0.2 s
         node = f"127.0.0.1:{port}"
         callers.append(SippProcess("uac_no_timer_wait_bye", remote=node, local_ip="127.0.0.2",
@@ -171,9 +164,10 @@ gateways = ["carrier"]
         assert len(carrier_byes) == 3  # the carrier leg of each answered call got its BYE too
 
         events = _lines(journal)
-        _wait(lambda: sum(e["type"] == "call.terminated" for e in _lines(journal)) == 4, 10, "4 calls ended")
-        _wait(lambda: all(b["reserved"] == "0.000000" for b in _balances(cfg).values()) and
-              _balances(cfg)["solo"]["debit_count"] == 1, 20, "every debit stored")
+        wait_until(lambda: sum(e["type"] == "call.terminated" for e in _lines(journal)) == 4, 10,
+                   "4 calls ended", every=0.1)
+        wait_until(lambda: all(b["reserved"] == "0.000000" for b in _balances(cfg).values()) and
+                   _balances(cfg)["solo"]["debit_count"] == 1, 20, "every debit stored", every=0.1)
         live = _balances(cfg)
         with open_reader(f"chdb://{tmp_path}/store", str(tmp_path)) as store:
             cdrs = {r["account"] + str(r["effective_limit_s"]): r for r in store.query(

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from sip_harness.sipp import SippProcess, free_udp_port
+from waiting import wait_until
 
 from sipledger.eventlog import read_journal
 from sipledger.store import open_store
@@ -44,14 +45,6 @@ def _journal(path: Path) -> list[dict[str, Any]]:
     return [json.loads(raw) for _, raw in read_journal(path)]
 
 
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout:.0f} s")
-        time.sleep(0.2)
-
-
 def test_node1_ends_node2s_calls_and_a_pjsua2_callee_sees_its_bye(tmp_path: Path) -> None:
     carrier = SippProcess("uas_answer_wait_bye", workdir=tmp_path / "carrier", name="carrier",
                           calls=1_000_000, timeout_s=None).start()
@@ -61,7 +54,7 @@ def test_node1_ends_node2s_calls_and_a_pjsua2_callee_sees_its_bye(tmp_path: Path
     procs: list[subprocess.Popen[bytes]] = [pjsua]
     callers: list[SippProcess] = []
     try:
-        _wait(lambda: '"listening"' in pj_log.read_text(), 15, "the pjsua2 callee")
+        wait_until(lambda: '"listening"' in pj_log.read_text(), 15, "the pjsua2 callee", every=0.2)
         pj_port = int(next(json.loads(x) for x in pj_log.read_text().splitlines()
                            if '"listening"' in x)["address"].rsplit(":", 1)[1])
         ports = [free_udp_port(), free_udp_port()]
@@ -106,15 +99,16 @@ gateways = ["pjsua"]
                                  "--set", f"sip.listen_port={port}"], tmp_path / f"n{i}.log"))
         pipeline = _spawn(["-m", "sipledger", "pipeline", "--config", str(cfg)], tmp_path / "pipeline.log")
         procs.append(pipeline)
-        _wait(lambda: all("listening" in (tmp_path / f"n{i}.log").read_text() for i in (1, 2)), 30, "nodes")
+        wait_until(lambda: all("listening" in (tmp_path / f"n{i}.log").read_text() for i in (1, 2)), 30,
+                   "nodes", every=0.2)
         node2 = f"127.0.0.1:{ports[1]}"
         callers.append(SippProcess("uac_wait_remote_bye", remote=node2, workdir=tmp_path / "callers",
                                    name="callers", service="15551230000", calls=CALLS, rate=25,
                                    timeout_s=90).start())
         callers.append(SippProcess("uac_wait_remote_bye", remote=node2, workdir=tmp_path / "pj_caller",
                                    name="pj_caller", service="16661230000", calls=1, timeout_s=90).start())
-        _wait(lambda: sum(e["type"] == "call.answered" for e in _journal(journal)) == CALLS + 1, 60,
-              "every call answered")
+        wait_until(lambda: sum(e["type"] == "call.answered" for e in _journal(journal)) == CALLS + 1, 60,
+                   "every call answered", every=0.2)
         killed_at = time.time()
         os.kill(procs[2].pid, signal.SIGKILL)  # node-2, without a goodbye
 
@@ -126,10 +120,11 @@ gateways = ["pjsua"]
         delays = sorted(m.timestamp.timestamp() - killed_at for m in byes if m.timestamp)
         print(f"\nkill -> BYE at the callers: p50 {delays[len(delays) // 2]:.2f} s, max {delays[-1]:.2f} s")
         assert delays[-1] <= NODE_TIMEOUT + 5
-        _wait(lambda: '"disconnected"' in pj_log.read_text(), 30, "the pjsua2 callee's hang-up")
+        wait_until(lambda: '"disconnected"' in pj_log.read_text(), 30, "the pjsua2 callee's hang-up",
+                   every=0.2)
         ended = [e for e in _journal(journal) if e["type"] == "call.terminated" and e["node"] == "n1"]
-        _wait(lambda: len([e for e in _journal(journal) if e["type"] == "call.terminated"
-                           and e["node"] == "n1"]) == CALLS + 1, 30, "node-1's reports")
+        wait_until(lambda: len([e for e in _journal(journal) if e["type"] == "call.terminated"
+                           and e["node"] == "n1"]) == CALLS + 1, 30, "node-1's reports", every=0.2)
         ended = [e for e in _journal(journal) if e["type"] == "call.terminated" and e["node"] == "n1"]
         verdicts = [e for e in _journal(journal) if e["type"] == "node.lost"]
         assert [v["node"] for v in verdicts] == ["n2"] and verdicts[0]["takeover_by"] == ["n1"]

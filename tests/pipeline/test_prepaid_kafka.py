@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from domain_eventgen import PREPAID_RATES, T0, prepaid_call
+from waiting import wait_until
 
 from b2bua.balances_in import KafkaBalanceFollower
 from b2bua.credit_book import CreditBook
@@ -39,14 +39,6 @@ def _topup(topup_id: str, amount: str, n: int) -> dict[str, Any]:
     return {"event_id": f"topup-{topup_id}-{n}", "call_id": "account:pre", "seq": 1, "type": "account.topup",
             "ts": format_ts(T0 + n), "node": "sipledger-cli", "schema_version": 2, "topup_id": topup_id,
             "account": "pre", "amount": amount, "note": "kafka test"}
-
-
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout:.0f} s")
-        time.sleep(0.3)
 
 
 def _node_view(bootstrap: str, topic: str) -> dict[str, Decimal]:
@@ -135,9 +127,9 @@ prepaid = true
         produce_events(producer, topics["events"], [_topup("t1", "1.00", 1), _topup("t1", "1.00", 2),
                                                     *prepaid_call("c1", 35_800)], PARTITIONS)
         producer.flush()
-        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.40"), 30,
-              "the balances topic at 1.00 - 0.60")
-        _wait(lambda: _cli_balance(cfg)["debit_count"] == 1, 30, "the debit in the store")
+        wait_until(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.40"), 30,
+                   "the balances topic at 1.00 - 0.60")
+        wait_until(lambda: _cli_balance(cfg)["debit_count"] == 1, 30, "the debit in the store")
         row = _cli_balance(cfg)
         assert (row["topups"], row["debits"], row["balance"], row["reserved"], row["topup_count"]) == \
             ("1.000000", "0.600000", "0.400000", "0.000000", 1)
@@ -155,7 +147,7 @@ prepaid = true
                         rec["books"].get("pre", {}).get("settled") == "0.600000":
                     return True
             return False
-        _wait(settled, 60, "the settled debit in the changelog")
+        wait_until(settled, 60, "the settled debit in the changelog")
         worker.stop()
 
         worker = WorkerProcess(cfg, app_id, tmp_path / "worker2.log").start()
@@ -164,24 +156,24 @@ prepaid = true
         # (a worker that forgot its ledger would publish 0.50 for the top-ups' partition).
         produce_events(producer, topics["events"], [_topup("t2", "0.50", 3)], PARTITIONS)
         producer.flush()
-        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
-              "the balances topic at 1.50 - 0.60")
+        wait_until(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
+                   "the balances topic at 1.50 - 0.60")
         # t1 again counts nothing; t3, written by the operator's command to the events topic, does.
         produce_events(producer, topics["events"], [_topup("t1", "1.00", 4)], PARTITIONS)
         producer.flush()
         _cli(cfg, "balance", "add", "pre", "0.10", "--id", "t3", "--note", "operator")
-        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("1.00"), 30,
-              "the balances topic at 1.60 - 0.60")
+        wait_until(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("1.00"), 30,
+                   "the balances topic at 1.60 - 0.60")
         # A second call on c1's partition: its record must still count c1's settled debit (1.60 - 0.70).
         (c1_partition,) = {rec["partition"] for _, rec in read_topic(bootstrap, topics["balances"])
                            if "c1" in rec["debited"]}
         for ev in prepaid_call("c2", 5_800):
             producer.send(topics["events"], value=json.dumps(ev).encode(), key=b"c2", partition=c1_partition)
         producer.flush()
-        _wait(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
-              "the balances topic at 1.60 - 0.70")
+        wait_until(lambda: _node_view(bootstrap, topics["balances"]).get("pre") == Decimal("0.90"), 30,
+                   "the balances topic at 1.60 - 0.70")
         assert asyncio.run(_node_follows(bootstrap, topics["balances"])) == Decimal("0.90")
-        _wait(lambda: _cli_balance(cfg)["debit_count"] == 2, 30, "two debits in the store")
+        wait_until(lambda: _cli_balance(cfg)["debit_count"] == 2, 30, "two debits in the store")
         row = _cli_balance(cfg)
         assert (row["topups"], row["debits"], row["balance"], row["available"], row["topup_count"]) == \
             ("1.600000", "0.700000", "0.900000", "0.900000", 3)
