@@ -40,6 +40,7 @@ from b2bua.core_config import (
     END_REASONS,
     SUPPORTED,
     SWEEP_KEY,
+    TX_TIMERS_KEY,
     CoreConfig,
     contact_host,
 )
@@ -277,8 +278,8 @@ class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination,
         if not isinstance(key, tuple) or not key:
             return
         kind = key[0]
-        if kind == "tx" and len(key) == 3:
-            self._apply(self.layer.timer_fired(key[1], key[2], self._now))
+        if key == TX_TIMERS_KEY:
+            self._expire_transactions()
         elif kind == "call" and len(key) == 3:
             call = self.calls.get(key[1])
             name = key[2]

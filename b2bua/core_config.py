@@ -40,6 +40,9 @@ INITIATOR = {"caller": "caller", "carrier": "callee"}
 
 
 SWEEP_KEY: tuple[str] = ("sweep",)
+# The one adapter timer of the transaction layer's own queue (TimedTransactionLayer): due at its
+# earliest deadline, it fires every transaction timer then due.
+TX_TIMERS_KEY: tuple[str] = ("tx",)
 
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")

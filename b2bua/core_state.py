@@ -26,6 +26,7 @@ from b2bua.core_config import (
     ALLOW,
     IMPLEMENTED,
     SUPPORTED,
+    TX_TIMERS_KEY,
     CoreConfig,
 )
 from b2bua.credit_book import CreditBook
@@ -66,7 +67,7 @@ from b2bua.sip.transaction import (
     Transmit,
     TransportError,
 )
-from b2bua.sip.transaction_layer import LayerAction, TransactionKey, TransactionLayer
+from b2bua.sip.transaction_layer import NEVER, LayerAction, TimedTransactionLayer, TransactionKey
 from b2bua.takeover import Takeover
 from sipledger.config import Gateway
 
@@ -107,7 +108,9 @@ class CoreState:
         self.routes = routes
         # Prepaid accounts and the node's view of their balances (b2bua/credit.py); none by default.
         self.credit = credit if credit is not None else CreditBook()
-        self.layer = TransactionLayer(timers=config.timers, rng=rng)
+        # Transaction timers stay in the layer's own queue; the adapter holds one wake-up for it.
+        self.layer = TimedTransactionLayer(timers=config.timers, rng=rng)
+        self._tx_wake = NEVER  # the deadline of that wake-up as last asked of the adapter
         # Call analysis (b2bua/signalling_trace.py): None when no call can be recorded, so the hooks cost
         # one attribute test.
         self.trace: SignallingRecorder | None = (
@@ -179,8 +182,18 @@ class CoreState:
         self._abort_current()
 
     def _done(self) -> list[Action]:
+        layer = self.layer
+        hint = layer.wake_hint
+        if hint < self._tx_wake and layer.pending_timers:
+            self._out.append(SetTimer(TX_TIMERS_KEY, hint))
+            self._tx_wake = hint
+        layer.wake_hint = NEVER  # a later deadline is found by the wake-up already asked for
         out, self._out = self._out, []
         return out
+
+    def _expire_transactions(self) -> None:
+        self._tx_wake = NEVER
+        self._apply(self.layer.expire(self._now))
 
     def _guard(self, fn: Callable[[], None], now: float, source: Address | None,
                what: Callable[[], str]) -> list[Action]:
@@ -268,10 +281,6 @@ class CoreState:
                     self._log("warning", f"no destination for {describe(a.message)}; dropped")
                 else:
                     self._send(a.message, target)
-            elif isinstance(a, StartTimer):
-                self._out.append(SetTimer(("tx", key, a.name), a.at))
-            elif isinstance(a, TxCancelTimer):
-                self._out.append(CancelTimer(("tx", key, a.name)))
             elif isinstance(a, DeliverRequest):
                 self._on_tu_request(a.request, key)
             elif isinstance(a, DeliverResponse):
@@ -321,20 +330,10 @@ class CoreState:
     def _abandon_transaction(self, key: TransactionKey | None) -> None:
         """Drop a transaction and its timers: a gateway we gave up on (its late answers are then
         handled as strays), or a server transaction whose branch a peer reused for a new request."""
-        if key is None:
+        # Its timers leave the layer's queue at once: a stateless answer costs no timer at all, which
+        # matters under a flood.
+        if key is None or not self.layer.abandon(key):
             return
-        tx = self.layer.get(key)
-        if tx is None:
-            return
-        # Timers armed in this very step are taken back before they reach the adapter (a stateless
-        # answer then costs no timer at all, which matters under a flood); older ones are cancelled.
-        armed = {("tx", key, name) for name in tx.armed_timers}
-        kept = [a for a in self._out if not (isinstance(a, SetTimer) and a.key in armed)]
-        fresh = {a.key for a in self._out if isinstance(a, SetTimer) and a.key in armed}
-        self._out = kept
-        for timer in armed - fresh:
-            self._out.append(CancelTimer(timer))
-        self.layer.transactions.pop(key, None)
         self.tx_dest.pop(key, None)
         self.tx_owner.pop(key, None)
 

@@ -216,18 +216,18 @@ class B2BUAServer:
         emitted = False
         timers, transports = self.timers, self.transports
         for a in actions:
-            # By exact type, the most frequent first (a call makes ~13 SetTimer, 9 CancelTimer, 7 Send
-            # and 5 Emit): the action classes are final plain dataclasses, never subclassed.
+            # By exact type, the most frequent first (a call makes 7 Send, 5 SetTimer, 5 CancelTimer and
+            # 5 Emit; transaction timers stay in the core): the action classes are final dataclasses.
             try:
-                if type(a) is SetTimer:
+                if type(a) is Send:
+                    if transports is not None:
+                        transports.send(a.data, a.dest)
+                elif type(a) is SetTimer:
                     if timers is not None:
                         timers.set(a.key, a.at)
                 elif type(a) is CancelTimer:
                     if timers is not None:
                         timers.cancel(a.key)
-                elif type(a) is Send:
-                    if transports is not None:
-                        transports.send(a.data, a.dest)
                 elif isinstance(a, Emit):
                     emitted = True
                     self.factory.emit(a.call_id, a.type, **a.fields)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from b2bua.actions import Address
+from b2bua.sip.deadlines import DeadlineQueue
 from b2bua.sip.message import Request, Response
 from b2bua.sip.parser import ParseError, ParserLimits, StreamFramer, parse_message
-from b2bua.timers import DeadlineQueue
 from sipledger.ports import free_port
 
 log = logging.getLogger("sipledger.b2bua.transport")

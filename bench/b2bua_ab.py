@@ -41,9 +41,11 @@ def one_run(tree: Path, python: str, rates: str, seconds: float, workdir: Path) 
         steps = json.loads(out.read_text())["ladders"]["sipledger"]
     except (OSError, ValueError, KeyError):
         steps = []
-    by_rate = {s["rate"]: s for s in steps}
-    figures = [by_rate[r]["cpu_ms_per_call"] if r in by_rate and by_rate[r].get("passed") else None
-               for r in wanted]
+    # Step by step in the order run: a rate may come twice (``--rates 300,300``, the second step carrying
+    # the first one's deferred transaction timers), so steps are not looked up by rate.
+    by_step = [s for s in steps if s["rate"] in wanted]
+    figures = [s["cpu_ms_per_call"] if s.get("passed") else None for s in by_step]
+    figures += [None] * (len(wanted) - len(figures))
     if None in figures:
         tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
         print(f"  (a step failed or did not run; the run's last lines: {' | '.join(tail)})", flush=True)

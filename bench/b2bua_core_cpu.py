@@ -42,8 +42,8 @@ from b2bua.admission import Admission
 from b2bua.call_events import CallEventFactory
 from b2bua.core import B2BUACore, CoreConfig
 from b2bua.routing import RouteTable
+from b2bua.sip.deadlines import DeadlineQueue
 from b2bua.sip.parser import parse_message
-from b2bua.timers import DeadlineQueue
 from sipledger.config import from_dict
 
 CALLER = Address("127.0.0.1", 5070, "udp")

@@ -1,15 +1,18 @@
 """Routes messages to transactions (RFC 3261 17.1.3 / 17.2.3) and owns the transaction table.
 
-The layer never reads a clock: it returns ``StartTimer`` actions with absolute deadlines tagged
-with the transaction key, and the adapter calls ``timer_fired(key, name, now)`` when one is due.
+The layer never reads a clock. ``TransactionLayer`` returns ``StartTimer`` actions with absolute
+deadlines tagged with the transaction key, and its user calls ``timer_fired(key, name, now)`` when one
+is due. ``TimedTransactionLayer`` (the B2BUA's) keeps those timers in its own deadline queue instead:
+its user only learns the earliest deadline (``wake_hint``) and calls ``expire(now)`` then.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+from b2bua.sip.deadlines import DeadlineQueue
 from b2bua.sip.message import MAGIC_COOKIE, Request, Response, SipSyntaxError
 from b2bua.sip.randomness import UrandomPool
 from b2bua.sip.transaction import (
@@ -192,6 +195,77 @@ class TransactionLayer:
         if tx is None:
             return []
         return self._wrap(key, tx.transport_error(now, reason))
+
+
+NEVER = float("inf")
+
+
+class TimedTransactionLayer(TransactionLayer):
+    """A transaction layer that keeps its transactions' timers itself.
+
+    A call through the B2BUA arms or cancels 13 transaction timers (A, B, E, F, J, K, L, M) and four of
+    them fire 5-32 s after the call ended (K, J, L, M) only to forget the transaction. Returned as
+    actions, each one crossed the core, the adapter and the adapter's queue in interpreted code; here
+    they stay in a deadline queue compiled with this module. What comes out of every method is the
+    plain layer's actions minus the timer ones, in the same order.
+
+    The user arms one wake-up of its own at ``wake_hint`` (the earliest deadline armed since it last
+    set the hint back to ``NEVER``) and calls ``expire(now)`` when it comes. A wake-up for a timer
+    cancelled since just finds nothing due; ``expire`` puts the next deadline in the hint.
+    """
+
+    def __init__(
+        self,
+        *,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        rng: random.Random | None = None,
+        rfc6026: bool = True,
+        auto_trying: bool = True,
+    ) -> None:
+        super().__init__(timers=timers, rng=rng, rfc6026=rfc6026, auto_trying=auto_trying)
+        self.deadlines = DeadlineQueue()  # keys: (transaction key, timer name)
+        self.wake_hint = NEVER
+
+    def _wrap(self, key: TransactionKey | None, actions: list[Action]) -> list[LayerAction]:
+        out: list[LayerAction] = []
+        for a in actions:
+            if isinstance(a, StartTimer):
+                self.deadlines.set((key, a.name), a.at)
+                if a.at < self.wake_hint:
+                    self.wake_hint = a.at
+            elif isinstance(a, CancelTimer):
+                self.deadlines.cancel((key, a.name))
+            else:
+                if isinstance(a, Terminated) and key is not None:
+                    self.transactions.pop(key, None)  # its timers were cancelled just before
+                out.append(LayerAction(key, a))
+        return out
+
+    def expire(self, now: float) -> list[LayerAction]:
+        """Fire every timer due at ``now``, in deadline order; the actions of all of them."""
+        out: list[LayerAction] = []
+        for due in self.deadlines.pop_due(now):
+            key, name = cast(tuple[TransactionKey, str], due)
+            tx = self.transactions.get(key)
+            if tx is not None:
+                out.extend(self._wrap(key, tx.timer_fired(name, now)))
+        deadline = self.deadlines.next_deadline()
+        if deadline is not None and deadline < self.wake_hint:
+            self.wake_hint = deadline
+        return out
+
+    def abandon(self, key: TransactionKey) -> bool:
+        """Forget a transaction and its timers at once, with no action (False if it was not there)."""
+        tx = self.transactions.pop(key, None)
+        if tx is None:
+            return False
+        for name in tx.armed_timers:
+            self.deadlines.cancel((key, name))
+        return True
+
+    @property
+    def pending_timers(self) -> int:
+        return len(self.deadlines)
 
 
 class TimerQueue:

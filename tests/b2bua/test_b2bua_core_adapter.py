@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from b2bua.commands_in import FileCommandFollower
-from b2bua.timers import DeadlineQueue
+from b2bua.sip.deadlines import DeadlineQueue
 from sipledger.b2bua_cli import b2bua_command
 
 

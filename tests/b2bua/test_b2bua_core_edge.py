@@ -10,6 +10,7 @@ import tracemalloc
 from test_b2bua_core_harness import CALLER, GW1, Harness, caller_invite, labels, only, select
 
 from b2bua.actions import Address, Send
+from b2bua.core_config import TX_TIMERS_KEY
 from b2bua.sip.digest import build_authorization
 from b2bua.sip.message import Request, clear_parse_caches, parse_cache_sizes, parse_via
 from b2bua.sip.parser import ParserLimits, parse_message
@@ -197,7 +198,7 @@ def test_rfc3261_8_2_checks() -> None:
         b""))
     assert only(out, status=416) and not select(out, GW1)
     assert h.events == [] and len(h.core.layer) == 0  # all answered statelessly...
-    assert not [k for k in h.timers if k[0] == "tx"]  # ...without a timer left behind
+    assert h.core.layer.pending_timers == 0 and TX_TIMERS_KEY not in h.timers  # ...and no timer left
 
 
 def test_parse_errors_answer_with_their_own_status() -> None:

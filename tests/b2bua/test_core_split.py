@@ -24,8 +24,8 @@ from b2bua.termination import Termination
 B2BUA = Path(__file__).resolve().parents[2] / "b2bua"
 CORE_MODULES = ["core", "core_config", "core_state", "call_setup", "relay", "session_refresh", "liveness",
                 "termination", "commands", "takeover", "call", "actions", "call_metrics", "admission",
-                "routing", "refusals", "timers", "gateway_probes", "gateway_health", "credit", "credit_book",
-                "signalling_trace"]
+                "routing", "refusals", "sip/deadlines", "gateway_probes", "gateway_health", "credit",
+                "credit_book", "signalling_trace"]
 IO_MODULES = {"asyncio", "socket", "time", "threading", "subprocess", "select", "selectors", "uvloop",
               "datetime"}
 

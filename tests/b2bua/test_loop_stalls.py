@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from b2bua.loop_stalls import LoopStallWatch
-from b2bua.timers import DeadlineQueue
+from b2bua.sip.deadlines import DeadlineQueue
 from b2bua.transport import TimerTask
 
 

@@ -1,10 +1,12 @@
-"""A pure deadline queue keyed by any hashable (the core's timer keys): a hashed timing wheel.
+"""A pure deadline queue keyed by any hashable: a hashed timing wheel.
 
-The adapter's timer task wakes the loop at ``next_deadline`` and fires ``pop_due``. Every call arms
-and cancels a dozen timers (transaction timers A/B/E/F/K/J/L/M, the 2xx retransmissions, the
-INVITE and ringing timeouts, a duration cap of hours), and almost all of them are cancelled long
-before they are due. A heap with lazy deletion kept every cancelled entry until its time: at 800
-calls/s the 7200 s caps alone piled up by millions, and rebuilding the heap stopped the loop.
+Two queues use it: the transaction layer's own (``TimedTransactionLayer``: timers A/B/E/F/K/J/L/M of
+every transaction) and the adapter's timer task (the core's call timers: the 2xx retransmissions,
+the INVITE and ringing timeouts, a duration cap of hours, and one wake-up for the layer's queue). It
+lives in the compiled package for the layer's sake. Every call arms and cancels two dozen timers,
+and almost all of them are cancelled long before they are due. A heap with lazy deletion kept every
+cancelled entry until its time: at 800 calls/s the 7200 s caps alone piled up by millions, and
+rebuilding the heap stopped the loop.
 Here setting, re-arming and cancelling are O(1) and a cancelled timer is gone at once:
 
 * near deadlines (within ``SLOTS`` x ``RESOLUTION``, 82 s) live in the wheel's slot of their
@@ -24,8 +26,6 @@ from collections.abc import Hashable
 
 RESOLUTION = 0.01  # seconds per wheel slot
 SLOTS = 8192  # the wheel spans SLOTS * RESOLUTION = 81.92 s
-_NEAR = "near"
-_FAR = "far"
 
 
 def _tick(at: float) -> int:
@@ -38,8 +38,8 @@ class DeadlineQueue:
         self._cursor: int | None = None  # the last tick whose slot was emptied of due keys
         self._far: dict[int, dict[Hashable, float]] = {}  # whole second -> its keys
         self._far_seconds: list[int] = []  # heap of the seconds in _far (stale ones skipped)
-        # Where each key is: (_NEAR, tick) or (_FAR, second).
-        self._where: dict[Hashable, tuple[str, int]] = {}
+        # Where each key is: (True, tick) in the wheel, or (False, second) waiting far.
+        self._where: dict[Hashable, tuple[bool, int]] = {}
         self._near = 0  # keys in the wheel (when none, the cursor jumps instead of walking)
 
     def __len__(self) -> int:
@@ -61,7 +61,7 @@ class DeadlineQueue:
         tick = max(_tick(at), self._cursor + 1)  # a deadline already past goes in the next slot
         if tick <= self._cursor + SLOTS:
             self._slots[tick % SLOTS][key] = at
-            self._where[key] = (_NEAR, tick)
+            self._where[key] = (True, tick)
             self._near += 1
             return
         second = int(at)
@@ -70,15 +70,20 @@ class DeadlineQueue:
             bucket = self._far[second] = {}
             heapq.heappush(self._far_seconds, second)
         bucket[key] = at
-        self._where[key] = (_FAR, second)
+        self._where[key] = (False, second)
 
     def cancel(self, key: Hashable) -> None:
         where = self._where.pop(key, None)
         if where is None:
             return
-        level, index = where
-        if level is _NEAR:
-            del self._slots[index % SLOTS][key]
+        near, index = where
+        if near:
+            slot = self._slots[index % SLOTS]
+            del slot[key]
+            if not slot:
+                # A dict keeps its table when emptied: a burst of timers (a flood answered with 401s)
+                # would leave every slot it touched that large for good. An empty literal has none.
+                self._slots[index % SLOTS] = {}
             self._near -= 1
             return
         bucket = self._far[index]
@@ -136,6 +141,8 @@ class DeadlineQueue:
                         del self._where[key]
                         self._near -= 1
                         due.append((at, key))
+                if not slot:
+                    self._slots[tick % SLOTS] = {}
             if last >= first:
                 # The slot of ``target`` may hold keys due later within its tick: it is visited again.
                 self._cursor = last - 1 if last == target else last
