@@ -24,7 +24,6 @@ from b2bua.core_config import (
     SUPPORTED,
 )
 from b2bua.core_state import (
-    CoreState,
     TxOwner,
     callee_of,
     refresher_label,
@@ -65,7 +64,7 @@ _LIMIT_REASON = {"max_call_duration": "max_duration_limit", "no_timer_max_durati
                  "credit_limit": "credit_limit"}
 
 
-class CallSetup(Credit, CoreState):
+class CallSetup(Credit):
     """The caller's INVITE to the answer (or the failure) on both legs."""
 
     def _on_initial_invite(self, req: Request, key: TransactionKey | None) -> None:

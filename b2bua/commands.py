@@ -14,17 +14,15 @@ from typing import Any
 from b2bua.core_config import (
     END_REASONS,
 )
-from b2bua.core_state import (
-    CoreState,
-)
 from b2bua.sip.message import (
     SipSyntaxError,
 )
 from b2bua.takeover import LEGS, Takeover, destination_of, reason_header
+from b2bua.termination import Termination
 from schemas.validation import ContractError, validate_command
 
 
-class Commands(CoreState):
+class Commands(Termination):
     """The pipeline's terminate, takeover and release commands."""
 
     def _on_command(self, cmd: dict[str, Any]) -> None:

@@ -22,6 +22,13 @@ that owns it. Each concept is a module of its own, found by name:
                           (sending, answering, timers, events);
 * ``core_config.py``      the core's configuration and the constants of what we advertise.
 
+The concept classes stand in one line of single inheritance, ``CoreState`` <- ``Credit`` <-
+``CallSetup`` <- ``InDialogRelay`` <- ``SessionRefresh`` <- ``Liveness`` <- ``Termination`` <-
+``Commands`` <- ``GatewayProbes`` <- ``B2BUACore``, because mypyc compiles them (``b2bua/native.py``)
+into native classes, whose attributes are C struct fields, and a native class has one base. The order
+means nothing: no concept overrides another's method (tests/b2bua/test_core_split.py holds that), each
+only implements the hooks ``CoreState`` declares.
+
 Topology hiding: the carrier leg gets its own Call-ID, tags, CSeq, Via and Contact; only the
 caller/callee numbers and the session descriptions cross from one leg to the other.
 """
@@ -33,8 +40,6 @@ from typing import Any
 
 from b2bua.actions import Action, Address, PublishTrace, SetTimer
 from b2bua.call import Call
-from b2bua.call_setup import CallSetup
-from b2bua.commands import Commands
 from b2bua.core_config import (
     ALLOW,
     END_REASONS,
@@ -49,9 +54,6 @@ from b2bua.core_state import (
     replace_top_via,
 )
 from b2bua.gateway_probes import GW_TIMER, GatewayProbes
-from b2bua.liveness import Liveness
-from b2bua.relay import InDialogRelay
-from b2bua.session_refresh import SessionRefresh
 from b2bua.sip.message import (
     Request,
     Response,
@@ -63,12 +65,11 @@ from b2bua.sip.parser import ParseError
 from b2bua.sip.response_route import response_address, stamp_via
 from b2bua.sip.serializer import build_response, response_from_parse_error
 from b2bua.sip.transaction_layer import TransactionKey, server_key
-from b2bua.termination import Termination
 
 __all__ = ["ALLOW", "END_REASONS", "SUPPORTED", "B2BUACore", "CoreConfig", "contact_host"]
 
 
-class B2BUACore(CallSetup, InDialogRelay, SessionRefresh, Liveness, Termination, Commands, GatewayProbes):
+class B2BUACore(GatewayProbes):
     """The controller: public entry points and the routing of each input to its concept."""
 
     def start(self, now: float) -> list[Action]:

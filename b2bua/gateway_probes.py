@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from b2bua.actions import Address, CancelTimer, SetTimer
 from b2bua.call import Call
-from b2bua.core_state import CoreState
+from b2bua.commands import Commands
 from b2bua.gateway_health import GatewayHealth, ProbeInFlight, Transition
 from b2bua.sip.message import Headers, Request, Response
 from b2bua.sip.transaction_layer import TransactionKey
@@ -35,7 +35,7 @@ def gateway_key(node: str, name: str) -> str:
     return f"gateway:{node}:{name}"[:128]
 
 
-class GatewayProbes(CoreState):
+class GatewayProbes(Commands):
     """Probing the routing gateways and routing around the ones that are down."""
 
     def _start_gateway_probes(self) -> None:

@@ -6,16 +6,14 @@ the dialog (``liveness.probe_succeeded``); 408, 481 or no answer ends the call
 from __future__ import annotations
 
 from b2bua.call import Call, LegRole
-from b2bua.core_state import (
-    CoreState,
-)
+from b2bua.session_refresh import SessionRefresh
 from b2bua.sip.message import (
     Response,
 )
 from b2bua.sip.transaction_layer import TransactionKey
 
 
-class Liveness(CoreState):
+class Liveness(SessionRefresh):
     """OPTIONS probes of legs without session timers."""
 
     def _send_probe(self, call: Call, role: LegRole) -> None:

@@ -10,12 +10,10 @@ carrier's ACK waited for.
 from __future__ import annotations
 
 from b2bua.call import Call, Leg, LegRole, Relay
+from b2bua.call_setup import CallSetup
 from b2bua.core_config import (
     ALLOW,
     SUPPORTED,
-)
-from b2bua.core_state import (
-    CoreState,
 )
 from b2bua.sip.dialog import dialog_id_for_request
 from b2bua.sip.message import (
@@ -31,7 +29,7 @@ from b2bua.sip.session_timer import (
 from b2bua.sip.transaction_layer import TransactionKey
 
 
-class InDialogRelay(CoreState):
+class InDialogRelay(CallSetup):
     """In-dialog requests of a live call: relayed across or answered here."""
 
     def _on_ack(self, req: Request) -> None:

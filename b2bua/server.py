@@ -108,7 +108,7 @@ class B2BUAServer:
         self._start_commands()
         self._start_balances()
         print(f"b2bua: listening on {self.transports.describe()} (node {cfg.node.id}); "
-              f"SIP core {native.STATUS}", flush=True)
+              f"core {native.STATUS}", flush=True)
 
     def _serve_metrics(self) -> None:
         # First, before any SIP socket: a port that is taken stops the start with the key named. The

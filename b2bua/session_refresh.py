@@ -13,9 +13,7 @@ from b2bua.call import Call, LegRole
 from b2bua.core_config import (
     SUPPORTED,
 )
-from b2bua.core_state import (
-    CoreState,
-)
+from b2bua.relay import InDialogRelay
 from b2bua.sip.message import (
     Response,
     SipSyntaxError,
@@ -28,7 +26,7 @@ from b2bua.sip.session_timer import (
 from b2bua.sip.transaction_layer import TransactionKey
 
 
-class SessionRefresh(CoreState):
+class SessionRefresh(InDialogRelay):
     """RFC 4028 refreshes and expiries, per leg."""
 
     def _schedule_session(self, call: Call, role: LegRole) -> None:

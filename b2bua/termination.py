@@ -19,9 +19,9 @@ from b2bua.core_config import (
 )
 from b2bua.core_state import (
     TOMBSTONE_PURPOSES,
-    CoreState,
     TxOwner,
 )
+from b2bua.liveness import Liveness
 from b2bua.sip.dialog import DialogState
 from b2bua.sip.message import (
     Request,
@@ -30,7 +30,7 @@ from b2bua.sip.message import (
 from b2bua.sip.transaction_layer import TransactionKey
 
 
-class Termination(CoreState):
+class Termination(Liveness):
     """Ending calls on the wire and in the events; tombstones; the safety net."""
 
     def _on_bye(self, req: Request, key: TransactionKey | None) -> None:

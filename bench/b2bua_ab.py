@@ -7,10 +7,10 @@ run of each side cannot see a change of a few percent. Alternating puts both sid
 drift; the medians, and how often each side was the cheaper one of a pair, are what to read.
 
 Each side is a source tree (a git worktree of the revision, with its SIP core compiled:
-``python3 -m b2bua.native build`` run in it) and an interpreter; every run is
+``python3 -m b2bua.native_build`` run in it) and an interpreter; every run is
 ``bench/b2bua_cps.py --only sipledger`` of that tree, with ``PYTHONPATH`` set to the tree.
 
-    git worktree add /tmp/base <revision> && (cd /tmp/base && PYTHONPATH=$PWD python3 -m b2bua.native build)
+    git worktree add /tmp/base <revision> && (cd /tmp/base && PYTHONPATH=$PWD python3 -m b2bua.native_build)
     python3 bench/b2bua_ab.py --a /tmp/base --b . --runs 6 [--rates 300] [--step-seconds 20]
     python3 bench/b2bua_ab.py --a . --b . --python-b "$(bench/optimized_python.sh)"   # interpreters
 """

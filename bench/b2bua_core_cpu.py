@@ -215,7 +215,7 @@ def main() -> int:
     print(f"b2bua core path: {best * 1e6:.0f} us CPU per call (best of {args.repeat} x {args.calls} calls, "
           f"{args.concurrent} at a time; pid {os.getpid()}); active calls left {driver.core.active_calls}, "
           f"events {driver.events.published}; trace {args.trace}: {driver.traces} records "
-          f"({driver.trace_bytes / max(driver.traces, 1):.0f} bytes each); SIP core {native.STATUS}")
+          f"({driver.trace_bytes / max(driver.traces, 1):.0f} bytes each); core {native.STATUS}")
     print("target (issue 16): <= 1,200 us per call for the whole process at 300 calls/s")
     if args.profile:
         prof = cProfile.Profile()

@@ -18,5 +18,5 @@ if [ ! -x /usr/bin/python3.11 ] || ! /usr/bin/python3.11 -c 'import ensurepip' 2
 fi
 [ -x "$VENV/bin/python" ] || /usr/bin/python3.11 -m venv "$VENV" >&2
 "$VENV/bin/pip" install -q -e ".[native,bench]" >&2
-"$VENV/bin/python" -m b2bua.native build >&2
+"$VENV/bin/python" -m b2bua.native_build >&2
 echo "$PWD/$VENV/bin/python"

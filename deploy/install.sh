@@ -19,7 +19,7 @@ command -v mvn >/dev/null || need_apt+=(maven)
 # `sipledger trace --export` writes captures that tshark and sngrep must open (tested with both).
 command -v tshark >/dev/null || need_apt+=(tshark)
 command -v sngrep >/dev/null || need_apt+=(sngrep)
-# A C compiler and the interpreter's headers: mypyc compiles the SIP core at install (below).
+# A C compiler and the interpreter's headers: mypyc compiles the B2BUA core at install (below).
 command -v gcc >/dev/null || need_apt+=(gcc)
 "${PYTHON:-python3}" -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
@@ -37,10 +37,10 @@ PY=${PYTHON:-python3}
 echo "install: pip install -e .[test,native]"
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test,native]'
 
-# The SIP core compiled to C by mypyc (b2bua/native.py): about a fifth less CPU per call. A build
+# The B2BUA core (SIP and call core) compiled to C by mypyc (b2bua/native.py). A build
 # that no longer matches the sources is never loaded; this builds again only when they differ.
-echo "install: compile the SIP core (mypyc)"
-"$PY" -m b2bua.native build
+echo "install: compile the B2BUA core (mypyc)"
+"$PY" -m b2bua.native_build
 
 echo "install: Kafka jars (Maven)"
 "$PY" -m sipledger.cli stack fetch-kafka

@@ -6,8 +6,9 @@ as ``now`` (seconds, any monotonic origin) and side effects come back as action 
 
 from b2bua import native
 
-# Before any module of this package is imported: all of them come from the compiled build, or none.
-native.use_build(__path__)
+# Before any module of this package is imported: all of them come from the compiled build, or none
+# (the decision b2bua/__init__ made).
+native.use_build(__path__, "sip")
 
 from b2bua.sip.message import Headers, Request, Response  # noqa: E402
 from b2bua.sip.parser import ParseError, StreamFramer, parse_message  # noqa: E402

@@ -241,6 +241,12 @@ class TimedTransactionLayer(TransactionLayer):
                 out.append(LayerAction(key, a))
         return out
 
+    def timer_fired(self, key: TransactionKey, name: str, now: float) -> list[LayerAction]:
+        """One timer fired by hand (``expire`` fires them all): it leaves the queue first, so that a
+        timer ending its transaction leaves nothing behind."""
+        self.deadlines.cancel((key, name))
+        return super().timer_fired(key, name, now)
+
     def expire(self, now: float) -> list[LayerAction]:
         """Fire every timer due at ``now``, in deadline order; the actions of all of them."""
         out: list[LayerAction] = []

@@ -94,7 +94,7 @@ class SipledgerB2BUA(B2BUA):
                  gc_threshold: str = "", rcvbuf: int = 0) -> None:
         super().__init__(workdir, carrier_port)
         self.profile = profile
-        self.core = "not started"  # which SIP core the process reported (compiled or pure Python)
+        self.core = "not started"  # which core the process reported (compiled or pure Python)
         self.gc_threshold = gc_threshold
         self.rcvbuf = rcvbuf
         self.journal = workdir / "journal" / "events.jsonl"
@@ -150,7 +150,7 @@ gateways = ["carrier"]
             m = re.search(rb"listening on udp [\d.]+:(\d+)", text)
             if m:
                 self.port = int(m.group(1))
-                core = re.search(rb"SIP core ([^\n]+)", text)
+                core = re.search(rb" core ((?:compiled|pure)[^\n]+)", text)
                 self.core = core.group(1).decode() if core else "unknown"
                 return
             if self.proc.poll() is not None:
@@ -164,8 +164,8 @@ gateways = ["carrier"]
         self.proc = None
 
     def describe(self) -> str:
-        # Which SIP core ran (b2bua/native.py): compiled by mypyc, or the pure Python sources.
-        return " ".join(a if " " not in a else repr(a) for a in self.argv) + f"  [SIP core {self.core}]"
+        # Which core ran (b2bua/native.py): compiled by mypyc, or the pure Python sources.
+        return " ".join(a if " " not in a else repr(a) for a in self.argv) + f"  [core {self.core}]"
 
     def _stall_lines(self) -> list[str]:
         out = self.workdir / f"b2bua-{self.starts}.out"

@@ -284,14 +284,24 @@ def test_malformed_request_gets_400_and_garbage_is_dropped() -> None:
     assert h.core.stats["parse_errors"] == 2 and h.core.active_calls == 0
 
 
-def test_an_internal_error_neither_crashes_nor_leaves_the_call_stuck(monkeypatch) -> None:
+class _BrokenOnce(dict):  # type: ignore[type-arg]
+    """A table that fails the first time an entry is stored: an internal error in the middle of a step.
+    (The core's classes are compiled to native classes: their methods cannot be patched, their tables
+    can be swapped for a dict subclass.)"""
+
+    armed = True
+
+    def __setitem__(self, key: object, value: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("boom")
+        super().__setitem__(key, value)
+
+
+def test_an_internal_error_neither_crashes_nor_leaves_the_call_stuck() -> None:
     h = Harness()
     ci = only(h.feed(caller_invite()), GW1, method="INVITE")
-
-    def boom(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(h.core, "_relay_provisional", boom)
+    h.core.dialogs = _BrokenOnce(h.core.dialogs)  # the 180's early dialog is the next entry stored
     out = h.feed(answer(ci, 180), GW1)
     assert h.core.stats["internal_errors"] == 1
     assert select(out, CALLER, status=500) and select(out, GW1, method="CANCEL")

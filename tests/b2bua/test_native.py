@@ -1,4 +1,4 @@
-"""b2bua/native.py: the compiled SIP core is the one in use, only when it matches the sources, behaves
+"""b2bua/native.py: the compiled core is the one in use, only when it matches the sources, behaves
 like the pure Python one, and does not leak."""
 
 from __future__ import annotations
@@ -22,17 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_installed_build_is_the_sip_core_in_use() -> None:
     # deploy/install.sh builds it; the suite must exercise the code the B2BUA runs in production.
-    assert native.is_compiled(), f"SIP core not compiled: {native.STATUS} (run deploy/install.sh)"
+    assert native.is_compiled(), f"core not compiled: {native.STATUS} (run deploy/install.sh)"
     assert native.STATUS.startswith("compiled"), native.STATUS
 
 
 @pytest.fixture
 def sources(tmp_path: Path) -> Path:
-    """A copy of the package's sources with a stamp as a build of them would write it."""
-    copy = tmp_path / "sip"
-    copy.mkdir()
+    """A copy of the compiled modules' sources (b2bua/ and b2bua/sip/) with a stamp as a build of
+    them would write it."""
+    copy = tmp_path / "b2bua"
     for p in native.source_files():
-        shutil.copy2(p, copy / p.name)
+        target = copy / p.relative_to(native.PACKAGE_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, target)
     (copy / native.BUILD_DIR_NAME).mkdir()
     stamp = native._stamp(copy, "2.4.1")
     (copy / native.BUILD_DIR_NAME / native.STAMP).write_text(json.dumps(stamp))
@@ -45,20 +47,21 @@ def test_a_build_of_exactly_these_sources_is_used(sources: Path) -> None:
 
 
 def test_an_edited_source_falls_back_to_pure_python_with_a_warning(sources: Path) -> None:
-    with (sources / "parser.py").open("a") as f:
-        f.write("\n# edited after the build\n")
-    d = native.decide(sources, environ={})
-    assert not d.use and d.warn
-    assert "parser.py" in d.reason and "rebuild" in d.reason
+    for edited in ("sip/parser.py", "relay.py"):  # the SIP core and the call core alike
+        with (sources / edited).open("a") as f:
+            f.write("\n# edited after the build\n")
+        d = native.decide(sources, environ={})
+        assert not d.use and d.warn
+        assert edited in d.reason and "rebuild" in d.reason
 
 
 def test_a_new_or_removed_module_is_a_changed_source(sources: Path) -> None:
-    (sources / "extra.py").write_text("X = 1\n")
-    assert "extra.py" in native.decide(sources, environ={}).reason
-    (sources / "extra.py").unlink()
-    (sources / "nonce.py").unlink()
+    (sources / "sip" / "extra.py").write_text("X = 1\n")
+    assert "sip/extra.py" in native.decide(sources, environ={}).reason
+    (sources / "sip" / "extra.py").unlink()
+    (sources / "sip" / "nonce.py").unlink()
     d = native.decide(sources, environ={})
-    assert not d.use and "nonce.py" in d.reason
+    assert not d.use and "sip/nonce.py" in d.reason
 
 
 def test_no_build_another_interpreter_and_the_switch(sources: Path) -> None:
@@ -77,15 +80,17 @@ def test_no_build_another_interpreter_and_the_switch(sources: Path) -> None:
     assert not d.use and not d.warn and "no compiled build" in d.reason
 
 
-def test_the_pure_python_sip_core_passes_the_same_tests() -> None:
-    """The sources stay the truth: the whole SIP test directory passes on them, uncompiled."""
+def test_the_pure_python_core_passes_the_same_tests() -> None:
+    """The sources stay the truth: the B2BUA's unit tests (SIP core and call core) pass on them,
+    uncompiled."""
     env = {**os.environ, "SIPLEDGER_NATIVE": "0", "PYTHONPATH": str(ROOT)}
-    code = "import b2bua.sip, b2bua.native as n; print(n.is_compiled())"
+    code = "import b2bua.core, b2bua.sip.parser, b2bua.native as n; print(n.is_compiled())"
     probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT,
                            check=True)
     assert probe.stdout.strip() == "False"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/b2bua/sip"],
-                         env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/b2bua",
+                          "--ignore", "tests/b2bua/test_native.py"],
+                         env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
 
 
