@@ -214,15 +214,8 @@ class TimedTransactionLayer(TransactionLayer):
     cancelled since just finds nothing due; ``expire`` puts the next deadline in the hint.
     """
 
-    def __init__(
-        self,
-        *,
-        timers: TimerConfig = DEFAULT_TIMERS,
-        rng: random.Random | None = None,
-        rfc6026: bool = True,
-        auto_trying: bool = True,
-    ) -> None:
-        super().__init__(timers=timers, rng=rng, rfc6026=rfc6026, auto_trying=auto_trying)
+    def __init__(self, *, timers: TimerConfig = DEFAULT_TIMERS, rng: random.Random | None = None) -> None:
+        super().__init__(timers=timers, rng=rng)  # RFC 6026 and an automatic 100 Trying, as the B2BUA runs
         self.deadlines = DeadlineQueue()  # keys: (transaction key, timer name)
         self.wake_hint = NEVER
 
