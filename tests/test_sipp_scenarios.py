@@ -157,6 +157,19 @@ def test_silent_carrier_absorbs_invite_retransmissions(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- session timers
 
 
+def test_cancel_answered_twice_is_not_a_failed_call(tmp_path: Path) -> None:
+    """A CANCEL answered late is sent again by the caller and both copies get their 200 (17.2.2); the
+    second can come after the 487 and the ACK. The billing drill saw exactly that under load, and the
+    caller scenario failed the call on it ("unexpected message"). It must end as a cancelled call."""
+    pair = _pair(tmp_path, "uac_cancel", "selftest_uas_cancel_answered_twice", caller={"pause_ms": 200})
+    assert pair.ok, pair.describe()
+    assert _flow(pair) == [
+        "> INVITE", "< 100 INVITE", "< 180 INVITE", "> CANCEL", "< 200 CANCEL", "< 487 INVITE", "> ACK",
+    ]  # fmt: skip
+    # The second 200 did go out, after the ACK (the trace lists a byte-identical copy as a retransmission).
+    assert len(pair.carrier.responses(200, "sent", retransmissions=True)) == 2
+
+
 def test_422_retry_against_selftest(tmp_path: Path) -> None:
     pair = _pair(
         tmp_path,
